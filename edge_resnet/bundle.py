@@ -1,0 +1,198 @@
+"""The model bundle: one `.tflite` that carries its labels, preprocessing and a digest.
+
+Format (version 1): the TFLite flatbuffer, followed by a ZIP archive holding `edge_resnet.json`
+(metadata) and `labels.txt`. This is the same trick TFLite Support uses for associated files: the
+flatbuffer is untouched and interpreters ignore what follows it, so the file still loads anywhere,
+while `unzip -l model.tflite` shows the metadata. The JSON records the flatbuffer's length and
+SHA-256, so a copy with flipped bits is refused before it can classify silently wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ModelError
+from .preprocess import PreprocessSpec
+
+FORMAT = "edge-resnet-bundle"
+VERSION = 1
+META_NAME = "edge_resnet.json"
+LABELS_NAME = "labels.txt"
+TFLITE_IDENT = b"TFL3"
+EDGETPU_OP = b"edgetpu-custom-op"
+
+OutputKind = Literal["logits", "probabilities"]
+
+
+@dataclass
+class BundleMeta:
+    """What the device needs to feed the model exactly as it was calibrated, and to name its classes."""
+
+    preprocess: PreprocessSpec
+    labels: list[str] = field(default_factory=list)
+    label_offset: int = 0
+    output_kind: OutputKind = "logits"
+    model_sha256: str = ""
+    model_size: int = 0
+    source: dict[str, Any] = field(default_factory=dict)
+    version: int = VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "version": self.version,
+                "model_sha256": self.model_sha256,
+                "model_size": self.model_size,
+                "preprocess": self.preprocess.to_dict(),
+                "label_offset": self.label_offset,
+                "output_kind": self.output_kind,
+                "num_labels": len(self.labels),
+                "source": self.source,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str, labels: list[str], where: str) -> BundleMeta:
+        try:
+            d = json.loads(text)
+            if d.get("format") != FORMAT:
+                raise ValueError(f"format is {d.get('format')!r}")
+            if int(d["version"]) > VERSION:
+                raise ModelError(
+                    f"{where}: bundle format v{d['version']} is newer than this edge-resnet reads "
+                    f"(v{VERSION}); upgrade edge-resnet"
+                )
+            return cls(
+                preprocess=PreprocessSpec.from_dict(d["preprocess"]),
+                labels=labels,
+                label_offset=int(d.get("label_offset", 0)),
+                output_kind=d.get("output_kind", "logits"),
+                model_sha256=str(d["model_sha256"]),
+                model_size=int(d["model_size"]),
+                source=dict(d.get("source", {})),
+                version=int(d["version"]),
+            )
+        except ModelError:
+            raise
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModelError(f"{where}: unreadable edge-resnet metadata ({e}); re-convert the model") from None
+
+
+@dataclass
+class ModelFile:
+    """A verified model read from disk: the flatbuffer bytes, and the bundle metadata if any."""
+
+    path: Path
+    flatbuffer: bytes
+    meta: BundleMeta | None
+
+    @property
+    def is_edgetpu(self) -> bool:
+        return EDGETPU_OP in self.flatbuffer
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.flatbuffer).hexdigest()
+
+
+def read_model(path: str | os.PathLike[str]) -> ModelFile:
+    """Read and verify a model file; every failure is a one-line ModelError naming the fix."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"model {p} not found; check --model / [model] path") from None
+    except IsADirectoryError:
+        raise ModelError(f"model {p} is a directory; point --model at a .tflite file") from None
+    except OSError as e:
+        raise ModelError(f"model {p} cannot be read ({e.strerror}); check its permissions") from None
+    if len(data) < 8 or data[4:8] != TFLITE_IDENT:
+        raise ModelError(f"{p} is not a TFLite model (no TFL3 identifier); pass a .tflite file")
+    meta = _read_meta(data, p)
+    if meta is None:
+        _check_sidecar_digest(p, data)
+        return ModelFile(p, data, None)
+    flat = data[: meta.model_size]
+    digest = hashlib.sha256(flat).hexdigest()
+    if len(flat) != meta.model_size or digest != meta.model_sha256:
+        raise ModelError(
+            f"{p} is corrupt: its SHA-256 does not match the one recorded at conversion; "
+            "copy it again or re-convert"
+        )
+    return ModelFile(p, flat, meta)
+
+
+def _read_meta(data: bytes, p: Path) -> BundleMeta | None:
+    if b"PK\x05\x06" not in data[-65557:]:
+        return None
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        names = set(zf.namelist())
+    except zipfile.BadZipFile:
+        return None
+    if META_NAME not in names:
+        return None
+    try:
+        text = zf.read(META_NAME).decode("utf-8")
+        labels = zf.read(LABELS_NAME).decode("utf-8").splitlines() if LABELS_NAME in names else []
+    except (zipfile.BadZipFile, UnicodeDecodeError, OSError) as e:
+        raise ModelError(f"{p}: damaged metadata archive ({e}); copy the model again") from None
+    return BundleMeta.from_json(text, labels, str(p))
+
+
+def _check_sidecar_digest(p: Path, data: bytes) -> None:
+    """Foreign models may ship `MODEL.tflite.sha256` (sha256sum format); honour it when present."""
+    side = p.with_name(p.name + ".sha256")
+    if not side.exists():
+        return
+    want = side.read_text().split()[0].strip().lower() if side.read_text().strip() else ""
+    if want and hashlib.sha256(data).hexdigest() != want:
+        raise ModelError(f"{p} does not match {side.name}; the copy is corrupt, copy it again")
+
+
+def write_bundle(flatbuffer: bytes, meta: BundleMeta, out: str | os.PathLike[str]) -> Path:
+    """Write flatbuffer + metadata atomically (temp file + rename), so a reader never sees half a model."""
+    if flatbuffer[4:8] != TFLITE_IDENT:
+        raise ModelError("refusing to bundle bytes that are not a TFLite flatbuffer")
+    meta.model_sha256 = hashlib.sha256(flatbuffer).hexdigest()
+    meta.model_size = len(flatbuffer)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(META_NAME, meta.to_json())
+        zf.writestr(LABELS_NAME, "\n".join(meta.labels) + ("\n" if meta.labels else ""))
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tflite", dir=out_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(flatbuffer)
+            f.write(_shift_zip(buf.getvalue(), len(flatbuffer)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out_path
+
+
+def _shift_zip(zip_bytes: bytes, offset: int) -> bytes:
+    """Rewrite a ZIP so its offsets count from the start of the combined file (plain unzip tools need this)."""
+    src = zipfile.ZipFile(io.BytesIO(zip_bytes))
+    out = io.BytesIO()
+    out.write(b"\0" * offset)
+    with zipfile.ZipFile(out, "a", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info.filename))
+    return out.getvalue()[offset:]

@@ -1,0 +1,83 @@
+"""`edge-resnet` command line: a thin layer that parses arguments and maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import EdgeResnetError, ExitCode
+
+# name -> module under edge_resnet.commands; each module has register(subparsers, name).
+# Explicit, so a reader sees every command here; modules load lazily to keep start-up fast and
+# optional dependencies (the convert extra) optional.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "classify": ("classify", "classify images or folders of images"),
+    "info": ("info", "describe a .tflite model: tensors, quantization, ops, metadata"),
+    "convert": ("convert", "convert an ONNX classifier to a verified INT8 TFLite bundle"),
+    "fetch": ("fetch", "download an ONNX model zoo ResNet into the cache"),
+    "run": ("run", "run the camera daemon: frames to labels on MQTT and a live overlay"),
+    "config": ("config", "check a daemon configuration file"),
+    "demo": ("demo", "convert a ResNet and run the daemon on a test video with the overlay"),
+    "bench": ("bench", "benchmark a model: latency, throughput, memory, preprocessing"),
+    "doctor": ("doctor", "check cameras, model, Edge TPU, broker, temperature and disk"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    return {
+        name: spec
+        for name, spec in COMMANDS.items()
+        if importlib.util.find_spec(f"edge_resnet.commands.{spec[0]}") is not None
+    }
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-resnet",
+        description="Classify what a camera sees with INT8 TFLite ResNets, offline.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-resnet {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    available = _available()
+    # Register only the command being run (plus help text for all): importing every command
+    # would pull in the daemon's modules just to classify one image.
+    wanted = next((a for a in argv if a in available), None)
+    for name, (module, helptext) in available.items():
+        if name == wanted:
+            mod = importlib.import_module(f"edge_resnet.commands.{module}")
+            mod.register(sub, name, helptext)
+        else:
+            sub.add_parser(name, help=helptext, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(args_list)
+    args = parser.parse_args(args_list)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return int(ExitCode.USAGE)
+    try:
+        return int(args.func(args))
+    except EdgeResnetError as e:
+        print(f"edge-resnet: error: {e}", file=sys.stderr)
+        return int(e.exit_code)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return int(ExitCode.OK)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

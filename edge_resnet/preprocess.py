@@ -1,0 +1,228 @@
+"""The one preprocessing path shared by calibration, evaluation and the daemon.
+
+A frame (any size, uint8, BGR as OpenCV delivers it or RGB) becomes the model's input tensor in
+two pure steps: `crop_resize` (geometry) and `to_input` (colour order, normalisation, dtype and
+layout). Both are vectorised; `prepare` chains them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from .errors import ConfigError
+
+ChannelOrder = Literal["RGB", "BGR"]
+Interpolation = Literal["area", "linear", "cubic", "nearest"]
+_CV2_INTERP = {
+    "area": cv2.INTER_AREA,
+    "linear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+    "nearest": cv2.INTER_NEAREST,
+}
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How pixels become model values; stored in every converted bundle.
+
+    `mean` and `std` are in 0..255 pixel units and in the model's channel order: the model sees
+    `(pixel - mean) / std`. `crop_fraction` is the share of the shorter side kept by the centre
+    crop (0.875 = "resize to 256, crop 224").
+    """
+
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    channel_order: ChannelOrder = "RGB"
+    crop_fraction: float = 0.875
+    interpolation: Interpolation = "area"
+    preset: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ConfigError("preprocess mean and std need three values (R,G,B order of the model)")
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"preprocess std must be > 0, got {self.std}")
+        if not 0.05 <= self.crop_fraction <= 1.0:
+            raise ConfigError(f"preprocess crop_fraction must be in 0.05..1.0, got {self.crop_fraction}")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ConfigError(f"preprocess channel_order must be RGB or BGR, got {self.channel_order!r}")
+        if self.interpolation not in _CV2_INTERP:
+            raise ConfigError(
+                f"preprocess interpolation must be one of {sorted(_CV2_INTERP)}, got {self.interpolation!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
+        known = {"mean", "std", "channel_order", "crop_fraction", "interpolation", "preset"}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown preprocess keys {sorted(unknown)}; known: {sorted(known)}")
+        kw: dict[str, Any] = dict(d)
+        for k in ("mean", "std"):
+            if k in kw:
+                kw[k] = tuple(float(v) for v in kw[k])
+        return cls(**kw)
+
+
+_IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+_IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+PRESETS: dict[str, PreprocessSpec] = {
+    # torchvision and ONNX model zoo ResNets
+    "imagenet": PreprocessSpec(_IMAGENET_MEAN, _IMAGENET_STD, "RGB", preset="imagenet"),
+    # TF-slim / Keras "inception" style: [-1, 1]
+    "inception": PreprocessSpec((127.5,) * 3, (127.5,) * 3, "RGB", preset="inception"),
+    # Caffe / Keras ResNet50: BGR, mean subtraction only
+    "caffe": PreprocessSpec((103.939, 116.779, 123.68), (1.0,) * 3, "BGR", preset="caffe"),
+    # pixels 0..255 as they are (e.g. MLPerf Tiny ResNet-8, most Coral uint8 models)
+    "raw": PreprocessSpec((0.0,) * 3, (1.0,) * 3, "RGB", preset="raw"),
+}
+
+
+def preset(name: str) -> PreprocessSpec:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preprocessing preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a caller needs of a model tensor; `scale == 0` means not quantized."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    scale: float = 0.0
+    zero_point: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale > 0 and np.issubdtype(self.dtype, np.integer)
+
+    @property
+    def layout(self) -> Literal["NHWC", "NCHW"]:
+        if len(self.shape) == 4 and self.shape[1] in (1, 3) and self.shape[3] not in (1, 3):
+            return "NCHW"
+        return "NHWC"
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """Input height and width in pixels."""
+        if len(self.shape) != 4:
+            raise ConfigError(f"input tensor {self.name!r} has shape {self.shape}; an image model needs 4-D")
+        if self.layout == "NCHW":
+            return int(self.shape[2]), int(self.shape[3])
+        return int(self.shape[1]), int(self.shape[2])
+
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels
+
+
+def crop_box(frame_h: int, frame_w: int, out_h: int, out_w: int, crop_fraction: float) -> Box:
+    """Source rectangle that "resize shorter side to out/crop_fraction, centre crop out" keeps."""
+    scale = max(out_h / frame_h, out_w / frame_w) / crop_fraction
+    src_w = min(frame_w, out_w / scale)
+    src_h = min(frame_h, out_h / scale)
+    x0 = int(round((frame_w - src_w) / 2))
+    y0 = int(round((frame_h - src_h) / 2))
+    return x0, y0, x0 + max(1, int(round(src_w))), y0 + max(1, int(round(src_h)))
+
+
+def crop_resize(
+    frame: npt.NDArray[np.uint8],
+    out_hw: tuple[int, int],
+    crop_fraction: float = 0.875,
+    interpolation: Interpolation = "area",
+    roi: Box | None = None,
+) -> npt.NDArray[np.uint8]:
+    """Centre crop (within `roi` if given) and resize in one cv2 call; channel order unchanged.
+
+    Cropping in source coordinates before resizing touches only the pixels that survive, which is
+    what keeps a 1080p frame well under 2 ms.
+    """
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    elif frame.ndim != 3 or frame.shape[2] not in (3, 4):
+        raise ConfigError(f"expected an HxWx3 image, got shape {frame.shape}")
+    if frame.shape[2] == 4:
+        frame = frame[:, :, :3]
+    if frame.dtype != np.uint8:
+        raise ConfigError(f"expected a uint8 image, got {frame.dtype}")
+    if roi is not None:
+        x0, y0, x1, y1 = roi
+        frame = frame[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)]
+        if frame.size == 0:
+            raise ConfigError(f"region of interest {roi} lies outside the frame")
+    out_h, out_w = out_hw
+    x0, y0, x1, y1 = crop_box(frame.shape[0], frame.shape[1], out_h, out_w, crop_fraction)
+    region = frame[y0:y1, x0:x1]
+    interp = _CV2_INTERP[interpolation]
+    if region.shape[0] < out_h or region.shape[1] < out_w:
+        interp = cv2.INTER_LINEAR if interpolation == "area" else interp  # AREA is for shrinking
+    out = cv2.resize(region, (out_w, out_h), interpolation=interp)
+    return np.ascontiguousarray(out)
+
+
+def affine(spec: PreprocessSpec, tensor: TensorInfo) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Per-channel (a, b) so that the stored input value is `pixel * a + b` (model channel order)."""
+    mean = np.asarray(spec.mean, np.float64)
+    std = np.asarray(spec.std, np.float64)
+    if tensor.quantized:
+        a = 1.0 / (std * tensor.scale)
+        b = tensor.zero_point - mean * a
+    else:
+        a = 1.0 / std
+        b = -mean / std
+    return a.astype(np.float32), b.astype(np.float32)
+
+
+def to_input(
+    image: npt.NDArray[np.uint8],
+    image_order: ChannelOrder,
+    spec: PreprocessSpec,
+    tensor: TensorInfo,
+) -> npt.NDArray[Any]:
+    """HxWx3 uint8 image already at model size -> batch-of-one tensor of the model's dtype/layout."""
+    if image_order != spec.channel_order:
+        image = image[:, :, ::-1]
+    a, b = affine(spec, tensor)
+    dtype = np.dtype(tensor.dtype)
+    out: npt.NDArray[Any]
+    if dtype == np.uint8 and np.allclose(a, 1.0, atol=0.01) and np.allclose(b, 0.0, atol=1.0):
+        out = np.ascontiguousarray(image)  # normalisation folded into the quantization: raw pixels
+    elif dtype == np.int8 and np.allclose(a, 1.0, atol=0.01) and np.allclose(b, -128.0, atol=1.0):
+        out = (np.ascontiguousarray(image) ^ np.uint8(0x80)).view(np.int8)
+    else:
+        values = image.astype(np.float32) * a + b
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            out = np.clip(np.rint(values), info.min, info.max).astype(dtype)
+        else:
+            out = values.astype(dtype)
+    if tensor.layout == "NCHW":
+        out = out.transpose(2, 0, 1)
+    return np.ascontiguousarray(out[np.newaxis])
+
+
+def prepare(
+    frame: npt.NDArray[np.uint8],
+    spec: PreprocessSpec,
+    tensor: TensorInfo,
+    frame_order: ChannelOrder = "BGR",
+    roi: Box | None = None,
+) -> npt.NDArray[Any]:
+    """Camera frame -> model input tensor; the single entry point every caller uses."""
+    resized = crop_resize(frame, tensor.hw, spec.crop_fraction, spec.interpolation, roi)
+    return to_input(resized, frame_order, spec, tensor)
