@@ -127,8 +127,7 @@ def read_model(path: str | os.PathLike[str]) -> ModelFile:
     digest = hashlib.sha256(flat).hexdigest()
     if len(flat) != meta.model_size or digest != meta.model_sha256:
         raise ModelError(
-            f"{p} is corrupt: its SHA-256 does not match the one recorded at conversion; "
-            "copy it again or re-convert"
+            f"{p} is corrupt: its SHA-256 does not match the one recorded at conversion; copy it again or re-convert"
         )
     return ModelFile(p, flat, meta)
 

@@ -135,9 +135,9 @@ def crop_box(frame_h: int, frame_w: int, out_h: int, out_w: int, crop_fraction: 
     scale = max(out_h / frame_h, out_w / frame_w) / crop_fraction
     src_w = min(frame_w, out_w / scale)
     src_h = min(frame_h, out_h / scale)
-    x0 = int(round((frame_w - src_w) / 2))
-    y0 = int(round((frame_h - src_h) / 2))
-    return x0, y0, x0 + max(1, int(round(src_w))), y0 + max(1, int(round(src_h)))
+    x0 = round((frame_w - src_w) / 2)
+    y0 = round((frame_h - src_h) / 2)
+    return x0, y0, x0 + max(1, round(src_w)), y0 + max(1, round(src_h))
 
 
 def crop_resize(
@@ -153,7 +153,7 @@ def crop_resize(
     what keeps a 1080p frame well under 2 ms.
     """
     if frame.ndim == 2:
-        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        frame = np.asarray(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), dtype=np.uint8)
     elif frame.ndim != 3 or frame.shape[2] not in (3, 4):
         raise ConfigError(f"expected an HxWx3 image, got shape {frame.shape}")
     if frame.shape[2] == 4:
@@ -179,12 +179,8 @@ def affine(spec: PreprocessSpec, tensor: TensorInfo) -> tuple[npt.NDArray[np.flo
     """Per-channel (a, b) so that the stored input value is `pixel * a + b` (model channel order)."""
     mean = np.asarray(spec.mean, np.float64)
     std = np.asarray(spec.std, np.float64)
-    if tensor.quantized:
-        a = 1.0 / (std * tensor.scale)
-        b = tensor.zero_point - mean * a
-    else:
-        a = 1.0 / std
-        b = -mean / std
+    a: npt.NDArray[np.float64] = 1.0 / (std * tensor.scale) if tensor.quantized else 1.0 / std
+    b: npt.NDArray[np.float64] = (tensor.zero_point if tensor.quantized else 0.0) - mean * a
     return a.astype(np.float32), b.astype(np.float32)
 
 
@@ -196,7 +192,7 @@ def to_input(
 ) -> npt.NDArray[Any]:
     """HxWx3 uint8 image already at model size -> batch-of-one tensor of the model's dtype/layout."""
     if image_order != spec.channel_order:
-        image = image[:, :, ::-1]
+        image = np.asarray(image[:, :, ::-1])
     a, b = affine(spec, tensor)
     dtype = np.dtype(tensor.dtype)
     out: npt.NDArray[Any]

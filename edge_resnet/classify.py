@@ -1,0 +1,176 @@
+"""Post-processing (scores, top-k, labels) and the Classifier that chains preprocess -> engine -> top-k."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from .bundle import OutputKind
+from .engine import Engine
+from .errors import LabelsError
+from .preprocess import PRESETS, Box, ChannelOrder, PreprocessSpec, TensorInfo, prepare
+
+log = logging.getLogger(__name__)
+
+
+class Prediction(NamedTuple):
+    """One class: `class_index` counts dataset classes (background slots excluded); score in 0..1."""
+
+    label: str
+    class_index: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Result:
+    predictions: list[Prediction]
+    probs: npt.NDArray[np.float32]
+    latency_ms: float  # invoke only
+    total_ms: float  # preprocess + invoke + postprocess
+
+    @property
+    def top(self) -> Prediction:
+        return self.predictions[0]
+
+
+def read_labels(path: str | os.PathLike[str]) -> list[str]:
+    """One label per line; `N label` lines (Coral style) are placed at index N."""
+    p = Path(path)
+    try:
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise LabelsError(f"labels file {p} cannot be read ({e}); pass a UTF-8 text file, one label per line") from None
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        raise LabelsError(f"labels file {p} is empty; pass one label per line")
+    pairs = [re.match(r"^(\d+)[\s:]+(.+)$", ln) for ln in lines]
+    if all(pairs):
+        table = {int(m.group(1)): m.group(2).strip() for m in pairs if m}
+        return [table.get(i, str(i)) for i in range(max(table) + 1)]
+    return lines
+
+
+def resolve_labels(
+    labels: list[str] | None, num_outputs: int, label_offset: int | None, where: str = "labels"
+) -> tuple[list[str], int]:
+    """Labels indexed by output slot, and how many leading slots are not dataset classes.
+
+    A 1001-output model with 1000 labels, or 1001 labels starting with "background", gets
+    offset 1 without being told.
+    """
+    if labels is None:
+        offset = label_offset or 0
+        return [str(i - offset) for i in range(num_outputs)], offset
+    n = len(labels)
+    if label_offset is None:
+        if n == num_outputs:
+            label_offset = 1 if labels[0].strip().lower() in ("background", "__background__") else 0
+        elif n == num_outputs - 1:
+            label_offset = 1
+        else:
+            label_offset = 0
+    if n == num_outputs:
+        return list(labels), label_offset
+    if n == num_outputs - label_offset:
+        return ["background"] * label_offset + list(labels), label_offset
+    raise LabelsError(
+        f"{where} has {n} labels but the model has {num_outputs} outputs"
+        f"{f' (label offset {label_offset})' if label_offset else ''}; pass the labels made for this model"
+    )
+
+
+def dequantize(raw: npt.NDArray[Any], t: TensorInfo) -> npt.NDArray[np.float32]:
+    if t.quantized:
+        return ((raw.astype(np.float32) - t.zero_point) * t.scale).astype(np.float32)
+    return raw.astype(np.float32)
+
+
+def softmax(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    e = np.exp(x - x.max())
+    out: npt.NDArray[np.float32] = (e / e.sum()).astype(np.float32)
+    return out
+
+
+def to_probabilities(
+    raw: npt.NDArray[Any], t: TensorInfo, output_kind: OutputKind | None = None
+) -> npt.NDArray[np.float32]:
+    """Dequantize, then softmax unless the model already outputs probabilities.
+
+    With no metadata, values that are non-negative and sum to ~1 are taken as probabilities.
+    """
+    x = dequantize(raw, t).reshape(-1)
+    if output_kind is None:
+        output_kind = "probabilities" if x.min() >= 0 and abs(float(x.sum()) - 1.0) < 0.05 else "logits"
+    return softmax(x) if output_kind == "logits" else np.asarray(x, dtype=np.float32)
+
+
+def top_k(probs: npt.NDArray[np.float32], k: int, labels: list[str], label_offset: int) -> list[Prediction]:
+    k = max(1, min(k, probs.size))
+    idx = np.argpartition(-probs, k - 1)[:k]
+    idx = idx[np.argsort(-probs[idx], kind="stable")]
+    return [Prediction(labels[i], int(i) - label_offset, float(probs[i])) for i in idx]
+
+
+def default_preprocess(t: TensorInfo) -> PreprocessSpec:
+    """For a model without metadata: quantized inputs get the pixels their quantization implies
+    (pycoral's convention: mean = zero point, std = 1/scale, i.e. raw pixels), float inputs [-1, 1]."""
+    if t.quantized:
+        return PreprocessSpec((float(t.zero_point),) * 3, (1.0 / t.scale,) * 3, "RGB", preset="quantization")
+    return PRESETS["inception"]
+
+
+class Classifier:
+    """preprocess -> engine -> probabilities -> top-k; what classify, evaluation and the daemon share."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        labels: list[str] | None = None,
+        preprocess: PreprocessSpec | None = None,
+        label_offset: int | None = None,
+        output_kind: OutputKind | None = None,
+    ) -> None:
+        self.engine = engine
+        meta = engine.model.meta
+        if preprocess is None:
+            if meta is not None:
+                preprocess = meta.preprocess
+            else:
+                preprocess = default_preprocess(engine.input)
+                log.info("%s has no edge-resnet metadata; preprocessing %s", engine.model.path.name, preprocess)
+        if labels is None and meta is not None and meta.labels:
+            labels = meta.labels
+            if label_offset is None:
+                label_offset = meta.label_offset
+        if output_kind is None and meta is not None:
+            output_kind = meta.output_kind
+        self.preprocess = preprocess
+        self.output_kind = output_kind
+        num_outputs = int(np.prod(engine.output.shape[1:])) if len(engine.output.shape) > 1 else engine.output.shape[0]
+        self.labels, self.label_offset = resolve_labels(labels, num_outputs, label_offset)
+
+    def prepare(
+        self, frame: npt.NDArray[np.uint8], frame_order: ChannelOrder = "BGR", roi: Box | None = None
+    ) -> npt.NDArray[Any]:
+        return prepare(frame, self.preprocess, self.engine.input, frame_order, roi)
+
+    def classify(
+        self, frame: npt.NDArray[np.uint8], k: int = 5, frame_order: ChannelOrder = "BGR", roi: Box | None = None
+    ) -> Result:
+        t0 = time.perf_counter()
+        x = self.prepare(frame, frame_order, roi)
+        t1 = time.perf_counter()
+        raw = self.engine.invoke(x)
+        t2 = time.perf_counter()
+        probs = to_probabilities(raw, self.engine.output, self.output_kind)
+        preds = top_k(probs, k, self.labels, self.label_offset)
+        t3 = time.perf_counter()
+        return Result(preds, probs, (t2 - t1) * 1000.0, (t3 - t0) * 1000.0)

@@ -1,0 +1,284 @@
+"""The only module that imports a TFLite interpreter or loads a delegate.
+
+Everything above it sees "a model that takes a tensor and returns scores". Interpreter packages
+are tried in order ai_edge_litert, tflite_runtime, tensorflow.lite (set EDGE_RESNET_INTERPRETER
+to force one); the Edge TPU is reached through `libedgetpu` as pycoral does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from .bundle import ModelFile, read_model
+from .errors import DependencyError, EdgeTpuUnavailable, ModelError
+from .preprocess import TensorInfo
+
+log = logging.getLogger(__name__)
+
+Device = Literal["cpu", "edgetpu", "auto"]
+DEVICES: tuple[Device, ...] = ("cpu", "edgetpu", "auto")
+
+EDGETPU_SHARED_LIB = {
+    "Linux": "libedgetpu.so.1",
+    "Darwin": "libedgetpu.1.dylib",
+    "Windows": "edgetpu.dll",
+}
+EDGETPU_INSTALL_HINT = (
+    "install the Edge TPU runtime (libedgetpu1-std from Coral's apt repository) and attach the "
+    "accelerator, or run the CPU model"
+)
+_INTERPRETER_MODULES = {
+    "ai_edge_litert": "ai_edge_litert.interpreter",
+    "tflite_runtime": "tflite_runtime.interpreter",
+    "tensorflow": "tensorflow.lite",
+}
+
+DelegateLoader = Callable[[str, dict[str, str]], Any]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """An interpreter package: its name, version, Interpreter class and load_delegate function."""
+
+    name: str
+    version: str
+    interpreter_cls: Any
+    load_delegate: DelegateLoader
+
+
+def find_runtime(prefer: str | None = None) -> Runtime:
+    """Import the first available interpreter package; tensorflow only when nothing lighter exists."""
+    order = list(_INTERPRETER_MODULES)
+    prefer = prefer or os.environ.get("EDGE_RESNET_INTERPRETER") or None
+    if prefer:
+        if prefer not in _INTERPRETER_MODULES:
+            raise DependencyError(f"EDGE_RESNET_INTERPRETER={prefer!r} is unknown; use one of {', '.join(order)}")
+        order = [prefer]
+    for name in order:
+        try:
+            mod = importlib.import_module(_INTERPRETER_MODULES[name])
+        except ImportError:
+            continue
+        if name == "tensorflow":
+            return Runtime(name, _version("tensorflow"), mod.Interpreter, mod.experimental.load_delegate)
+        return Runtime(name, _version(name.replace("_", "-")), mod.Interpreter, mod.load_delegate)
+    raise DependencyError(
+        "no TFLite interpreter found: pip install ai-edge-litert (or tflite-runtime on 32-bit Raspberry Pi OS)"
+    )
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def cpu_twin(path: Path) -> Path | None:
+    """Coral naming: `x_edgetpu.tflite` has its CPU build beside it as `x.tflite`."""
+    if path.stem.endswith("_edgetpu"):
+        twin = path.with_name(path.stem[: -len("_edgetpu")] + path.suffix)
+        return twin if twin.exists() else None
+    return None
+
+
+def edgetpu_twin(path: Path) -> Path | None:
+    twin = path.with_name(path.stem + "_edgetpu" + path.suffix)
+    return twin if twin.exists() else None
+
+
+def _tensor_info(d: dict[str, Any]) -> TensorInfo:
+    q = d.get("quantization_parameters", {})
+    scales = q.get("scales", np.zeros(0))
+    zps = q.get("zero_points", np.zeros(0))
+    if len(scales) > 1:
+        raise ModelError(f"tensor {d['name']!r} is quantized per channel; a classifier input/output must not be")
+    return TensorInfo(
+        name=str(d["name"]),
+        shape=tuple(int(s) for s in d["shape"]),
+        dtype=np.dtype(d["dtype"]),
+        scale=float(scales[0]) if len(scales) else 0.0,
+        zero_point=int(zps[0]) if len(zps) else 0,
+    )
+
+
+class Engine:
+    """One loaded, verified, warmed-up interpreter. Not thread-safe: one owner thread invokes it."""
+
+    def __init__(
+        self,
+        model: ModelFile,
+        interpreter: Any,
+        runtime: Runtime,
+        delegate: str,
+        device: Literal["cpu", "edgetpu"],
+        threads: int | None,
+    ) -> None:
+        self.model = model
+        self.runtime = runtime
+        self.delegate = delegate
+        self.device = device
+        self.threads = threads
+        self._it = interpreter
+        inputs = interpreter.get_input_details()
+        outputs = interpreter.get_output_details()
+        if len(inputs) != 1:
+            raise ModelError(f"{model.path} has {len(inputs)} inputs; an image classifier has one")
+        self._in_index = int(inputs[0]["index"])
+        self._out_index = int(outputs[0]["index"])
+        self.input = _tensor_info(inputs[0])
+        self.output = _tensor_info(outputs[0])
+        if len(self.input.shape) != 4 or 3 not in (self.input.shape[1], self.input.shape[3]):
+            raise ModelError(
+                f"{model.path} input shape {self.input.shape} is not a 3-channel image; "
+                "edge-resnet needs an image classifier"
+            )
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike[str] | ModelFile,
+        device: Device = "cpu",
+        threads: int | None = None,
+        *,
+        runtime: Runtime | None = None,
+        delegate_loader: DelegateLoader | None = None,
+        edgetpu_device: str | None = None,
+        warm_up: bool = True,
+    ) -> Engine:
+        """Verify, load and warm up a model; every failure is a one-line EdgeResnetError.
+
+        `delegate_loader` exists so tests can stand in for the Edge TPU, which cannot exist here.
+        """
+        if device not in DEVICES:
+            raise ModelError(f"device {device!r} is unknown; use one of {', '.join(DEVICES)}")
+        mf = model if isinstance(model, ModelFile) else read_model(model)
+        rt = runtime or find_runtime()
+        loader = delegate_loader or rt.load_delegate
+
+        if device == "cpu" and mf.is_edgetpu:
+            twin = cpu_twin(mf.path)
+            hint = f"use --device auto or the CPU model {twin}" if twin else "use --device edgetpu"
+            raise EdgeTpuUnavailable(f"{mf.path} is compiled for the Edge TPU; {hint}")
+        if device in ("edgetpu", "auto") and not mf.is_edgetpu:
+            twin = edgetpu_twin(mf.path)
+            if twin is not None:
+                try:
+                    return cls.load(
+                        twin,
+                        "edgetpu",
+                        threads,
+                        runtime=rt,
+                        delegate_loader=loader,
+                        edgetpu_device=edgetpu_device,
+                        warm_up=warm_up,
+                    )
+                except EdgeTpuUnavailable as e:
+                    if device == "edgetpu":
+                        raise
+                    log.warning("%s; using the CPU model %s", e, mf.path)
+            elif device == "edgetpu":
+                raise EdgeTpuUnavailable(
+                    f"{mf.path} is not compiled for the Edge TPU; compile it with `edge-resnet convert --edgetpu` "
+                    "or use --device cpu"
+                )
+        if mf.is_edgetpu:
+            try:
+                delegate = _load_edgetpu(loader, edgetpu_device)
+            except EdgeTpuUnavailable as e:
+                twin = cpu_twin(mf.path)
+                if device == "auto" and twin is not None:
+                    log.warning("%s; falling back to the CPU model %s", e, twin)
+                    return cls.load(twin, "cpu", threads, runtime=rt, warm_up=warm_up)
+                alt = f" (CPU model: {twin})" if twin else ""
+                raise EdgeTpuUnavailable(f"{mf.path} needs an Edge TPU: {e}{alt}") from None
+            it = _make_interpreter(rt, mf, threads, [delegate])
+            engine = cls(mf, it, rt, "edgetpu", "edgetpu", threads)
+        else:
+            it = _make_interpreter(rt, mf, threads, None)
+            delegated = any(op.get("op_name") == "DELEGATE" for op in _ops(it))
+            engine = cls(mf, it, rt, "xnnpack" if delegated else "none", "cpu", threads)
+        if warm_up:
+            engine.warm_up()
+        return engine
+
+    def warm_up(self) -> float:
+        """Invoke once on zeros: a model that loads but cannot run fails here, not on the first frame."""
+        x = np.full(self.input.shape, self.input.zero_point, dtype=self.input.dtype)
+        t0 = time.perf_counter()
+        try:
+            self.invoke(x)
+        except ModelError:
+            raise
+        except Exception as e:  # the interpreters raise RuntimeError/ValueError with C++ text
+            raise ModelError(
+                f"{self.model.path} loads but fails when run ({_first_line(e)}); the file is damaged "
+                "or needs ops this runtime lacks"
+            ) from None
+        return (time.perf_counter() - t0) * 1000.0
+
+    def invoke(self, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Run one batch-of-one input; returns the raw output row (output dtype, batch removed)."""
+        self._it.set_tensor(self._in_index, x)
+        self._it.invoke()
+        out: npt.NDArray[Any] = self._it.get_tensor(self._out_index)
+        return out.reshape(-1).copy() if out.shape[0] == 1 else out.copy()
+
+    def ops(self) -> list[dict[str, Any]]:
+        return _ops(self._it)
+
+    def describe(self) -> str:
+        return (
+            f"{self.model.path.name} on {self.device} ({self.delegate}, {self.runtime.name} "
+            f"{self.runtime.version}, threads={self.threads or 'default'})"
+        )
+
+
+def _ops(it: Any) -> list[dict[str, Any]]:
+    try:
+        return list(it._get_ops_details())
+    except AttributeError:  # very old runtimes
+        return []
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def _load_edgetpu(loader: DelegateLoader, device: str | None) -> Any:
+    lib = EDGETPU_SHARED_LIB.get(platform.system(), "libedgetpu.so.1")
+    options = {"device": device} if device else {}
+    try:
+        return loader(lib, options)
+    except (ValueError, OSError, RuntimeError) as e:
+        raise EdgeTpuUnavailable(
+            f"Edge TPU runtime {lib} not loadable or no Edge TPU attached ({_first_line(e)}); {EDGETPU_INSTALL_HINT}"
+        ) from None
+
+
+def _make_interpreter(rt: Runtime, mf: ModelFile, threads: int | None, delegates: list[Any] | None) -> Any:
+    if threads is not None and threads < 1:
+        raise ModelError(f"threads must be >= 1, got {threads}")
+    try:
+        it = rt.interpreter_cls(model_content=mf.flatbuffer, experimental_delegates=delegates, num_threads=threads)
+        it.allocate_tensors()
+    except Exception as e:
+        raise ModelError(
+            f"{mf.path} is not a loadable TFLite model ({_first_line(e)}); it is truncated or corrupt, "
+            "copy or convert it again"
+        ) from None
+    return it
