@@ -145,7 +145,7 @@ class Classifier:
                 preprocess = meta.preprocess
             else:
                 preprocess = default_preprocess(engine.input)
-                log.info("%s has no edge-resnet metadata; preprocessing %s", engine.model.path.name, preprocess)
+                log.debug("%s has no edge-resnet metadata; preprocessing %s", engine.model.path.name, preprocess)
         if labels is None and meta is not None and meta.labels:
             labels = meta.labels
             if label_offset is None:

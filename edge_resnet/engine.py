@@ -7,6 +7,7 @@ to force one); the Edge TPU is reached through `libedgetpu` as pycoral does.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
 import os
@@ -167,7 +168,7 @@ class Engine:
             raise ModelError(f"device {device!r} is unknown; use one of {', '.join(DEVICES)}")
         mf = model if isinstance(model, ModelFile) else read_model(model)
         rt = runtime or find_runtime()
-        loader = delegate_loader or rt.load_delegate
+        loader = delegate_loader or _checked_loader(rt.load_delegate)
 
         if device == "cpu" and mf.is_edgetpu:
             twin = cpu_twin(mf.path)
@@ -259,6 +260,17 @@ def _first_line(e: BaseException) -> str:
     return text[0][:200] if text else type(e).__name__
 
 
+def _checked_loader(load_delegate: DelegateLoader) -> DelegateLoader:
+    """Try the shared library with ctypes first: when it is missing, some runtimes' load_delegate
+    leave a half-built Delegate whose destructor prints a traceback at exit."""
+
+    def load(lib: str, options: dict[str, str]) -> Any:
+        ctypes.CDLL(lib)
+        return load_delegate(lib, options)
+
+    return load
+
+
 def _load_edgetpu(loader: DelegateLoader, device: str | None) -> Any:
     lib = EDGETPU_SHARED_LIB.get(platform.system(), "libedgetpu.so.1")
     options = {"device": device} if device else {}
@@ -278,7 +290,7 @@ def _make_interpreter(rt: Runtime, mf: ModelFile, threads: int | None, delegates
         it.allocate_tensors()
     except Exception as e:
         raise ModelError(
-            f"{mf.path} is not a loadable TFLite model ({_first_line(e)}); it is truncated or corrupt, "
-            "copy or convert it again"
+            f"{mf.path} cannot be loaded ({_first_line(e)}); it is truncated, corrupt or needs ops this "
+            "runtime lacks: copy or convert it again"
         ) from None
     return it

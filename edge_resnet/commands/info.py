@@ -1,0 +1,95 @@
+"""`edge-resnet info`: what a model expects and carries, without running a camera."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from typing import Any
+
+from ..engine import Engine, cpu_twin
+from ..errors import EdgeTpuUnavailable
+
+
+def register(sub: Any, name: str, helptext: str) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(name, help=helptext, description=helptext)
+    p.add_argument("model", help="a .tflite model or edge-resnet bundle")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=run)
+
+
+def describe(path: str) -> dict[str, Any]:
+    from ..bundle import read_model
+
+    mf = read_model(path)
+    info: dict[str, Any] = {
+        "path": str(mf.path),
+        "size_bytes": len(mf.flatbuffer),
+        "sha256": mf.sha256,
+        "edgetpu": mf.is_edgetpu,
+        "metadata": json.loads(mf.meta.to_json()) if mf.meta else None,
+    }
+    if mf.meta:
+        info["metadata"]["labels_preview"] = mf.meta.labels[:5]
+    try:
+        engine = Engine.load(mf, device="cpu", warm_up=False)
+    except EdgeTpuUnavailable:
+        twin = cpu_twin(mf.path)
+        info["note"] = (
+            "compiled for the Edge TPU; tensors shown from the CPU twin"
+            if twin
+            else ("compiled for the Edge TPU; its tensors need the Edge TPU runtime to inspect")
+        )
+        if twin is None:
+            return info
+        engine = Engine.load(twin, device="cpu", warm_up=False)
+    for key, t in (("input", engine.input), ("output", engine.output)):
+        info[key] = {
+            "name": t.name,
+            "shape": list(t.shape),
+            "dtype": str(t.dtype),
+            "layout": t.layout if key == "input" else None,
+            "quantization": {"scale": t.scale, "zero_point": t.zero_point} if t.quantized else None,
+        }
+    ops = Counter(op["op_name"] for op in engine.ops() if op.get("op_name") != "DELEGATE")
+    info["ops"] = dict(sorted(ops.items()))
+    info["delegate"] = engine.delegate
+    info["runtime"] = f"{engine.runtime.name} {engine.runtime.version}"
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model:     {info['path']} ({info['size_bytes'] / 1e6:.2f} MB, sha256 {info['sha256'][:16]}...)")
+    print(f"edge tpu:  {'yes (needs the Edge TPU runtime)' if info['edgetpu'] else 'no'}")
+    if info.get("note"):
+        print(f"note:      {info['note']}")
+    for key in ("input", "output"):
+        if key in info:
+            t = info[key]
+            q = t["quantization"]
+            qs = f" scale={q['scale']:.6g} zero_point={q['zero_point']}" if q else ""
+            lay = f" {t['layout']}" if t["layout"] else ""
+            print(f"{key + ':':<10} {t['name']} {t['shape']} {t['dtype']}{lay}{qs}")
+    if "ops" in info:
+        print(f"ops:       {sum(info['ops'].values())} ({', '.join(f'{k} x{v}' for k, v in info['ops'].items())})")
+        print(f"runtime:   {info['runtime']}, delegate {info['delegate']}")
+    meta = info["metadata"]
+    if meta:
+        pp = meta["preprocess"]
+        print(
+            f"bundle:    v{meta['version']}, {meta['num_labels']} labels, label offset {meta['label_offset']}, "
+            f"output {meta['output_kind']}"
+        )
+        print(
+            f"preprocess: {pp['preset']} mean={pp['mean']} std={pp['std']} {pp['channel_order']} "
+            f"crop={pp['crop_fraction']} {pp['interpolation']}"
+        )
+        if meta.get("source"):
+            print(f"source:    {json.dumps(meta['source'], sort_keys=True)}")
+    else:
+        print("bundle:    none (foreign model: pass --labels and preprocessing options)")
+    return 0

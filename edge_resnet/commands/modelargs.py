@@ -1,0 +1,62 @@
+"""Model options shared by the commands that load a model (classify, bench, run)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from ..classify import Classifier, read_labels
+from ..engine import DEVICES, Engine
+from ..errors import ConfigError
+from ..preprocess import PreprocessSpec, preset
+
+
+def add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    p.add_argument("--model", "-m", required=model_required, help="a .tflite model or edge-resnet bundle")
+    p.add_argument("--labels", help="labels file, one per line (a bundle carries its own)")
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu, edgetpu, or auto (Edge TPU if present)")
+    p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: the runtime's)")
+    g = p.add_argument_group("preprocessing for models without edge-resnet metadata")
+    g.add_argument("--preset", help="imagenet, inception, caffe or raw")
+    g.add_argument("--mean", type=_triple, help="R,G,B mean in 0..255 pixel units")
+    g.add_argument("--std", type=_triple, help="R,G,B std in 0..255 pixel units")
+    g.add_argument("--channel-order", choices=("RGB", "BGR"), help="the model's channel order")
+    g.add_argument("--crop-fraction", type=float, help="centre crop share of the shorter side (0.875)")
+    g.add_argument("--label-offset", type=int, help="leading outputs that are not classes (1 for background)")
+
+
+def _triple(text: str) -> tuple[float, float, float]:
+    try:
+        a, b, c = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 127.5,127.5,127.5, got {text!r}") from None
+    return a, b, c
+
+
+def preprocess_override(args: argparse.Namespace, base: PreprocessSpec | None) -> PreprocessSpec | None:
+    """The spec the user asked for on the command line, on top of `base`; None if nothing was asked."""
+    spec = preset(args.preset) if args.preset else base
+    changes = {
+        k: v
+        for k, v in (
+            ("mean", args.mean),
+            ("std", args.std),
+            ("channel_order", args.channel_order),
+            ("crop_fraction", args.crop_fraction),
+        )
+        if v is not None
+    }
+    if not changes:
+        return spec if args.preset else None
+    if spec is None:
+        if args.mean is None or args.std is None:
+            raise ConfigError("--mean and --std go together (or start from --preset NAME)")
+        spec = PreprocessSpec()
+    return replace(spec, preset="custom", **changes)
+
+
+def load_classifier(args: argparse.Namespace) -> Classifier:
+    engine = Engine.load(args.model, device=args.device, threads=args.threads)
+    labels = read_labels(args.labels) if args.labels else None
+    meta_spec = engine.model.meta.preprocess if engine.model.meta else None
+    return Classifier(engine, labels, preprocess_override(args, meta_spec), args.label_offset)
