@@ -1,0 +1,89 @@
+"""`edge-resnet bench` end to end on the real MobileNet v2 model: JSON schema and sane numbers.
+
+No timing thresholds here: this machine is shared, so speed is judged by bench/readme_table.py
+from ratios measured in one run, not by unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_resnet.bench import LatencyStats, ratios
+from tests.conftest import run_cli
+
+STATS = ("runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "fps")
+
+
+def _positive(x: Any) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def test_latency_stats_are_ordered() -> None:
+    s = LatencyStats.of([5.0, 1.0, 2.0, 3.0, 4.0])
+    assert s.runs == 5
+    assert s.min_ms <= s.p50_ms <= s.p90_ms <= s.p99_ms <= s.max_ms
+    assert s.p50_ms == 3.0
+    assert s.fps == pytest.approx(1000.0 / 3.0)
+
+
+def test_ratios_pick_each_backends_best_thread_count() -> None:
+    rows = [
+        {"backend": "tflite", "threads": 1, "p50_ms": 12.0},
+        {"backend": "tflite", "threads": 2, "p50_ms": 10.0},
+        {"backend": "ort-int8", "threads": 1, "p50_ms": 12.0},
+        {"backend": "ort-int8", "threads": 2, "p50_ms": 8.0},
+    ]
+    r = ratios(rows)
+    assert r["same_threads"]["1"]["tflite/ort-int8"] == pytest.approx(1.0)
+    assert r["best"]["tflite/ort-int8"] == pytest.approx(10.0 / 8.0)
+    assert r["best"]["ort-int8"]["threads"] == 2
+    assert r["scaling"]["tflite"]["1->2"] == pytest.approx(1.2)
+
+
+def test_bench_cli_writes_valid_json(mobilenet_quant: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = run_cli(
+        "bench", str(mobilenet_quant), "--threads", "1,2", "--runs", "4", "--warmup", "1",
+        "--block", "2", "--preprocess-runs", "3", "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "[bench" in proc.stderr  # progress on stderr
+    assert "p50 ms" in proc.stdout  # summary on stdout
+    r = json.loads(out.read_text())
+
+    assert r["schema"] == "edge-resnet-bench/1"
+    m = r["machine"]
+    assert m["cores"] >= 1 and m["cpu"] and m["python"] and "ai-edge-litert" in m["packages"]
+
+    model = r["model"]
+    assert model["input"]["shape"] == [1, 224, 224, 3] and model["input"]["dtype"] == "uint8"
+    assert model["delegate"] == "xnnpack"
+    graph = model["graph"]
+    assert graph["ops"] > 0 and 0 < graph["delegated_ops"] <= graph["ops"]
+    assert {o["op"] for o in graph["outside"]} <= set(graph["op_counts"])
+
+    rows = r["invoke"]
+    assert [(row["backend"], row["threads"]) for row in rows] == [("tflite", 1), ("tflite", 2)]
+    for row in rows:
+        assert row["runs"] == 4
+        assert all(_positive(row[k]) for k in (*STATS, "load_ms", "first_invoke_ms"))
+        assert row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
+    assert _positive(r["ratios"]["scaling"]["tflite"]["1->2"])
+
+    assert [p["frame"] for p in r["preprocess"]] == ["640x480", "1280x720", "1920x1080"]
+    for p in r["preprocess"]:
+        assert p["runs"] == 3 and all(_positive(p[k]) for k in STATS)
+    assert r["daemon"] is None
+    mem = r["memory"]
+    assert _positive(mem["peak_rss_mb"]) and mem["peak_rss_tflite_only_mb"] <= mem["peak_rss_mb"]
+
+
+def test_bench_cli_rejects_a_missing_onnx(mobilenet_quant: Path, tmp_path: Path) -> None:
+    proc = run_cli("bench", str(mobilenet_quant), "--onnx", str(tmp_path / "nope.onnx"))
+    assert proc.returncode == 5
+    assert "nope.onnx" in proc.stderr and "not found" in proc.stderr
