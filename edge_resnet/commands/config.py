@@ -1,0 +1,49 @@
+"""`edge-resnet config check FILE`: validate a daemon configuration without starting anything."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import config as configmod
+
+
+def register(sub: Any, name: str, helptext: str) -> None:
+    p = sub.add_parser(
+        name,
+        help=helptext,
+        description="Check a daemon configuration file: prints OK and a summary, or one line naming the "
+        "key and the fix (exit code 3).",
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    c = actions.add_parser("check", help="validate FILE.toml", description="Validate a daemon configuration file.")
+    c.add_argument("file", metavar="FILE.toml")
+    c.set_defaults(func=check)
+
+
+def missing_files(cfg: configmod.Config) -> list[str]:
+    """Files the config names that are not there (warnings: they may exist on the device only)."""
+    out = []
+    named: list[tuple[str, str | None]] = [("[model] path", cfg.model.path), ("[model] labels", cfg.model.labels)]
+    if cfg.mqtt is not None:
+        named.append(("[mqtt] ca_file", cfg.mqtt.ca_file))
+    src = cfg.source
+    if src.type in ("file", "folder"):
+        named.append(("[source] path", src.path))  # type: ignore[union-attr]
+    for key, value in named:
+        if value and not Path(value).exists():
+            out.append(f"{key}: {value} does not exist here")
+    if cfg.mqtt is not None and cfg.mqtt.username and not os.environ.get(cfg.mqtt.password_env):
+        out.append(f"[mqtt] username is set but ${cfg.mqtt.password_env} is empty here")
+    return out
+
+
+def check(args: argparse.Namespace) -> int:
+    cfg = configmod.load(args.file)
+    print(f"OK: {args.file}")
+    print(configmod.summary(cfg))
+    for w in missing_files(cfg):
+        print(f"warning: {w}")
+    return 0

@@ -1,0 +1,352 @@
+"""The daemon: config -> source -> pipeline -> sinks, signals, and systemd notifications.
+
+Lifecycle
+- start: load the model (fatal if it does not load), open the source on the capture thread
+  (a missing camera is retried with backoff unless `[source] retry = false`), start the sinks.
+- READY=1 once the model is loaded and the first frame is classified.
+- WATCHDOG=1 every half `watchdog_interval` while the daemon does its job: frames are being
+  classified, or the camera is lost and the capture thread is alive and retrying (restarting the
+  process would not bring a camera back; a capture thread stuck in a driver call stops the pings).
+- STATUS= with label and fps every few seconds.
+- SIGHUP: read the config file again and reload the model; a bad config or model is refused and
+  the running ones stay. A changed model file (same path, new mtime) is picked up the same way.
+- SIGTERM/SIGINT: STOPPING=1, sinks publish `offline`, threads stop, exit 0 within 5 s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from . import config as configmod
+from .capture import Capture, CaptureState
+from .config import Config, ModelConfig
+from .errors import ConfigError, EdgeResnetError, HardwareError
+from .notify import Notifier
+from .pipeline import Pipeline, load_classifier
+from .sinks.base import Sink, StatusFn
+from .sources import make_source
+
+log = logging.getLogger(__name__)
+
+STOP_BUDGET_S = 4.0  # SIGTERM -> exit, with margin under systemd's and the tests' 5 s
+STATUS_EVERY_S = 5.0
+MODEL_POLL_S = 2.0
+
+Overrides = Callable[[Config], Config]
+
+
+def build_sinks(cfg: Config, status: StatusFn) -> list[Sink]:
+    """One sink per configured table; explicit, imported only when configured."""
+    sinks: list[Sink] = []
+    if cfg.mqtt is not None:
+        from .sinks.mqtt import MqttSink
+
+        sinks.append(MqttSink(cfg.mqtt, cfg.device_id, status, Path(cfg.state_dir)))
+    if cfg.http is not None:
+        from .sinks import http
+
+        sinks.append(http.HttpSink(cfg.http, status))  # type: ignore[attr-defined]
+    if cfg.video is not None:
+        from .sinks import video
+
+        sinks.append(video.VideoSink(cfg.video))  # type: ignore[attr-defined]
+    if cfg.stdout_enabled():
+        from .sinks.stdout import StdoutSink
+
+        every = cfg.stdout.every_frame if cfg.stdout is not None else False
+        sinks.append(StdoutSink(heartbeat_s=cfg.pipeline.heartbeat_s, every_frame=every))
+    return sinks
+
+
+def make_capture(cfg: Config) -> Capture:
+    s = cfg.source
+    return Capture(make_source(s), watchdog_s=s.watchdog_s, retry=s.retry, backoff_max_s=s.backoff_max_s)
+
+
+def prepare_state_dir(cfg: Config) -> Config:
+    """Create the state directory; as a normal user, fall back from /var/lib to ~/.local/state."""
+    p = Path(cfg.state_dir)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        if os.access(p, os.W_OK):
+            return cfg
+    except OSError:
+        pass
+    if cfg.state_dir == configmod.DEFAULT_STATE_DIR:
+        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+        alt = base / "edge-resnet"
+        alt.mkdir(parents=True, exist_ok=True)
+        log.info("%s is not writable; keeping state in %s", p, alt)
+        return dataclasses.replace(cfg, state_dir=str(alt))
+    raise ConfigError(
+        f"state_dir: {p} cannot be created or written; set state_dir to a writable folder "
+        "(systemd: StateDirectory=edge-resnet)"
+    )
+
+
+def _model_stamp(path: str) -> tuple[float, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime, st.st_size
+
+
+class Daemon:
+    """Runs until SIGTERM/SIGINT, `request_stop()`, the end of a finite source, or a limit."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        config_path: str | os.PathLike[str] | None = None,
+        overrides: Overrides | None = None,
+        notifier: Notifier | None = None,
+        max_frames: int | None = None,
+        duration_s: float | None = None,
+        watch_model: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = Path(config_path) if config_path else None
+        self.overrides = overrides or (lambda c: c)
+        self.notifier = notifier or Notifier()
+        self.max_frames = max_frames
+        self.duration_s = duration_s
+        self.watch_model = watch_model
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._stop_reason = ""
+        self.pipeline: Pipeline | None = None
+        self.capture: Capture | None = None
+        self.sinks: list[Sink] = []
+        self._model_stamp: tuple[float, int] | None = None
+        self._refused_stamp: tuple[float, int] | None = None
+
+    # -- control from signal handlers or other threads --------------------------------------------
+    def request_stop(self, why: str = "stop requested") -> None:
+        self._stop_reason = self._stop_reason or why
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.request_reload()
+        else:
+            self.request_stop(signal.Signals(signum).name)
+
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old: dict[int, Any] = {}
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            old[sig] = signal.signal(sig, self._on_signal)
+        return old
+
+    # -- run ------------------------------------------------------------------------------------
+    def run(self) -> int:
+        old_handlers = self._install_signals()
+        try:
+            return self._run()
+        finally:
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+
+    def _run(self) -> int:
+        cfg = self.cfg = prepare_state_dir(self.cfg)
+        log.info("starting:\n%s", configmod.summary(cfg))
+        clf = load_classifier(cfg.model)
+        log.info("model %s", clf.engine.describe())
+        self._model_stamp = _model_stamp(cfg.model.path)
+        capture = self.capture = make_capture(cfg)
+        pipeline = self.pipeline = Pipeline(
+            capture, clf, [], cfg.pipeline, cfg.model.top_k, stall_s=cfg.source.watchdog_s
+        )
+        failure: EdgeResnetError | None = None
+        try:
+            self.sinks = build_sinks(cfg, pipeline.status)
+            pipeline.set_sinks(self.sinks)
+            for s in self.sinks:
+                s.start()
+            capture.start()
+            pipeline.start()
+            failure = self._loop()
+        finally:
+            self._shutdown()
+        if failure is not None:
+            raise failure
+        log.info("stopped (%s) after %d frames", self._stop_reason or "done", pipeline.classified)
+        return 0
+
+    def _loop(self) -> EdgeResnetError | None:
+        assert self.pipeline is not None
+        pipeline = self.pipeline
+        t_start = time.monotonic()
+        ready = False
+        next_status = next_ping = next_poll = 0.0
+        wd = self.notifier.watchdog_interval
+        tick = 0.05 if self.max_frames else 0.2
+        while not self._stop.wait(tick):
+            now = time.monotonic()
+            capture = pipeline.capture
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            if capture.error is not None:
+                return capture.error
+            if capture.state() is CaptureState.FAILED:
+                return HardwareError(f"{capture.source.description} failed")
+            if pipeline.ended:
+                self._stop_reason = "source ended"
+                break
+            if self.max_frames is not None and pipeline.classified >= self.max_frames:
+                self._stop_reason = f"{self.max_frames} frames classified"
+                break
+            if self.duration_s is not None and now - t_start >= self.duration_s:
+                self._stop_reason = f"{self.duration_s:g} s elapsed"
+                break
+            if not ready and pipeline.wait_first(0):
+                ready = True
+                line = pipeline.status_line()
+                self.notifier.ready(line)
+                log.info("ready: %s", line)
+            if wd and now >= next_ping:
+                next_ping = now + wd / 2
+                if self._alive(wd / 2):
+                    self.notifier.watchdog()
+            if now >= next_status:
+                next_status = now + STATUS_EVERY_S
+                self.notifier.status(pipeline.status_line())
+            if self.watch_model and now >= next_poll:
+                next_poll = now + MODEL_POLL_S
+                self._check_model_file()
+        return None
+
+    def _alive(self, window_s: float) -> bool:
+        """Doing the job: a frame classified within `window_s`, or the camera lost and being retried."""
+        assert self.pipeline is not None
+        last = self.pipeline.last_classified_mono
+        if last is not None and time.monotonic() - last <= window_s:
+            return True
+        return self.pipeline.capture.state() is CaptureState.LOST and self.pipeline.capture.thread_alive()
+
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + STOP_BUDGET_S
+        self.notifier.stopping(f"stopping ({self._stop_reason or 'shutdown'})")
+
+        def left(cap: float) -> float:
+            return max(0.1, min(cap, deadline - time.monotonic()))
+
+        if self.pipeline is not None:
+            self.pipeline.stop(left(1.0))
+        if self.sinks:  # in parallel: each publishes `offline` / flushes within its own timeout
+            budget = left(2.5)
+            threads = [
+                threading.Thread(target=s.stop, args=(budget,), name=f"stop-{s.name}", daemon=True) for s in self.sinks
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(left(budget))
+        if self.capture is not None:
+            self.capture.stop(left(1.0))
+        if self.pipeline is not None and self.pipeline.capture is not self.capture:
+            self.pipeline.capture.stop(left(1.0))
+
+    # -- reload ------------------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """SIGHUP: re-read the config (if there is a file), reload the model, apply what changed.
+        Anything that fails is refused with one log line; what runs keeps running."""
+        assert self.pipeline is not None
+        self.notifier.reloading()
+        try:
+            new = self.cfg
+            if self.config_path is not None:
+                new = prepare_state_dir(self.overrides(configmod.load(self.config_path)))
+        except EdgeResnetError as e:
+            log.error("config reload refused, keeping the running configuration: %s", e)
+            self.notifier.ready(self.pipeline.status_line())
+            return False
+        ok = self._reload_model(new.model)
+        if not ok:
+            new = dataclasses.replace(new, model=self.cfg.model)
+        if new.pipeline != self.cfg.pipeline or new.model.top_k != self.cfg.model.top_k:
+            self.pipeline.update_settings(new.pipeline, new.model.top_k)
+        if new.source != self.cfg.source:
+            ok = self._swap_source(new) and ok
+            if not ok:
+                new = dataclasses.replace(new, source=self.cfg.source)
+        if self._sink_configs(new) != self._sink_configs(self.cfg):
+            self._swap_sinks(new)
+        self.cfg = new
+        self.notifier.ready(self.pipeline.status_line())
+        log.info("reload %s", "done" if ok else "partly refused (see above)")
+        return ok
+
+    def _reload_model(self, model: ModelConfig) -> bool:
+        assert self.pipeline is not None
+        stamp = _model_stamp(model.path)
+        if self.pipeline.reload(model):
+            self._model_stamp = stamp
+            self._refused_stamp = None
+            return True
+        self._refused_stamp = stamp
+        return False
+
+    def _check_model_file(self) -> None:
+        """A model file replaced in place (new mtime/size) is reloaded like on SIGHUP; a refused
+        file is not retried (nor logged again) until it changes once more."""
+        stamp = _model_stamp(self.cfg.model.path)
+        if stamp is None or stamp == self._model_stamp or stamp == self._refused_stamp:
+            return
+        if time.time() - stamp[0] < 1.0:
+            return  # still being written: look again next poll
+        log.info("model file %s changed; reloading it", self.cfg.model.path)
+        self._reload_model(self.cfg.model)
+
+    def _swap_source(self, new: Config) -> bool:
+        assert self.pipeline is not None
+        try:
+            capture = make_capture(new)
+        except EdgeResnetError as e:
+            log.error("new [source] refused, keeping %s: %s", self.pipeline.capture.source.description, e)
+            return False
+        old = self.pipeline.capture
+        capture.start()
+        self.pipeline.set_capture(capture)
+        self.capture = capture
+        old.stop(1.0)
+        self.pipeline.stall_s = new.source.watchdog_s
+        log.info("source switched to %s", capture.source.description)
+        return True
+
+    @staticmethod
+    def _sink_configs(cfg: Config) -> tuple[Any, ...]:
+        return (cfg.device_id, cfg.state_dir, cfg.mqtt, cfg.http, cfg.video, cfg.stdout_enabled(), cfg.stdout)
+
+    def _swap_sinks(self, new: Config) -> None:
+        assert self.pipeline is not None
+        try:
+            sinks = build_sinks(new, self.pipeline.status)
+        except EdgeResnetError as e:
+            log.error("new sink configuration refused, keeping the running sinks: %s", e)
+            return
+        old = self.sinks
+        self.pipeline.set_sinks([])
+        for s in old:
+            s.stop(1.5)
+        for s in sinks:
+            s.start()
+        self.sinks = sinks
+        self.pipeline.set_sinks(sinks)
+        log.info("sinks now: %s", ", ".join(s.name for s in sinks) or "none")

@@ -1,0 +1,392 @@
+"""The pipeline thread: newest frame -> Classifier -> smoothing -> every sink, plus counters.
+
+One Classifier (one interpreter) lives here, created once and replaced only by `reload`, which
+loads and warms up the new model on the caller's thread first: a model that does not load is
+refused and the old one keeps classifying. Sinks get every classified frame (`publish` never
+blocks); `Observation.changed` marks a change of the smoothed label, which is what MQTT events
+and the stdout sink report.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from .capture import Capture, CaptureState
+from .classify import Classifier, Prediction, default_preprocess, read_labels
+from .config import ModelConfig, PipelineConfig, Smoothing
+from .engine import Engine
+from .errors import ConfigError, EdgeResnetError
+from .observation import Observation, Status
+from .sinks.base import Sink
+
+log = logging.getLogger(__name__)
+
+
+def load_classifier(model: ModelConfig) -> Classifier:
+    """Load, verify and warm up a model (Engine.load invokes it once) with its labels and any
+    preprocessing overrides; every failure is a one-line EdgeResnetError."""
+    if not model.path:
+        raise ConfigError("no model given; set [model] path in the config or pass --model FILE.tflite")
+    labels = read_labels(model.labels) if model.labels else None
+    engine = Engine.load(model.path, model.device, model.threads)
+    spec = None
+    if not model.preprocess.empty():
+        meta = engine.model.meta
+        base = meta.preprocess if meta is not None else default_preprocess(engine.input)
+        spec = model.preprocess.apply(base)
+    return Classifier(engine, labels, preprocess=spec)
+
+
+# -- smoothing: pure, so tests can feed it probability vectors ----------------------------------
+
+
+class Smoother:
+    """Keeps the published label steady.
+
+    - "none": this frame's top-1.
+    - "average": top-1 of the mean probabilities over the last `window` frames.
+    - "hysteresis": a new label is adopted only after it was top-1 for `window` frames in a row.
+    In every mode a *new* label must also reach `min_score`; until then the old label stays.
+    """
+
+    def __init__(self, mode: Smoothing = "hysteresis", window: int = 3, min_score: float = 0.0) -> None:
+        self.mode = mode
+        self.window = window
+        self.min_score = min_score
+        self.reset()
+
+    def reset(self) -> None:
+        self.current: Prediction | None = None
+        self._history: collections.deque[npt.NDArray[np.float32]] = collections.deque(maxlen=self.window)
+        self._candidate = -1
+        self._count = 0
+
+    def update(
+        self, probs: npt.NDArray[np.float32], labels: Sequence[str], label_offset: int
+    ) -> tuple[Prediction, bool]:
+        """Feed one frame's probabilities; returns (published label, changed)."""
+        if self._history and self._history[0].shape != probs.shape:
+            self.reset()  # a model with another number of classes
+        if self.mode == "average":
+            self._history.append(probs)
+            scores = np.mean(np.stack(self._history), axis=0) if len(self._history) > 1 else probs
+        else:
+            scores = probs
+        best = int(np.argmax(scores))
+
+        def pred(i: int) -> Prediction:
+            return Prediction(labels[i], i - label_offset, float(scores[i]))
+
+        prev = self.current
+        if prev is None:
+            self.current = pred(best)
+            return self.current, True
+        prev_slot = prev.class_index + label_offset
+        if best == prev_slot:
+            self._candidate, self._count = -1, 0
+            self.current = pred(best)
+            return self.current, False
+        if self.mode == "hysteresis":
+            if best == self._candidate:
+                self._count += 1
+            else:
+                self._candidate, self._count = best, 1
+            adopt = self._count >= self.window
+        else:
+            adopt = True
+        if adopt and float(scores[best]) >= self.min_score:
+            self._candidate, self._count = -1, 0
+            self.current = pred(best)
+            return self.current, True
+        self.current = pred(prev_slot)  # keep the label, report its current score
+        return self.current, False
+
+
+# -- counters -----------------------------------------------------------------------------------
+
+
+class _Rate:
+    """Events per second over the last `span` seconds."""
+
+    def __init__(self, span: float = 5.0) -> None:
+        self.span = span
+        self._t: collections.deque[float] = collections.deque(maxlen=2048)
+
+    def add(self, t: float) -> None:
+        self._t.append(t)
+
+    def per_second(self, now: float) -> float:
+        recent = [t for t in self._t if now - t <= self.span]
+        if len(recent) < 2 or recent[-1] <= recent[0]:
+            return 0.0
+        return (len(recent) - 1) / (recent[-1] - recent[0])
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else 0.0
+
+
+@dataclass(frozen=True)
+class _Swap:
+    classifier: Classifier
+    model_name: str
+
+
+class Pipeline:
+    """Owns the classifying thread. `publish` of every sink is called on this thread."""
+
+    def __init__(
+        self,
+        capture: Capture,
+        classifier: Classifier,
+        sinks: Sequence[Sink],
+        cfg: PipelineConfig | None = None,
+        top_k: int = 5,
+        *,
+        stall_s: float = 5.0,
+    ) -> None:
+        self.capture = capture
+        self.cfg = cfg or PipelineConfig()
+        self.top_k = top_k
+        self.stall_s = stall_s
+        self._clf = classifier
+        self._model_name = classifier.engine.model.path.name
+        self._sinks: tuple[Sink, ...] = tuple(sinks)
+        self._smoother = Smoother(self.cfg.smoothing, self.cfg.window, self.cfg.min_score)
+        self._pending: _Swap | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._first = threading.Event()
+        self._ended = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started_mono = time.monotonic()
+        # counters (written by the pipeline thread, read by status())
+        self.classified = 0
+        self.label_changes = 0
+        self.errors = 0
+        self.reloads = 0
+        self.reload_failures = 0
+        self.last_classified_mono: float | None = None
+        self.last_observation: Observation | None = None
+        self._ages_ms: collections.deque[float] = collections.deque(maxlen=1000)
+        self._invoke_ms: collections.deque[float] = collections.deque(maxlen=1000)
+        self._rate = _Rate()
+        self._warned: set[str] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("pipeline already started")
+        self._started_mono = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop classifying and join the thread (sinks and capture are stopped by their owner)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("pipeline thread did not stop within %.1f s", timeout)
+
+    def wait_first(self, timeout: float) -> bool:
+        """True once the first frame has been classified."""
+        return self._first.wait(timeout)
+
+    @property
+    def ended(self) -> bool:
+        """The source has no more frames (a file without loop) and the last one was classified."""
+        return self._ended.is_set()
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def sinks(self) -> tuple[Sink, ...]:
+        return self._sinks
+
+    # -- changes while running (called from the daemon's main thread) ----------------------------
+    def reload(self, model: ModelConfig) -> bool:
+        """Load and warm up `model` here, then hand it to the pipeline thread. A model that does not
+        load is refused with one log line and the running one stays."""
+        try:
+            clf = load_classifier(model)
+        except EdgeResnetError as e:
+            self.reload_failures += 1
+            log.error("new model refused, keeping %s: %s", self._model_name, e)
+            return False
+        with self._lock:
+            self._pending = _Swap(clf, Path(model.path).name)
+        self.reloads += 1
+        log.info("model %s loaded (%s); swapping it in", Path(model.path).name, clf.engine.describe())
+        return True
+
+    def update_settings(self, cfg: PipelineConfig, top_k: int) -> None:
+        with self._lock:
+            self.cfg = cfg
+            self.top_k = top_k
+            self._smoother = Smoother(cfg.smoothing, cfg.window, cfg.min_score)
+
+    def set_sinks(self, sinks: Sequence[Sink]) -> None:
+        self._sinks = tuple(sinks)
+
+    def set_capture(self, capture: Capture) -> None:
+        self.capture = capture
+
+    # -- the pipeline thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        next_due = 0.0
+        while not self._stop.is_set():
+            with self._lock:
+                swap, self._pending = self._pending, None
+                cfg, top_k, smoother = self.cfg, self.top_k, self._smoother
+            if swap is not None:
+                self._clf, self._model_name = swap.classifier, swap.model_name
+                smoother.reset()
+            if cfg.max_fps:
+                wait = next_due - time.monotonic()
+                if wait > 0 and self._stop.wait(wait):
+                    break
+            capture = self.capture
+            frame = capture.get(timeout=0.25)
+            if frame is None:
+                if capture.finished():
+                    self._ended.set()
+                    return
+                continue
+            if cfg.max_fps:
+                next_due = time.monotonic() + 1.0 / cfg.max_fps
+            clf = self._clf
+            try:
+                res = clf.classify(frame.image, k=top_k, roi=cfg.roi)
+            except ConfigError as e:  # region of interest outside this camera's frame
+                self._warn_once("roi", f"{e}; classifying the whole frame")
+                res = clf.classify(frame.image, k=top_k)
+            except Exception as e:  # an interpreter failing mid-run: count, report, keep going
+                self.errors += 1
+                self._warn_once(f"classify:{type(e).__name__}", f"classifying frame {frame.seq} failed: {e}")
+                continue
+            label, changed = smoother.update(res.probs, clf.labels, clf.label_offset)
+            obs = Observation(
+                frame=frame,
+                top_k=res.predictions,
+                label=label,
+                changed=changed,
+                invoke_ms=res.latency_ms,
+                model=self._model_name,
+                classified_at=time.time(),
+            )
+            now = time.monotonic()
+            self._ages_ms.append((now - frame.captured_mono) * 1000.0)
+            self._invoke_ms.append(res.latency_ms)
+            for sink in self._sinks:
+                try:
+                    sink.publish(obs)
+                except Exception as e:  # a sink bug must not stop classification
+                    self._warn_once(f"sink:{sink.name}", f"sink {sink.name} failed to take a frame: {e}")
+            self.classified += 1
+            self.label_changes += int(changed)
+            self.last_observation = obs
+            self.last_classified_mono = now
+            self._rate.add(now)
+            self._first.set()
+
+    def _warn_once(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s (reported once)", msg)
+        else:
+            log.debug("%s", msg)
+
+    # -- status ----------------------------------------------------------------------------------
+    def frame_age_ms(self) -> tuple[float, float]:
+        """Frame age at publish (capture -> handed to the sinks), p50 and p99 in milliseconds."""
+        ages = list(self._ages_ms)
+        return percentile(ages, 50), percentile(ages, 99)
+
+    def invoke_ms(self) -> tuple[float, float]:
+        t = list(self._invoke_ms)
+        return percentile(t, 50), percentile(t, 99)
+
+    def status(self) -> Status:
+        now = time.monotonic()
+        cs = self.capture.stats()
+        age50, age99 = self.frame_age_ms()
+        inv50, inv99 = self.invoke_ms()
+        since = now - self.last_classified_mono if self.last_classified_mono is not None else None
+        healthy = False
+        if cs.state is not CaptureState.RUNNING:
+            reason = cs.reason
+        elif since is None:
+            reason = f"starting: waiting for the first frame from {self.capture.source.description}"
+        elif since > self.stall_s:
+            reason = f"no frame classified for {since:.1f} s"
+        elif cs.reason != "ok":
+            reason = cs.reason
+        else:
+            healthy, reason = True, "ok"
+        obs = self.last_observation
+        eng = self._clf.engine
+        counters = {
+            "frames_captured_total": float(cs.captured),
+            "frames_dropped_total": float(cs.dropped),
+            "frames_classified_total": float(self.classified),
+            "capture_fps": round(cs.fps, 2),
+            "inference_fps": round(self._rate.per_second(now), 2),
+            "frame_age_p50_ms": round(age50, 2),
+            "frame_age_p99_ms": round(age99, 2),
+            "invoke_p50_ms": round(inv50, 2),
+            "invoke_p99_ms": round(inv99, 2),
+            "label_changes_total": float(self.label_changes),
+            "classify_errors_total": float(self.errors),
+            "camera_reconnects_total": float(cs.reconnects),
+            "model_reloads_total": float(self.reloads),
+            "model_reload_failures_total": float(self.reload_failures),
+            "last_frame_age_seconds": round(cs.last_frame_age_s, 3) if cs.last_frame_age_s is not None else -1.0,
+            "uptime_seconds": round(now - self._started_mono, 1),
+        }
+        if obs is not None:
+            counters["score"] = round(obs.label.score, 4)
+        sinks = {}
+        for s in self._sinks:
+            try:
+                ok, why = s.healthy()
+                extra = getattr(s, "counters", None)  # a sink may add its own counters to /metrics
+                if callable(extra):
+                    counters.update({k: float(v) for k, v in extra().items()})
+            except Exception as e:
+                ok, why = False, str(e)
+            sinks[s.name] = why if why else ("ok" if ok else "unhealthy")
+        labels = {
+            "model": self._model_name,
+            "device": eng.device,
+            "delegate": eng.delegate,
+            "source": self.capture.source.description,
+            "capture_state": cs.state.value,
+            "label": obs.label.label if obs is not None else "",
+            "class_index": obs.label.class_index if obs is not None else -1,
+            "sinks": sinks,
+        }
+        return Status(healthy=healthy, reason=reason, counters=counters, labels=labels)
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= and the logs."""
+        st = self.status()
+        c = st.counters
+        label = st.labels.get("label") or "-"
+        head = "" if st.healthy else f"{st.reason} | "
+        return (
+            f"{head}{label} ({c.get('score', 0.0):.2f}) | {c['inference_fps']:.1f} fps inference, "
+            f"{c['capture_fps']:.1f} fps capture | age p50 {c['frame_age_p50_ms']:.0f} ms | "
+            f"dropped {int(c['frames_dropped_total'])}"
+        )

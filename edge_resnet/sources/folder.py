@@ -1,0 +1,64 @@
+"""A folder of images as a frame source: each image in name order, held `interval_s` seconds."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from ..capture import EndOfStream, open_error
+from ..errors import InputError
+from ..images import list_images, load_image
+
+log = logging.getLogger(__name__)
+
+
+class FolderFrames:
+    """Images are listed again on every pass, so files added or removed while running count."""
+
+    def __init__(self, path: str, interval_s: float = 1.0, loop: bool = False) -> None:
+        self.path = Path(path)
+        self.interval_s = interval_s
+        self.loop = loop
+        self.description = f"image folder {self.path}"
+        self._files: list[Path] = []
+        self._i = 0
+        self._next_due = 0.0
+
+    def open(self) -> None:
+        if not self.path.is_dir():
+            raise open_error(self.description, "it does not exist or is not a folder; check the path")
+        try:
+            self._files = list_images([self.path], recursive=False)
+        except (InputError, OSError) as e:
+            raise open_error(self.description, f"it cannot be listed ({e})") from None
+        if not self._files:
+            raise open_error(self.description, "it holds no .jpg/.png/.bmp images; add some")
+        self._i = 0
+        self._next_due = time.monotonic()
+
+    def read(self) -> npt.NDArray[np.uint8] | None:
+        if self._i >= len(self._files):
+            if not self.loop:
+                raise EndOfStream(self.description)
+            self.open()
+        if self.interval_s > 0:
+            delay = self._next_due - time.monotonic()
+            if delay > 0:
+                time.sleep(min(delay, 0.25))
+                if self._next_due - time.monotonic() > 0:
+                    return None  # not due yet: the capture thread comes back (and can be stopped)
+            self._next_due = max(self._next_due + self.interval_s, time.monotonic() - self.interval_s)
+        f = self._files[self._i]
+        self._i += 1
+        try:
+            return load_image(f)
+        except InputError as e:
+            log.warning("skipping %s", e)
+            return None
+
+    def close(self) -> None:
+        self._files = []
