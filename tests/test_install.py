@@ -1,0 +1,195 @@
+"""deploy/install.sh: shellcheck-clean, installs into a staging root, idempotent (a second run
+changes no file, mode, size or mtime), keeps an existing config, and uninstalls what it added."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "deploy" / "install.sh"
+
+EXPECTED_FILES = {
+    "etc/systemd/system/edge-resnet.service": 0o644,
+    "etc/systemd/system/edge-resnet@.service": 0o644,
+    "etc/udev/rules.d/99-edge-resnet-coral.rules": 0o644,
+    "etc/edge-resnet/config.toml": 0o640,
+}
+EXPECTED_DIRS = {
+    "opt/edge-resnet": 0o755,
+    "etc/edge-resnet": 0o755,
+    "var/lib/edge-resnet": 0o750,
+    "var/lib/edge-resnet/models": 0o750,
+}
+
+
+def test_shellcheck_clean() -> None:
+    exe = shutil.which("shellcheck")
+    if exe is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("shellcheck is not installed (CI installs it: apt-get install shellcheck)")
+        pytest.skip("shellcheck is not installed")
+    r = subprocess.run([exe, "--severity=style", str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """The parts of a checkout the installer reads (deploy/, systemd/), with a config example
+    (the repo's own if present)."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "deploy", src / "deploy")
+    shutil.copytree(REPO / "systemd", src / "systemd")
+    example = src / "deploy" / "config.example.toml"
+    if not example.exists():
+        example.write_text('device_id = "edge-resnet"\n')
+    return src
+
+
+def install(checkout: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(checkout / "deploy" / "install.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, int, str]]:
+    """path -> (mode, size, mtime_ns, sha256) for everything under root."""
+    out: dict[str, tuple[int, int, int, str]] = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else ""
+        out[str(p.relative_to(root))] = (st.st_mode, st.st_size if p.is_file() else 0, st.st_mtime_ns, digest)
+    return out
+
+
+def without_dir_mtimes(snap: dict[str, tuple[int, int, int, str]]) -> dict[str, tuple[int, int, int, str]]:
+    """A directory that was there before gets a new mtime when entries come and go: compare the rest."""
+    return {k: (m, s, 0 if not h else t, h) for k, (m, s, t, h) in snap.items()}
+
+
+def test_install_into_prefix_is_idempotent_and_uninstalls(checkout: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "hostname").write_text("pi\n")  # something that was there before
+    before = snapshot(root)
+
+    r = install(checkout, "--prefix", str(root))
+    assert r.returncode == 0, r.stdout + r.stderr
+    for rel, mode in EXPECTED_FILES.items():
+        p = root / rel
+        assert p.is_file(), rel
+        assert p.stat().st_mode & 0o777 == mode, rel
+    for rel, mode in EXPECTED_DIRS.items():
+        assert (root / rel).is_dir() and (root / rel).stat().st_mode & 0o777 == mode, rel
+    assert (root / "etc/systemd/system/edge-resnet.service").read_bytes() == (
+        REPO / "systemd" / "edge-resnet.service"
+    ).read_bytes()
+    assert (root / "etc/edge-resnet/config.toml").read_bytes() == (
+        checkout / "deploy" / "config.example.toml"
+    ).read_bytes()
+    # under --prefix the system steps are shown, not done
+    for step in ("useradd", "systemctl enable edge-resnet.service", "pip install", "udevadm"):
+        assert any(line.startswith("skip (--no-system): ") and step in line for line in r.stdout.splitlines()), step
+    first = snapshot(root)
+    print(f"\ninstalled {len(first) - len(before)} paths into the staging root")
+
+    r2 = install(checkout, "--prefix", str(root))
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    second = snapshot(root)
+    assert second == first, "a second run changed the tree"
+    assert "\n+ " not in "\n" + r2.stdout, "a second run did something:\n" + r2.stdout
+
+    r3 = install(checkout, "--prefix", str(root), "--uninstall")
+    assert r3.returncode == 0, r3.stdout + r3.stderr
+    after = snapshot(root)
+    left = set(after) - set(before)
+    # config and state are kept (plus the manifest that lists them, for a later --purge)
+    assert left == {
+        "etc/edge-resnet",
+        "etc/edge-resnet/config.toml",
+        "etc/edge-resnet/.install-manifest",
+        "var",
+        "var/lib",
+        "var/lib/edge-resnet",
+        "var/lib/edge-resnet/models",
+    }, sorted(left)
+    assert not (root / "opt").exists() and not (root / "etc/systemd").exists() and not (root / "etc/udev").exists()
+
+    r4 = install(checkout, "--prefix", str(root), "--uninstall", "--purge")
+    assert r4.returncode == 0, r4.stdout + r4.stderr
+    assert without_dir_mtimes(snapshot(root)) == without_dir_mtimes(before)
+
+
+def test_existing_config_is_kept_and_never_purged(checkout: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    config = root / "etc/edge-resnet/config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("# mine\n")
+    os.chmod(config, 0o600)
+    r = install(checkout, "--prefix", str(root))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "kept existing /etc/edge-resnet/config.toml" in r.stdout
+    assert config.read_text() == "# mine\n" and config.stat().st_mode & 0o777 == 0o600
+    r = install(checkout, "--prefix", str(root), "--uninstall", "--purge")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the admin's config (and its directory) were not the installer's to remove
+    assert config.read_text() == "# mine\n"
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == [
+        "etc",
+        "etc/edge-resnet",
+        "etc/edge-resnet/config.toml",
+    ]
+
+
+def test_dry_run_changes_nothing(checkout: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    r = install(checkout, "--prefix", str(root), "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not root.exists()
+    assert "install -m 0644" in r.stdout and "etc/systemd/system/edge-resnet.service" in r.stdout
+    root.mkdir()
+    assert install(checkout, "--prefix", str(root)).returncode == 0
+    snap = snapshot(root)
+    r = install(checkout, "--prefix", str(root), "--uninstall", "--purge", "--dry-run")
+    assert r.returncode == 0 and "rm -rf" in r.stdout
+    assert snapshot(root) == snap
+
+
+def test_updated_unit_is_replaced(checkout: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    assert install(checkout, "--prefix", str(root)).returncode == 0
+    unit = checkout / "systemd" / "edge-resnet.service"
+    unit.write_text(unit.read_text().replace("RestartSec=5s", "RestartSec=7s"))
+    r = install(checkout, "--prefix", str(root))
+    assert r.returncode == 0
+    assert "RestartSec=7s" in (root / "etc/systemd/system/edge-resnet.service").read_text()
+    assert "unchanged /etc/udev/rules.d/99-edge-resnet-coral.rules" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["--bogus"], "unknown option"), (["--purge"], "--purge only goes with --uninstall"), (["--prefix"], "needs")],
+)
+def test_bad_arguments_exit_2(checkout: Path, args: list[str], needle: str) -> None:
+    r = install(checkout, *args)
+    assert r.returncode == 2 and needle in r.stderr
+
+
+def test_help(checkout: Path) -> None:
+    r = install(checkout, "--help")
+    assert r.returncode == 0 and "--prefix DIR" in r.stdout and "--uninstall" in r.stdout
+
+
+def test_udev_rule_names_both_coral_usb_ids() -> None:
+    rule = (REPO / "deploy" / "99-edge-resnet-coral.rules").read_text()
+    assert 'ATTR{idVendor}=="1a6e", ATTR{idProduct}=="089a"' in rule
+    assert 'ATTR{idVendor}=="18d1", ATTR{idProduct}=="9302"' in rule
+    assert 'GROUP="plugdev"' in rule and 'SUBSYSTEM=="apex"' in rule
