@@ -345,7 +345,16 @@ def load(path: str | os.PathLike[str]) -> Config:
     try:
         return config_from_dict(data)
     except ConfigError as e:
-        raise ConfigError(f"{p}: {e}") from None
+        raise ConfigError(f"{p}: {_with_hint(str(e))}") from None
+
+
+def _with_hint(msg: str) -> str:
+    """A quoted number where a number belongs is the most common TOML slip: say how to write it."""
+    if ("expected an integer, got '" in msg or "expected a number, got '" in msg) and msg.endswith("'"):
+        return msg + " (write the number without quotes)"
+    if "expected true or false, got '" in msg:
+        return msg + " (write true or false without quotes)"
+    return msg
 
 
 def summary(cfg: Config) -> str:

@@ -1,0 +1,148 @@
+"""Daemon configuration: the example validates, bad keys and types fail with the key named, flags override."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from edge_resnet import config as configmod
+from edge_resnet.commands.run import apply_overrides, parse_source
+from edge_resnet.config import FileSource, FolderSource, OpenCvSource, Picamera2Source, UrlSource
+from edge_resnet.errors import ConfigError, InputError
+
+from .conftest import REPO, run_cli
+
+EXAMPLE = REPO / "deploy" / "config.example.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+def test_example_config_validates() -> None:
+    cfg = configmod.load(EXAMPLE)
+    assert cfg.mqtt is not None and cfg.http is not None
+    assert isinstance(cfg.source, OpenCvSource)
+    assert not cfg.stdout_enabled()
+
+
+def test_config_check_cli_ok() -> None:
+    r = run_cli("config", "check", str(EXAMPLE))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("OK")
+    assert "source:" in r.stdout and "camera 0" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ('[model]\npath = "m.tflite"\nthred = 4\n', ["[model] unknown key 'thred'", "threads"]),
+        ('[model]\npath = "m.tflite"\nthreads = "4"\n', ["model.threads", "without quotes"]),
+        ('[modle]\npath = "m"\n', ["unknown top-level key 'modle'"]),
+        ('[source]\ntype = "webcam"\n', ["[source] type", "'webcam'", "opencv"]),
+        ('[source]\ntype = "file"\n', ["[source] missing key 'path'"]),
+        ('[source]\ntype = "file"\npath = "a.mp4"\nloops = true\n', ["[source] unknown key 'loops'", "loop"]),
+        ('[pipeline]\nsmoothing = "median"\n', ["pipeline.smoothing", "'hysteresis'"]),
+        ('[pipeline]\nroi = [0, 0, 10]\n', ["pipeline.roi"]),
+        ('[mqtt]\nurl = "http://broker"\n', ["[mqtt] url", "mqtt://"]),
+        ('[http]\nlisten = "8080"\n', ["[http] listen", "HOST:PORT"]),
+        ('device_id = "my device"\n', ["device_id", "letters, digits"]),
+        ("[model\n", ["not valid TOML"]),
+    ],
+)
+def test_bad_config_names_key_and_fix(tmp_path: Path, text: str, needles: list[str]) -> None:
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as ei:
+        configmod.load(p)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    for n in needles:
+        assert n in msg, msg
+
+
+def test_config_check_cli_bad_exit_3(tmp_path: Path) -> None:
+    p = write(tmp_path, '[source]\ntype = "file"\npath = "a.mp4"\nspeed = 2\n')
+    r = run_cli("config", "check", str(p))
+    assert r.returncode == 3
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("edge-resnet: error:") and "unknown key 'speed'" in lines[-1]
+    print(lines[-1])
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    r = run_cli("config", "check", str(tmp_path / "nope.toml"))
+    assert r.returncode == 3 and "does not exist" in r.stderr
+
+
+def test_every_source_type_and_defaults(tmp_path: Path) -> None:
+    cases = {
+        'type = "opencv"\ndevice = "/dev/v4l/by-id/usb-cam-video-index0"\nwidth = 640\nheight = 480': OpenCvSource,
+        'type = "file"\npath = "v.mp4"\nrealtime = false\nloop = true': FileSource,
+        'type = "url"\nurl = "rtsp://cam/stream"': UrlSource,
+        'type = "folder"\npath = "imgs"\ninterval_s = 0': FolderSource,
+        'type = "picamera2"\nlores_size = [320, 240]': Picamera2Source,
+    }
+    for body, cls in cases.items():
+        cfg = configmod.load(write(tmp_path, f"[source]\n{body}\n"))
+        assert isinstance(cfg.source, cls)
+    cfg = configmod.load(write(tmp_path, ""))
+    assert cfg.stdout_enabled() and cfg.pipeline.smoothing == "hysteresis"
+
+
+def test_state_dir_from_systemd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/a:{tmp_path}/b")
+    assert configmod.load(write(tmp_path, "")).state_dir == f"{tmp_path}/a"
+    monkeypatch.delenv("STATE_DIRECTORY")
+    assert configmod.load(write(tmp_path, "")).state_dir == configmod.DEFAULT_STATE_DIR
+
+
+def test_preprocess_overrides() -> None:
+    from edge_resnet.preprocess import PRESETS
+
+    o = configmod.PreprocessOverrides(preset="imagenet", crop_fraction=1.0)
+    spec = o.apply(PRESETS["raw"])
+    assert spec.mean == PRESETS["imagenet"].mean and spec.crop_fraction == 1.0
+    with pytest.raises(ConfigError, match="preset"):
+        configmod.PreprocessOverrides(preset="torch")
+
+
+def _args(**kw: object) -> argparse.Namespace:
+    base = {
+        "model": None, "labels": None, "device": None, "threads": None, "source": None, "loop": False, "fast": False,
+        "max_fps": None, "device_id": None, "mqtt": None, "http": None, "video": None, "stdout": False,
+    }
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_flags_override_file(tmp_path: Path) -> None:
+    video = tmp_path / "v.avi"
+    video.write_bytes(b"x")
+    cfg = configmod.load(EXAMPLE)
+    out = apply_overrides(
+        cfg,
+        _args(model="m.tflite", source=str(video), fast=True, mqtt="mqtt://10.0.0.2:1884", device_id="kitchen",
+              http="0.0.0.0:9000", threads=2),
+    )
+    assert out.model.path == "m.tflite" and out.model.threads == 2
+    assert isinstance(out.source, FileSource) and not out.source.realtime
+    assert out.mqtt is not None and out.mqtt.url == "mqtt://10.0.0.2:1884" and out.mqtt.topic_prefix == "edge-resnet"
+    assert out.http is not None and out.http.listen == "0.0.0.0:9000"
+    assert out.device_id == "kitchen"
+    with pytest.raises(ConfigError, match="mqtt"):
+        apply_overrides(cfg, _args(mqtt="tcp://x"))
+
+
+def test_parse_source(tmp_path: Path) -> None:
+    assert parse_source("0") == OpenCvSource(device=0)
+    assert parse_source("/dev/video2") == OpenCvSource(device="/dev/video2")
+    assert isinstance(parse_source("rtsp://cam/s"), UrlSource)
+    assert isinstance(parse_source("http://cam/video.mjpg"), UrlSource)
+    assert isinstance(parse_source("picamera2"), Picamera2Source)
+    assert isinstance(parse_source(str(tmp_path), loop=True), FolderSource)
+    with pytest.raises(InputError, match="not a camera index"):
+        parse_source(str(tmp_path / "missing.mp4"))
