@@ -12,6 +12,8 @@ import importlib
 import logging
 import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -282,9 +284,51 @@ def _load_edgetpu(loader: DelegateLoader, device: str | None) -> Any:
         ) from None
 
 
+_PROBE = """
+import sys
+import numpy as np
+from {module} import Interpreter
+it = Interpreter(model_content=sys.stdin.buffer.read())
+it.allocate_tensors()
+d = it.get_input_details()[0]
+it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+it.invoke()
+"""
+
+
+def _probe_in_child(rt: Runtime, mf: ModelFile) -> None:
+    """Load and invoke an unverified model in a child process first.
+
+    tflite-runtime 2.14 has no flatbuffer verifier: a truncated file crashes the process with a
+    segfault instead of raising. A model with an edge-resnet digest is exactly what the converter
+    wrote, and ai-edge-litert verifies, so only foreign models on older runtimes pay for this.
+    """
+    code = _PROBE.format(module=_INTERPRETER_MODULES[rt.name])
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", code], input=mf.flatbuffer, capture_output=True, timeout=120, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise ModelError(f"{mf.path} did not load within 120 s in a test run; it is damaged") from None
+    if r.returncode != 0:
+        why = (
+            "crashed the interpreter"
+            if r.returncode < 0
+            else _first_line(
+                RuntimeError(r.stderr.decode(errors="replace").strip().splitlines()[-1] if r.stderr.strip() else "")
+            )
+        )
+        raise ModelError(
+            f"{mf.path} cannot be loaded ({why}); it is truncated, corrupt or needs ops this runtime lacks: "
+            "copy or convert it again"
+        )
+
+
 def _make_interpreter(rt: Runtime, mf: ModelFile, threads: int | None, delegates: list[Any] | None) -> Any:
     if threads is not None and threads < 1:
         raise ModelError(f"threads must be >= 1, got {threads}")
+    if mf.meta is None and rt.name != "ai_edge_litert" and not delegates:
+        _probe_in_child(rt, mf)
     try:
         it = rt.interpreter_cls(model_content=mf.flatbuffer, experimental_delegates=delegates, num_threads=threads)
         it.allocate_tensors()
