@@ -228,7 +228,8 @@ class Capture:
             except EndOfStream:
                 return CaptureState.ENDED
             except (OSError, EdgeResnetError, RuntimeError) as e:
-                reason = f"camera lost: {self.source.description} failed ({e}); reopening"
+                what = str(e) if isinstance(e, EdgeResnetError) else f"{self.source.description} failed ({e})"
+                reason = f"camera lost: {what}; reopening"
                 log.warning("%s", reason)
                 self._set_state(CaptureState.LOST, reason)
                 return CaptureState.LOST

@@ -274,8 +274,10 @@ def _build(cls: type[Any], data: Any, section: str) -> Any:
         missing = [
             f.name
             for f in dataclasses.fields(cls)
-            if f.init and f.name not in data
-            and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if f.init
+            and f.name not in data
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
         ]
         if missing:
             raise ConfigError(f"[{section}] missing key {missing[0]!r}; add it (see deploy/config.example.toml)")

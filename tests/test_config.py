@@ -47,7 +47,7 @@ def test_config_check_cli_ok() -> None:
         ('[source]\ntype = "file"\n', ["[source] missing key 'path'"]),
         ('[source]\ntype = "file"\npath = "a.mp4"\nloops = true\n', ["[source] unknown key 'loops'", "loop"]),
         ('[pipeline]\nsmoothing = "median"\n', ["pipeline.smoothing", "'hysteresis'"]),
-        ('[pipeline]\nroi = [0, 0, 10]\n', ["pipeline.roi"]),
+        ("[pipeline]\nroi = [0, 0, 10]\n", ["pipeline.roi"]),
         ('[mqtt]\nurl = "http://broker"\n', ["[mqtt] url", "mqtt://"]),
         ('[http]\nlisten = "8080"\n', ["[http] listen", "HOST:PORT"]),
         ('device_id = "my device"\n', ["device_id", "letters, digits"]),
@@ -112,8 +112,19 @@ def test_preprocess_overrides() -> None:
 
 def _args(**kw: object) -> argparse.Namespace:
     base = {
-        "model": None, "labels": None, "device": None, "threads": None, "source": None, "loop": False, "fast": False,
-        "max_fps": None, "device_id": None, "mqtt": None, "http": None, "video": None, "stdout": False,
+        "model": None,
+        "labels": None,
+        "device": None,
+        "threads": None,
+        "source": None,
+        "loop": False,
+        "fast": False,
+        "max_fps": None,
+        "device_id": None,
+        "mqtt": None,
+        "http": None,
+        "video": None,
+        "stdout": False,
     }
     base.update(kw)
     return argparse.Namespace(**base)
@@ -125,8 +136,15 @@ def test_flags_override_file(tmp_path: Path) -> None:
     cfg = configmod.load(EXAMPLE)
     out = apply_overrides(
         cfg,
-        _args(model="m.tflite", source=str(video), fast=True, mqtt="mqtt://10.0.0.2:1884", device_id="kitchen",
-              http="0.0.0.0:9000", threads=2),
+        _args(
+            model="m.tflite",
+            source=str(video),
+            fast=True,
+            mqtt="mqtt://10.0.0.2:1884",
+            device_id="kitchen",
+            http="0.0.0.0:9000",
+            threads=2,
+        ),
     )
     assert out.model.path == "m.tflite" and out.model.threads == 2
     assert isinstance(out.source, FileSource) and not out.source.realtime

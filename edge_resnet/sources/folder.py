@@ -38,7 +38,7 @@ class FolderFrames:
         if not self._files:
             raise open_error(self.description, "it holds no .jpg/.png/.bmp images; add some")
         self._i = 0
-        self._next_due = time.monotonic()
+        self._next_due = max(self._next_due, time.monotonic())  # looping keeps the pace
 
     def read(self) -> npt.NDArray[np.uint8] | None:
         if self._i >= len(self._files):

@@ -196,8 +196,9 @@ class OpenCvFrames:
             float(cap.get(cv2.CAP_PROP_FPS)),
         )
         if self.width and (got[0], got[1]) != (self.width, self.height):
-            log.warning("%s gives %dx%d, not the requested %dx%d", self.description, got[0], got[1], self.width,
-                        self.height)
+            log.warning(
+                "%s gives %dx%d, not the requested %dx%d", self.description, got[0], got[1], self.width, self.height
+            )
         log.info("%s open: %dx%d at %.1f fps", self.description, *got)
 
 
