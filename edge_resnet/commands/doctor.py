@@ -1,0 +1,103 @@
+"""`edge-resnet doctor`: check cameras, model, Edge TPU, broker, temperature and disk; exit 9 on problems."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from .. import doctor as d
+from ..engine import DEVICES
+from ..errors import ConfigError, ExitCode
+
+DEFAULT_CONFIG = "/etc/edge-resnet/config.toml"
+
+DESCRIPTION = (
+    "Check that this device can run the daemon: cameras that open and deliver a frame, the model "
+    "loads (and on which delegate), Edge TPU present (/dev/apex_0, USB 1a6e:089a / 18d1:9302, "
+    "libedgetpu), the interpreter, the MQTT broker reachable, Raspberry Pi throttling and "
+    "temperature, disk space and a writable state directory. Prints a table with the fix for each "
+    f"problem; exits {int(ExitCode.PROBLEMS)} when a check fails, 0 otherwise. Changes nothing."
+)
+
+
+def register(sub: Any, name: str, helptext: str) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(name, help=helptext, description=DESCRIPTION)
+    p.add_argument("--config", "-c", help=f"daemon config to check against (default: {DEFAULT_CONFIG} if it exists)")
+    p.add_argument("--model", "-m", help="model to load (default: [model] path, else the first in the models dir)")
+    p.add_argument("--device", choices=DEVICES, help="where to run the model (default: [model] device, else auto)")
+    p.add_argument("--mqtt", metavar="URL", help="broker to reach, mqtt://HOST[:PORT] (default: [mqtt] url)")
+    p.add_argument("--state-dir", help="state directory to check (default: state_dir, else /var/lib/edge-resnet)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per camera/broker probe (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    checks = gather(args)
+    problems = d.failed(checks)
+    if args.json:
+        print(
+            json.dumps(
+                {"ok": not problems, "problems": len(problems), "checks": [c.to_dict() for c in checks]},
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+    else:
+        print(d.format_table(checks))
+    return int(ExitCode.PROBLEMS if problems else ExitCode.OK)
+
+
+def gather(args: argparse.Namespace) -> list[d.Check]:
+    from ..config import Config, default_state_dir, load
+
+    checks: list[d.Check] = []
+    cfg: Config | None = None
+    config_path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    if config_path:
+        try:
+            cfg = load(config_path)
+            checks.append(d.Check("config", d.Result.OK, f"{config_path} is valid (device_id {cfg.device_id})"))
+        except ConfigError as e:
+            checks.append(
+                d.Check("config", d.Result.FAIL, str(e), f"fix the file; `edge-resnet config check {config_path}`")
+            )
+    else:
+        checks.append(d.Check("config", d.Result.SKIP, f"no --config and no {DEFAULT_CONFIG}"))
+
+    # the source decides which camera checks matter
+    source_type = cfg.source.type if cfg else None
+    if source_type in (None, "opencv"):
+        checks += d.check_cameras(timeout=args.timeout, required=True)
+    elif source_type == "picamera2":
+        checks += d.check_picamera2(timeout=max(args.timeout, 10.0))
+    else:
+        assert cfg is not None
+        checks += _check_other_source(cfg.source)
+
+    checks += d.check_interpreter()
+    model = args.model or (cfg.model.path if cfg else None) or None
+    device = args.device or (cfg.model.device if cfg else "auto")
+    state_dir = args.state_dir or (cfg.state_dir if cfg else default_state_dir())
+    checks += d.check_model(model, device, os.path.join(state_dir, "models"))
+    needs_tpu = device == "edgetpu" or bool(model and model.endswith("_edgetpu.tflite"))
+    checks += d.check_edgetpu(required=needs_tpu)
+    mqtt_url = args.mqtt or (cfg.mqtt.url if cfg and cfg.mqtt else None)
+    checks += d.check_broker(mqtt_url, timeout=args.timeout)
+    checks += d.check_throttling()
+    checks += d.check_temperature()
+    checks += d.check_disk(state_dir)
+    checks += d.check_state_dir(state_dir)
+    return checks
+
+
+def _check_other_source(source: Any) -> list[d.Check]:
+    """file / folder sources need their path; url and gstreamer are checked when the daemon opens them."""
+    path = getattr(source, "path", None)
+    if path is None:
+        return [d.Check("source", d.Result.SKIP, f"{source.type} source: opened by the daemon, not probed here")]
+    if os.path.exists(path):
+        return [d.Check("source", d.Result.OK, f"{source.type} source {path} exists")]
+    return [d.Check("source", d.Result.FAIL, f"{source.type} source {path} does not exist", "fix [source] path")]

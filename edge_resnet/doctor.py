@@ -1,0 +1,524 @@
+"""`edge-resnet doctor`: is this device ready to run the daemon? Each check is a small function that
+returns rows (check, result, detail, fix); nothing here changes the machine.
+
+Paths (`/dev`, `/sys`) are parameters so tests can point the checks at a fake tree.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import glob
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import EdgeResnetError
+
+T = TypeVar("T")
+
+CORAL_USB_IDS = {
+    ("1a6e", "089a"): "Coral USB Accelerator (before firmware load)",
+    ("18d1", "9302"): "Coral USB Accelerator",
+}
+LIBEDGETPU = "libedgetpu.so.1"
+UDEV_FIX = "install deploy/99-edge-resnet-coral.rules (deploy/install.sh does) and replug the accelerator"
+
+
+class Result(StrEnum):
+    OK = "ok"
+    WARN = "warn"  # worth knowing, does not stop the daemon
+    FAIL = "FAIL"  # the daemon will not work as configured
+    SKIP = "skip"  # not applicable here
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    result: Result
+    detail: str
+    fix: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        d = asdict(self)
+        d["result"] = self.result.value
+        return d
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def with_timeout(fn: Callable[[], T], timeout: float) -> T:
+    """Run fn in a daemon thread; TimeoutError if it does not return in time (a hung driver)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # re-raised in the caller
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True, name="doctor-probe")
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise TimeoutError(f"no answer within {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+# -- cameras --------------------------------------------------------------------------------------
+
+_VIDIOC_QUERYCAP = 0x80685600  # _IOR('V', 0, struct v4l2_capability), 104 bytes
+_CAP_VIDEO_CAPTURE = 0x00000001
+_CAP_VIDEO_CAPTURE_MPLANE = 0x00001000
+_CAP_DEVICE_CAPS = 0x80000000
+
+
+def v4l2_capture_info(path: str) -> tuple[bool, str]:
+    """(is a capture node, card name) via VIDIOC_QUERYCAP. UVC cameras also expose metadata nodes,
+    and a Raspberry Pi has a dozen codec/ISP nodes: only capture nodes are cameras."""
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        buf = fcntl.ioctl(fd, _VIDIOC_QUERYCAP, bytes(104))
+    finally:
+        os.close(fd)
+    card = buf[16:48].split(b"\0", 1)[0].decode(errors="replace")
+    caps, device_caps = struct.unpack_from("<II", buf, 84)
+    effective = device_caps if caps & _CAP_DEVICE_CAPS else caps
+    return bool(effective & (_CAP_VIDEO_CAPTURE | _CAP_VIDEO_CAPTURE_MPLANE)), card
+
+
+def _grab_frame(path: str) -> tuple[int, int]:
+    import cv2
+
+    cap = cv2.VideoCapture(path, cv2.CAP_V4L2)
+    try:
+        if not cap.isOpened():
+            raise OSError("OpenCV cannot open it")
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            raise OSError("opens but delivers no frame (in use by another process, e.g. edge-resnet.service?)")
+        return int(frame.shape[1]), int(frame.shape[0])
+    finally:
+        cap.release()
+
+
+def check_cameras(dev: str = "/dev", timeout: float = 5.0, required: bool = True) -> list[Check]:
+    """Every /dev/videoN that is a capture device, opened with OpenCV and read once."""
+    nodes = sorted(glob.glob(os.path.join(dev, "video*")), key=lambda p: (len(p), p))
+    result_if_missing = Result.FAIL if required else Result.WARN
+    if not nodes:
+        return [
+            Check(
+                "camera",
+                result_if_missing,
+                f"no camera: no {dev}/video* device",
+                'plug in a USB (UVC) camera, or for a Raspberry Pi camera use `type = "picamera2"` in [source]; '
+                "`v4l2-ctl --list-devices` shows what the kernel sees",
+            )
+        ]
+    rows: list[Check] = []
+    working = 0
+    for node in nodes:
+        try:
+            capture, card = v4l2_capture_info(node)
+        except PermissionError:
+            rows.append(
+                Check(
+                    f"camera {node}",
+                    Result.FAIL,
+                    "permission denied",
+                    "add the user to the `video` group (the service has it via SupplementaryGroups=video)",
+                )
+            )
+            continue
+        except OSError as e:
+            rows.append(Check(f"camera {node}", Result.SKIP, f"not queryable ({e.strerror or e})"))
+            continue
+        if not capture:
+            continue  # metadata, codec, ISP nodes: not cameras, not worth a row
+        try:
+            w, h = with_timeout(lambda node=node: _grab_frame(node), timeout)  # type: ignore[misc]
+        except (OSError, TimeoutError) as e:
+            rows.append(
+                Check(
+                    f"camera {node}",
+                    Result.WARN,
+                    f"{card}: {e}",
+                    "stop whatever holds it (`fuser -v " + node + "`), or use a Pi camera via picamera2",
+                )
+            )
+            continue
+        working += 1
+        rows.append(Check(f"camera {node}", Result.OK, f"{card}: {w}x{h} frame read"))
+    if working == 0:
+        rows.insert(
+            0,
+            Check(
+                "camera",
+                result_if_missing,
+                f"no camera delivers frames ({len(nodes)} {dev}/video* nodes, none a working capture device)",
+                "check the cable and `v4l2-ctl --list-devices`; a Raspberry Pi camera needs the picamera2 source",
+            ),
+        )
+    return rows
+
+
+def check_picamera2(timeout: float = 10.0) -> list[Check]:
+    """Raspberry Pi cameras through libcamera, when picamera2 is installed (apt: python3-picamera2)."""
+    try:
+        from picamera2 import Picamera2
+    except ImportError:
+        return [
+            Check(
+                "picamera2",
+                Result.FAIL,
+                "the source is picamera2 but the package is not importable",
+                "sudo apt install python3-picamera2, and create the venv with --system-site-packages "
+                "(deploy/install.sh does)",
+            )
+        ]
+    try:
+        cams = with_timeout(lambda: list(Picamera2.global_camera_info()), timeout)
+    except Exception as e:
+        return [Check("picamera2", Result.FAIL, f"libcamera failed: {e}", "check the camera ribbon cable and dmesg")]
+    if not cams:
+        return [
+            Check(
+                "picamera2",
+                Result.FAIL,
+                "no Raspberry Pi camera found by libcamera",
+                "check the ribbon cable, then `rpicam-hello --list-cameras`",
+            )
+        ]
+    names = ", ".join(str(c.get("Model", "?")) for c in cams)
+    return [Check("picamera2", Result.OK, f"{len(cams)} camera(s): {names}")]
+
+
+# -- model, interpreter ---------------------------------------------------------------------------
+
+
+def check_interpreter() -> list[Check]:
+    from .engine import find_runtime
+
+    try:
+        rt = find_runtime()
+    except EdgeResnetError as e:
+        return [Check("interpreter", Result.FAIL, str(e), "pip install ai-edge-litert (tflite-runtime on armv7l)")]
+    rows = [Check("interpreter", Result.OK, f"{rt.name} {rt.version}")]
+    versions = []
+    for mod, dist in (("numpy", "numpy"), ("cv2", "opencv-python-headless"), ("paho.mqtt", "paho-mqtt")):
+        try:
+            m = __import__(mod, fromlist=["__version__"])
+            versions.append(f"{dist.split('-')[0]} {getattr(m, '__version__', '?')}")
+        except ImportError:
+            versions.append(f"{dist} missing")
+    rows.append(Check("packages", Result.OK, ", ".join(versions)))
+    return rows
+
+
+def check_model(model: str | None, device: str, models_dir: str) -> list[Check]:
+    """Load, verify and warm up the model exactly as the daemon will; say which delegate runs it."""
+    from .engine import Engine, edgetpu_twin
+
+    if not model:
+        found = sorted(glob.glob(os.path.join(models_dir, "*.tflite")))
+        if not found:
+            return [
+                Check(
+                    "model",
+                    Result.FAIL,
+                    f"no model given and none in {models_dir}",
+                    f"copy a .tflite into {models_dir} and set [model] path, or pass --model",
+                )
+            ]
+        model = next((m for m in found if not m.endswith("_edgetpu.tflite")), found[0])
+    t0 = time.perf_counter()
+    try:
+        engine = Engine.load(model, device=device)  # type: ignore[arg-type]
+    except EdgeResnetError as e:
+        return [Check("model", Result.FAIL, str(e), "see the message; `edge-resnet info MODEL` describes a model")]
+    ms = (time.perf_counter() - t0) * 1000.0
+    rows = [Check("model", Result.OK, f"{engine.describe()}; loaded and warmed up in {ms:.0f} ms")]
+    if device == "auto" and engine.device == "cpu" and edgetpu_twin(Path(model)) is not None:
+        rows.append(
+            Check(
+                "model delegate",
+                Result.WARN,
+                "an Edge TPU build exists but the CPU model runs",
+                "attach the Edge TPU and install libedgetpu1-std",
+            )
+        )
+    return rows
+
+
+# -- Edge TPU -------------------------------------------------------------------------------------
+
+
+def find_coral_usb(sys_root: str = "/sys") -> list[tuple[str, str, str]]:
+    """(sysfs device dir, vendor:product, description) for each Coral USB accelerator attached."""
+    out = []
+    for d in sorted(glob.glob(os.path.join(sys_root, "bus/usb/devices/*"))):
+        try:
+            vid = Path(d, "idVendor").read_text().strip().lower()
+            pid = Path(d, "idProduct").read_text().strip().lower()
+        except OSError:
+            continue
+        if (vid, pid) in CORAL_USB_IDS:
+            out.append((d, f"{vid}:{pid}", CORAL_USB_IDS[(vid, pid)]))
+    return out
+
+
+def _usb_node(sysdir: str, dev: str) -> str | None:
+    try:
+        bus = int(Path(sysdir, "busnum").read_text())
+        num = int(Path(sysdir, "devnum").read_text())
+    except (OSError, ValueError):
+        return None
+    return os.path.join(dev, f"bus/usb/{bus:03d}/{num:03d}")
+
+
+def libedgetpu_loadable() -> tuple[bool, str]:
+    try:
+        ctypes.CDLL(LIBEDGETPU)
+    except OSError as e:
+        return False, str(e)
+    return True, LIBEDGETPU
+
+
+def check_edgetpu(
+    required: bool,
+    dev: str = "/dev",
+    sys_root: str = "/sys",
+    lib_probe: Callable[[], tuple[bool, str]] = libedgetpu_loadable,
+) -> list[Check]:
+    """PCIe/M.2 (/dev/apex_N), USB (by vendor:product id) and the runtime library."""
+    missing = Result.FAIL if required else Result.WARN
+    rows: list[Check] = []
+    apex = sorted(glob.glob(os.path.join(dev, "apex_*")))
+    for node in apex:
+        if os.access(node, os.R_OK | os.W_OK):
+            rows.append(Check(f"edgetpu {node}", Result.OK, "PCIe/M.2 Edge TPU, accessible"))
+        else:
+            rows.append(
+                Check(
+                    f"edgetpu {node}",
+                    Result.FAIL,
+                    "present but not accessible to this user",
+                    "add the user to the `apex` group; Coral's 65-apex.rules (or ours) sets GROUP=apex",
+                )
+            )
+    usb = find_coral_usb(sys_root)
+    for sysdir, ids, desc in usb:
+        usb_node = _usb_node(sysdir, dev)
+        if usb_node and os.path.exists(usb_node) and not os.access(usb_node, os.R_OK | os.W_OK):
+            rows.append(Check(f"edgetpu usb {ids}", Result.FAIL, f"{desc} at {usb_node}, not accessible", UDEV_FIX))
+        else:
+            rows.append(Check(f"edgetpu usb {ids}", Result.OK, f"{desc} ({os.path.basename(sysdir)})"))
+    if not apex and not usb:
+        rows.append(
+            Check(
+                "edgetpu",
+                missing,
+                f"no Edge TPU: no {dev}/apex_* and no USB device 1a6e:089a or 18d1:9302"
+                + ("" if required else " (the CPU runs the model)"),
+                "attach a Coral USB Accelerator (USB 3 port) or install the gasket-dkms driver for M.2/PCIe"
+                if required
+                else "",
+            )
+        )
+    ok, info = lib_probe()
+    if ok:
+        rows.append(Check("libedgetpu", Result.OK, f"{info} loads"))
+    else:
+        rows.append(
+            Check(
+                "libedgetpu",
+                Result.FAIL if (required or apex or usb) else Result.WARN,
+                f"{LIBEDGETPU} is not loadable ({info})",
+                "install libedgetpu1-std from Coral's apt repository (coral-edgetpu-stable)",
+            )
+        )
+    return rows
+
+
+# -- broker ---------------------------------------------------------------------------------------
+
+
+def check_broker(url: str | None, timeout: float = 3.0) -> list[Check]:
+    if not url:
+        return [Check("broker", Result.SKIP, "no MQTT broker configured (--mqtt URL or [mqtt] url)")]
+    from .sinks.mqtt import MqttConfig
+
+    try:
+        host, port, tls = MqttConfig(url=url).endpoint()
+    except EdgeResnetError as e:
+        return [Check("broker", Result.FAIL, str(e), "use mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")]
+    t0 = time.perf_counter()
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except socket.gaierror as e:
+        return [
+            Check("broker", Result.FAIL, f"{host}: name not resolved ({e.strerror})", "check the host name and DNS")
+        ]
+    except TimeoutError:
+        return [
+            Check(
+                "broker",
+                Result.FAIL,
+                f"{host}:{port} did not answer within {timeout:g} s",
+                "check the address, the network and any firewall between here and the broker",
+            )
+        ]
+    except OSError as e:
+        return [
+            Check(
+                "broker",
+                Result.FAIL,
+                f"cannot connect to {host}:{port} ({e.strerror or e})",
+                "start the broker (e.g. `sudo systemctl start mosquitto`) or fix [mqtt] url",
+            )
+        ]
+    ms = (time.perf_counter() - t0) * 1000.0
+    return [Check("broker", Result.OK, f"{host}:{port} reachable over TCP in {ms:.0f} ms" + (" (TLS)" if tls else ""))]
+
+
+# -- Raspberry Pi health --------------------------------------------------------------------------
+
+_THROTTLE_BITS = {
+    0: "under-voltage",
+    1: "ARM frequency capped",
+    2: "throttled",
+    3: "soft temperature limit",
+}
+
+
+def parse_throttled(text: str) -> tuple[list[str], list[str]]:
+    """`throttled=0x50005` -> (conditions now, conditions since boot)."""
+    value = int(text.strip().split("=", 1)[-1], 16)
+    now = [name for bit, name in _THROTTLE_BITS.items() if value & (1 << bit)]
+    past = [name for bit, name in _THROTTLE_BITS.items() if value & (1 << (bit + 16))]
+    return now, past
+
+
+def check_throttling(vcgencmd: str | None = None, timeout: float = 3.0) -> list[Check]:
+    exe = vcgencmd or shutil.which("vcgencmd")
+    if not exe:
+        return [Check("throttling", Result.SKIP, "vcgencmd not found (not a Raspberry Pi)")]
+    try:
+        out = subprocess.run([exe, "get_throttled"], capture_output=True, text=True, timeout=timeout, check=True)
+        now, past = parse_throttled(out.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
+        return [Check("throttling", Result.SKIP, f"vcgencmd get_throttled unreadable ({e})")]
+    power_fix = "use the official power supply (5 V 3 A; 5 V 5 A for a Pi 5) and a short cable"
+    cool_fix = "add a heatsink or fan; keep the case ventilated"
+    if now:
+        fix = power_fix if "under-voltage" in now else cool_fix
+        return [Check("throttling", Result.FAIL, "now: " + ", ".join(now), fix)]
+    if past:
+        fix = power_fix if "under-voltage" in past else cool_fix
+        return [Check("throttling", Result.WARN, "since boot: " + ", ".join(past), fix)]
+    return [Check("throttling", Result.OK, "no under-voltage or throttling since boot")]
+
+
+def check_temperature(sys_root: str = "/sys", warn_c: float = 70.0, fail_c: float = 80.0) -> list[Check]:
+    readings = []
+    for zone in sorted(glob.glob(os.path.join(sys_root, "class/thermal/thermal_zone*"))):
+        try:
+            milli = int(Path(zone, "temp").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        try:
+            kind = Path(zone, "type").read_text().strip()
+        except OSError:
+            kind = os.path.basename(zone)
+        readings.append((milli / 1000.0, kind))
+    if not readings:
+        return [Check("temperature", Result.SKIP, "no readable thermal zone")]
+    temp, kind = max(readings)
+    detail = f"{temp:.1f} °C ({kind})"
+    if temp >= fail_c:
+        return [
+            Check(
+                "temperature",
+                Result.FAIL,
+                detail + f": at or above {fail_c:g} °C the SoC throttles",
+                "cool it: heatsink, fan, ventilation",
+            )
+        ]
+    if temp >= warn_c:
+        return [Check("temperature", Result.WARN, detail + " is high", "add a heatsink or fan before summer")]
+    return [Check("temperature", Result.OK, detail)]
+
+
+# -- state directory ------------------------------------------------------------------------------
+
+
+def check_disk(path: str, fail_mb: float = 100.0, warn_mb: float = 500.0) -> list[Check]:
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        usage = shutil.disk_usage(p)
+    except OSError as e:
+        return [Check("disk", Result.SKIP, f"{p}: {e}")]
+    free_mb = usage.free / 1e6
+    detail = f"{free_mb:,.0f} MB free of {usage.total / 1e6:,.0f} MB on {p}"
+    fix = "free space (old logs: `journalctl --vacuum-size=100M`, apt: `apt clean`) or use a bigger card"
+    if free_mb < fail_mb:
+        return [Check("disk", Result.FAIL, detail, fix)]
+    if free_mb < warn_mb:
+        return [Check("disk", Result.WARN, detail, fix)]
+    return [Check("disk", Result.OK, detail)]
+
+
+def check_state_dir(path: str) -> list[Check]:
+    fix_owner = f"sudo install -d -o edge-resnet -g edge-resnet -m 0750 {path} (deploy/install.sh does)"
+    if not os.path.isdir(path):
+        return [Check("state dir", Result.FAIL, f"{path} does not exist", fix_owner)]
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".doctor-", delete=True) as f:
+            f.write(b"ok")
+            f.flush()
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return [Check("state dir", Result.FAIL, f"{path} is not writable by this user ({e.strerror})", fix_owner)]
+        return [Check("state dir", Result.FAIL, f"{path}: {e}", "check the file system (dmesg)")]
+    return [Check("state dir", Result.OK, f"{path} is writable")]
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def failed(checks: list[Check]) -> list[Check]:
+    return [c for c in checks if c.result is Result.FAIL]
+
+
+def format_table(checks: list[Check]) -> str:
+    width = max([len("CHECK"), *(len(c.name) for c in checks)])
+    lines = [f"{'CHECK':<{width}}  RESULT  DETAIL"]
+    for c in checks:
+        lines.append(f"{c.name:<{width}}  {c.result.value:<6}  {c.detail}")
+        if c.fix and c.result in (Result.FAIL, Result.WARN):
+            lines.append(f"{'':<{width}}  {'':<6}  fix: {c.fix}")
+    problems = len(failed(checks))
+    warnings = sum(c.result is Result.WARN for c in checks)
+    if problems:
+        lines.append(f"\n{problems} problem(s), {warnings} warning(s): fix the FAIL rows above, then run doctor again")
+    else:
+        lines.append(f"\nno problems ({warnings} warning(s))")
+    return "\n".join(lines)
