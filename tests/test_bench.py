@@ -78,7 +78,7 @@ def test_bench_cli_writes_valid_json(mobilenet_quant: Path, tmp_path: Path) -> N
     assert [p["frame"] for p in r["preprocess"]] == ["640x480", "1280x720", "1920x1080"]
     for p in r["preprocess"]:
         assert p["runs"] == 3 and all(_positive(p[k]) for k in STATS)
-    assert r["daemon"] is None
+    assert r["daemon"] == []
     mem = r["memory"]
     assert _positive(mem["peak_rss_mb"]) and mem["peak_rss_tflite_only_mb"] <= mem["peak_rss_mb"]
 

@@ -31,6 +31,12 @@ def register(sub: Any, name: str, helptext: str) -> None:
     p.add_argument("--calib", type=Path, help="calibration images for onnxruntime INT8 (same as the TFLite model's)")
     p.add_argument("--calib-count", type=int, default=200, help="calibration images to use (default 200)")
     p.add_argument("--ort-int8", type=Path, help="a ready onnxruntime INT8 model instead of quantizing --onnx")
+    p.add_argument(
+        "--ort-activations",
+        choices=("uint8", "int8"),
+        default="uint8",
+        help="onnxruntime INT8 activation type: uint8 (U8S8, x86 fast path; default) or int8 (S8S8)",
+    )
     p.add_argument("--threads", type=_threads, default=(1, 2), help="comma-separated thread counts (default 1,2)")
     p.add_argument("--runs", type=_positive, default=100, help="timed invokes per contender (default 100)")
     p.add_argument("--warmup", type=int, default=5, help="untimed invokes per contender first (default 5)")
@@ -100,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         preprocess_runs=args.preprocess_runs,
         ort_int8=args.ort_int8,
         cache_dir=args.cache_dir,
+        ort_activations=args.ort_activations,
     )
     result = run_benchmark(opts, stderr_progress)
     if args.json_out == "-":
@@ -147,12 +154,11 @@ def summary(r: dict[str, Any]) -> str:
         lines.append(f"scaling {name}: " + ", ".join(f"{k} x{v:.2f}" for k, v in d.items()))
     lines.append("")
     lines.append("preprocess (prepare): " + ", ".join(f"{p['frame']} {p['p50_ms']:.2f} ms" for p in r["preprocess"]))
-    d = r.get("daemon")
-    if d:
+    for d in r.get("daemon") or []:
         lines.append(
-            f"end to end ({d['method'].split(':')[0]}): {d['fps']:.1f} frames/s = {d['fps_over_raw_invoke']:.2f} x raw "
+            f"end to end (daemon pipeline): {d['fps']:.1f} frames/s = {d['fps_over_raw_invoke']:.2f} x raw "
             f"invoke rate @{d['threads']}; frame age p50 {d['frame_age_p50_ms']:.1f} ms, "
-            f"p90 {d['frame_age_p90_ms']:.1f} ms"
+            f"p99 {d['frame_age_p99_ms']:.1f} ms"
         )
     mem = r["memory"]
     lines.append(
