@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import queue
+import random
 import re
+import ssl
+import threading
+import time
 from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from .. import __version__
+from ..classify import Prediction
 from ..errors import ConfigError
+from ..observation import Observation, Status
+from .base import StatusFn
+from .eventqueue import EventQueue
+
+log = logging.getLogger(__name__)
 
 _TOPIC_BAD = re.compile(r"[#+\x00]")
+DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our session (and in-flight QoS 1 state) this long
+EVENT_WINDOW = 50  # events handed to paho and not yet acknowledged
+PAHO_INFLIGHT = 20  # paho's own in-flight window (max_inflight_messages)
+PAHO_QUEUE_MAX = 500  # paho's outgoing queue (unbounded by default); > EVENT_WINDOW + a few retained messages
+CHANGES_MAX = 1000  # label changes waiting for the sink thread to write them to SQLite
 
 
 @dataclass
@@ -70,3 +100,422 @@ class MqttConfig:
             )
         tls = u.scheme == "mqtts"
         return u.hostname, port if port is not None else (8883 if tls else 1883), tls
+
+
+class Link(Enum):
+    """The broker connection as the sink sees it."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    REFUSED = "refused"  # the broker answered CONNACK with a failure (credentials, client id ...)
+    STOPPED = "stopped"
+
+
+def _pred(p: Prediction) -> dict[str, Any]:
+    return {"label": p.label, "class_index": p.class_index, "score": round(float(p.score), 5)}
+
+
+def state_payload(obs: Observation | None, status: Status | None, device_id: str, dropped: int) -> dict[str, Any]:
+    """The retained `state` document: the smoothed label, this frame's top-k, and the pipeline's health."""
+    doc: dict[str, Any] = {"device_id": device_id, "published_at": round(time.time(), 3), "events_dropped": dropped}
+    if obs is None:
+        doc.update(label=None, score=None, class_index=None, top_k=[], frame_seq=None, captured_at=None, model=None)
+    else:
+        doc.update(
+            label=obs.label.label,
+            score=round(float(obs.label.score), 5),
+            class_index=obs.label.class_index,
+            top_k=[_pred(p) for p in obs.top_k],
+            frame_seq=obs.frame.seq,
+            captured_at=round(obs.frame.captured_at, 3),
+            model=obs.model,
+            invoke_ms=round(obs.invoke_ms, 2),
+        )
+    if status is not None:
+        doc.update(healthy=status.healthy, reason=status.reason)
+    return doc
+
+
+def event_body(obs: Observation, previous: str | None, device_id: str) -> dict[str, Any]:
+    """What is stored for a label change; `seq`, `published_at` and `dropped_total` are added when sent."""
+    return {
+        "device_id": device_id,
+        "label": obs.label.label,
+        "previous": previous,
+        "score": round(float(obs.label.score), 5),
+        "class_index": obs.label.class_index,
+        "top_k": [_pred(p) for p in obs.top_k],
+        "frame_seq": obs.frame.seq,
+        "captured_at": round(obs.frame.captured_at, 3),
+        "model": obs.model,
+    }
+
+
+def discovery_payload(cfg: MqttConfig, device_id: str, model: str | None) -> dict[str, Any]:
+    """Home Assistant MQTT discovery for one sensor: label as state, score and top-k as attributes."""
+    base = f"{cfg.topic_prefix}/{device_id}"
+    return {
+        "name": "Label",
+        "unique_id": f"edge_resnet_{device_id}_label",
+        "state_topic": f"{base}/state",
+        "value_template": "{{ value_json.label }}",
+        "json_attributes_topic": f"{base}/state",
+        "json_attributes_template": (
+            "{{ {'score': value_json.score, 'class_index': value_json.class_index, "
+            "'top_k': value_json.top_k, 'frame_seq': value_json.frame_seq, "
+            "'healthy': value_json.healthy, 'reason': value_json.reason} | tojson }}"
+        ),
+        "availability_topic": f"{base}/availability",
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "icon": "mdi:eye",
+        "device": {
+            "identifiers": [f"edge_resnet_{device_id}"],
+            "name": f"edge-resnet {device_id}",
+            "manufacturer": "edge-resnet",
+            "model": model or "image classifier",
+            "sw_version": __version__,
+        },
+        "origin": {"name": "edge-resnet", "sw_version": __version__},
+    }
+
+
+class MqttSink:
+    """Publishes observations to MQTT. `publish` only hands over; the sink's thread does all I/O.
+
+    Delivery of `events` is at least once and in order: each label change is written to the SQLite
+    queue first, sent with QoS 1, and deleted when the broker's PUBACK arrives. paho keeps unacknowledged
+    messages across reconnects and re-sends them (with DUP) before newer ones; after a restart
+    everything still in the queue is sent again, oldest first.
+    """
+
+    name = "mqtt"
+
+    def __init__(self, cfg: MqttConfig, device_id: str, status: StatusFn, state_dir: Path) -> None:
+        if not DEVICE_ID.match(device_id):
+            raise ConfigError(
+                f"device id {device_id!r} cannot be used in MQTT topics and Home Assistant ids; "
+                "use 1..64 letters, digits, '-' or '_' (--device-id)"
+            )
+        self.cfg = cfg
+        self.device_id = device_id
+        self._status = status
+        self.host, self.port, self.tls = cfg.endpoint()
+        if cfg.ca_file is not None and not Path(cfg.ca_file).is_file():
+            raise ConfigError(f"[mqtt] ca_file: {cfg.ca_file} does not exist; give the broker's CA certificate (PEM)")
+        base = f"{cfg.topic_prefix}/{device_id}"
+        self.state_topic = f"{base}/state"
+        self.events_topic = f"{base}/events"
+        self.availability_topic = f"{base}/availability"
+        self.discovery_topic = f"{cfg.discovery_prefix}/sensor/{device_id}/label/config"
+        self.queue = EventQueue(Path(state_dir) / "events.sqlite", cfg.queue_max)
+        self._changes: queue.Queue[Observation] = queue.Queue(maxsize=CHANGES_MAX)
+        self._acks: queue.SimpleQueue[tuple[int, ReasonCode | None]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._latest: Observation | None = None
+        self._link = Link.CONNECTING
+        self._link_since = time.monotonic()
+        self._link_reason = "connecting"
+        self._announce = False  # (re)connected: publish online, discovery and state
+        self._inflight: dict[int, int] = {}  # paho mid -> event seq
+        self._handed_seq = 0  # events up to here are in paho's hands
+        self._previous_label: str | None = None
+        self._thread: threading.Thread | None = None
+        self.stats = {
+            "connects": 0,
+            "disconnects": 0,
+            "events_queued": 0,
+            "events_acked": 0,
+            "events_rejected": 0,
+            "changes_dropped": 0,  # the in-memory hand-over was full (the sink thread is stuck)
+            "state_published": 0,
+        }
+        self._client = self._make_client()
+
+    # -- paho client and its callbacks (run on paho's network thread; they only record and wake) --
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.cfg
+        client_id = cfg.client_id or f"edge-resnet-{self.device_id}"
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        c.max_inflight_messages_set(PAHO_INFLIGHT)
+        c.max_queued_messages_set(PAHO_QUEUE_MAX)
+        # Capped backoff: paho's default grows to 120 s and never catches up with a flapping broker.
+        # The cap differs a little per process so a fleet does not reconnect in lock step.
+        c.reconnect_delay_set(min_delay=1, max_delay=random.choice((3, 4, 5)))
+        c.connect_timeout = 5.0
+        if cfg.username is not None:
+            password = os.environ.get(cfg.password_env)
+            if password is None:
+                log.warning(
+                    "mqtt: username %r set but %s is not in the environment; connecting without a password",
+                    cfg.username,
+                    cfg.password_env,
+                )
+            c.username_pw_set(cfg.username, password)
+        if self.tls:
+            try:
+                c.tls_set(ca_certs=cfg.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+            except (OSError, ssl.SSLError, ValueError) as e:
+                raise ConfigError(
+                    f"[mqtt] ca_file: {cfg.ca_file} cannot be used ({e}); give a PEM CA certificate"
+                ) from None
+        c.will_set(self.availability_topic, "offline", qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        return c
+
+    def _set_link(self, link: Link, reason: str) -> None:
+        with self._lock:
+            if link is not self._link:
+                self._link_since = time.monotonic()
+            self._link, self._link_reason = link, reason
+        self._wake.set()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
+        if rc.is_failure:
+            log.error(
+                "mqtt: %s:%d refused the connection: %s; check [mqtt] username / %s and client_id",
+                self.host,
+                self.port,
+                rc.getName(),
+                self.cfg.password_env,
+            )
+            self._set_link(Link.REFUSED, f"refused: {rc.getName()}")
+            return
+        was_down = time.monotonic() - self._link_since
+        self.stats["connects"] += 1
+        with self._lock:
+            self._announce = True
+        if self.stats["connects"] > 1:
+            log.info(
+                "mqtt: reconnected to %s:%d after %.1f s; %d events queued",
+                self.host,
+                self.port,
+                was_down,
+                len(self.queue),
+            )
+        else:
+            log.info("mqtt: connected to %s:%d", self.host, self.port)
+        self._set_link(Link.CONNECTED, "connected")
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if self._link is not Link.DISCONNECTED or self._link_reason == "connecting":
+            log.warning(
+                "mqtt: cannot reach broker %s:%d; classification goes on, retrying every few seconds",
+                self.host,
+                self.port,
+            )
+        self._set_link(Link.DISCONNECTED, "cannot connect")
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
+        if self._stopping.is_set():
+            self._set_link(Link.STOPPED, "stopped")
+            return
+        self.stats["disconnects"] += 1
+        log.warning(
+            "mqtt: lost broker %s:%d (%s); events are kept on disk and sent after reconnecting",
+            self.host,
+            self.port,
+            rc.getName() if isinstance(rc, ReasonCode) else rc,
+        )
+        self._set_link(Link.DISCONNECTED, f"lost: {rc.getName() if isinstance(rc, ReasonCode) else rc}")
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode | None, props: Any) -> None:
+        self._acks.put((mid, rc))
+        self._wake.set()
+
+    # -- the Sink protocol --
+
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self._client.connect_async(
+            self.host, self.port, keepalive=self.cfg.keepalive, clean_start=False, properties=props
+        )
+        self._client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="mqtt-sink", daemon=True)
+        self._thread.start()
+
+    def publish(self, obs: Observation) -> None:
+        """Pipeline thread: never blocks. Keeps the newest observation; label changes go to the sink thread."""
+        with self._lock:
+            first = self._latest is None
+            self._latest = obs
+        if obs.changed or first:
+            try:
+                self._changes.put_nowait(obs)
+            except queue.Full:
+                self.stats["changes_dropped"] += 1
+        self._wake.set()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Write pending changes to disk, publish `offline` (retained) if connected, disconnect."""
+        deadline = time.monotonic() + timeout
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(max(0.1, deadline - time.monotonic()))
+        # loop_stop() joins paho's thread without a timeout: do it on a helper thread so stop() keeps its promise.
+        stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-loop-stop", daemon=True)
+        stopper.start()
+        stopper.join(max(0.1, deadline - time.monotonic()))
+        with self._lock:
+            self._link = Link.STOPPED
+
+    def healthy(self) -> tuple[bool, str]:
+        """Always ok (a broker that is away is not fatal); the reason says how the broker link is."""
+        with self._lock:
+            link, reason, since = self._link, self._link_reason, self._link_since
+        where = f"{self.host}:{self.port}"
+        queued = len(self.queue)
+        if link is Link.CONNECTED:
+            return True, f"mqtt connected to {where}, {queued} events queued"
+        if link is Link.STOPPED:
+            return True, "mqtt stopped"
+        return True, (
+            f"mqtt broker {where} {link.value} for {time.monotonic() - since:.0f} s ({reason}); "
+            f"retrying, {queued} events queued on disk"
+        )
+
+    def counters(self) -> dict[str, float]:
+        """Prometheus-friendly counters for /metrics (the daemon merges them into Status.counters)."""
+        return {
+            "mqtt_connected": 1.0 if self._link is Link.CONNECTED else 0.0,
+            "mqtt_connects_total": self.stats["connects"],
+            "mqtt_disconnects_total": self.stats["disconnects"],
+            "mqtt_events_queued": len(self.queue),
+            "mqtt_events_queued_total": self.stats["events_queued"],
+            "mqtt_events_acked_total": self.stats["events_acked"],
+            "mqtt_events_rejected_total": self.stats["events_rejected"],
+            "mqtt_events_dropped_total": self.queue.dropped + self.stats["changes_dropped"],
+            "mqtt_state_published_total": self.stats["state_published"],
+        }
+
+    # -- the sink thread: owns the SQLite queue and does every publish --
+
+    def _run(self) -> None:
+        next_heartbeat = 0.0
+        state_due = False
+        try:
+            while not self._stopping.is_set():
+                self._wake.wait(timeout=0.25)
+                self._wake.clear()
+                state_due |= self._drain_changes()
+                self._drain_acks()
+                with self._lock:
+                    connected = self._link is Link.CONNECTED
+                    announce, self._announce = self._announce, False
+                if not connected:
+                    continue
+                if announce:
+                    self._announce_online()
+                    state_due = True
+                if state_due or time.monotonic() >= next_heartbeat:
+                    self._publish_state()
+                    state_due = False
+                    next_heartbeat = time.monotonic() + self.cfg.heartbeat_s
+                self._send_events()
+        except Exception:
+            log.exception("mqtt: sink thread failed; MQTT output stops (please report this)")
+        finally:
+            self._shutdown()
+
+    def _drain_changes(self) -> bool:
+        """Write waiting label changes to SQLite (before anything is sent); True if there were any."""
+        any_change = False
+        while True:
+            try:
+                obs = self._changes.get_nowait()
+            except queue.Empty:
+                return any_change
+            any_change = True
+            if not obs.changed:  # the first observation, not a change: it only sets the state
+                self._previous_label = obs.label.label
+                continue
+            self.queue.put(event_body(obs, self._previous_label, self.device_id))
+            self.stats["events_queued"] += 1
+            self._previous_label = obs.label.label
+
+    def _drain_acks(self) -> None:
+        done: list[int] = []
+        while True:
+            try:
+                mid, rc = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                continue  # state, availability or discovery
+            if rc is not None and rc.is_failure:
+                self.stats["events_rejected"] += 1
+                log.error(
+                    "mqtt: broker rejected event seq %d: %s; dropping it (check the broker's ACL for %s)",
+                    seq,
+                    rc.getName(),
+                    self.events_topic,
+                )
+            else:
+                self.stats["events_acked"] += 1
+            done.append(seq)
+        self.queue.delete(done)
+
+    def _send_events(self) -> None:
+        room = EVENT_WINDOW - len(self._inflight)
+        if room <= 0:
+            return
+        for ev in self.queue.after(self._handed_seq, room):
+            doc = {
+                "seq": ev.seq,
+                **ev.body,
+                "queued_at": round(ev.queued_at, 3),
+                "published_at": round(time.time(), 3),
+                "dropped_total": self.queue.dropped,
+            }
+            info = self._client.publish(self.events_topic, json.dumps(doc), qos=1, retain=False)
+            if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                break  # paho's queue is full; try again on the next round
+            # MQTT_ERR_SUCCESS, or MQTT_ERR_NO_CONN: paho keeps QoS 1 messages and sends them after reconnecting.
+            self._inflight[info.mid] = ev.seq
+            self._handed_seq = ev.seq
+
+    def _announce_online(self) -> None:
+        self._client.publish(self.availability_topic, "online", qos=1, retain=True)
+        if self.cfg.discovery:
+            latest = self._latest
+            doc = discovery_payload(self.cfg, self.device_id, latest.model if latest else None)
+            self._client.publish(self.discovery_topic, json.dumps(doc), qos=1, retain=True)
+
+    def _publish_state(self) -> None:
+        try:
+            status: Status | None = self._status()
+        except Exception as e:  # the status callback is someone else's code; never let it stop MQTT
+            log.debug("mqtt: status callback failed: %s", e)
+            status = None
+        doc = state_payload(self._latest, status, self.device_id, self.queue.dropped + self.stats["changes_dropped"])
+        self._client.publish(self.state_topic, json.dumps(doc), qos=0, retain=True)
+        self.stats["state_published"] += 1
+
+    def _shutdown(self) -> None:
+        """On the sink thread at stop: keep every change on disk, say `offline`, disconnect cleanly."""
+        try:
+            self._drain_changes()
+            if self._link is Link.CONNECTED:
+                end = time.monotonic() + 0.5  # give in-flight events a moment to be acknowledged
+                self._send_events()
+                while self._inflight and time.monotonic() < end:
+                    time.sleep(0.02)
+                    self._drain_acks()
+                info = self._client.publish(self.availability_topic, "offline", qos=1, retain=True)
+                info.wait_for_publish(timeout=0.5)
+            self._client.disconnect()
+        except Exception as e:
+            log.warning("mqtt: clean shutdown incomplete: %s", e)
+        finally:
+            self._drain_acks()
+            self.queue.close()

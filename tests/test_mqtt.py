@@ -1,0 +1,274 @@
+"""MQTT sink against a real mosquitto: topics, retained state, Last Will, discovery, store and forward."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from edge_resnet.errors import ConfigError
+from edge_resnet.observation import Status
+from edge_resnet.sinks.eventqueue import EventQueue
+from edge_resnet.sinks.mqtt import MqttConfig, MqttSink
+from tests.helpers.broker import Broker, Message, Subscriber, broker, retained
+from tests.helpers.observations import Classified, classify_samples, observation, to_json
+
+__all__ = ["broker"]  # the fixture
+
+REPO = Path(__file__).resolve().parents[1]
+HA_KEYS = {
+    "name",
+    "unique_id",
+    "state_topic",
+    "value_template",
+    "json_attributes_topic",
+    "availability_topic",
+    "device",
+}
+
+
+@pytest.fixture(scope="module")
+def photos(mobilenet_quant: Path, labels_1001: Path, samples_dir: Path) -> list[Classified]:
+    return classify_samples(mobilenet_quant, labels_1001, samples_dir, 8)
+
+
+def ok_status() -> Status:
+    return Status(True, "ok", {"frames_total": 1.0})
+
+
+def seqs_of(msgs: list[Message]) -> list[int]:
+    return [int(m.json()["seq"]) for m in msgs]
+
+
+def check_delivery(sent: list[int], got: list[int], what: str) -> tuple[int, int]:
+    """0 lost and in order (first arrivals increase); returns (lost, duplicates) and prints them."""
+    first: list[int] = []
+    seen: set[int] = set()
+    for s in got:
+        if s not in seen:
+            seen.add(s)
+            first.append(s)
+    lost = sorted(set(sent) - seen)
+    dups = sum(c - 1 for c in Counter(got).values())
+    print(f"\n{what}: {len(sent)} events sent, {len(seen)} received, {len(lost)} lost, {dups} duplicates")
+    assert not lost, f"lost events {lost[:20]}"
+    assert first == sorted(first), f"out of order: {first}"
+    return len(lost), dups
+
+
+def test_config_errors_name_key_and_fix() -> None:
+    assert MqttConfig(url="mqtts://broker.lan").endpoint() == ("broker.lan", 8883, True)
+    assert MqttConfig().endpoint() == ("127.0.0.1", 1883, False)
+    for kw, key in [
+        ({"url": "http://x"}, "url"),
+        ({"url": "mqtt://u:p@h"}, "url"),
+        ({"keepalive": 1}, "keepalive"),
+        ({"topic_prefix": "a/#"}, "topic_prefix"),
+        ({"queue_max": 0}, "queue_max"),
+    ]:
+        with pytest.raises(ConfigError, match=key):
+            MqttConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_bad_device_id_and_ca_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="device id"):
+        MqttSink(MqttConfig(), "kitchen/cam", ok_status, tmp_path)
+    with pytest.raises(ConfigError, match="ca_file"):
+        MqttSink(MqttConfig(url="mqtts://127.0.0.1", ca_file=str(tmp_path / "nope.pem")), "cam", ok_status, tmp_path)
+
+
+def test_event_queue_bounded_and_persistent(tmp_path: Path) -> None:
+    q = EventQueue(tmp_path / "events.sqlite", max_len=5)
+    for i in range(8):
+        q.put({"i": i})
+    assert len(q) == 5 and q.dropped == 3
+    assert [e.seq for e in q.after(0, 100)] == [4, 5, 6, 7, 8]
+    q.delete([4, 5])
+    q.close()
+    q = EventQueue(tmp_path / "events.sqlite", max_len=5)  # reopened: the queue, the counter and seq survive
+    assert len(q) == 3 and q.dropped == 3
+    assert q.put({"i": 8}) == 9
+    q.close()
+
+
+def test_state_events_availability_discovery(broker: Broker, photos: list[Classified], tmp_path: Path) -> None:
+    sub = Subscriber(broker.port, ["edge-resnet/cam1/#", "homeassistant/#"]).start()
+    sink = MqttSink(MqttConfig(url=broker.url, heartbeat_s=1.0), "cam1", ok_status, tmp_path)
+    sink.start()
+    sink.publish(observation(photos[0], 1, changed=False))
+    for i, c in enumerate(photos[1:6], start=2):
+        sink.publish(observation(c, i, changed=True))
+        time.sleep(0.05)
+    assert sub.wait_for(lambda ms: sum(m.topic.endswith("/events") for m in ms) >= 5, 10)
+    events = sub.on("edge-resnet/cam1/events")
+    docs = [m.json() for m in events]
+    assert [d["label"] for d in docs] == [c.top_k[0].label for c in photos[1:6]]
+    assert [d["previous"] for d in docs] == [c.top_k[0].label for c in photos[0:5]]
+    assert seqs_of(events) == sorted(seqs_of(events)) and len(set(seqs_of(events))) == 5
+    assert all(m.qos == 1 and not m.retain for m in events)
+    assert sub.wait_for(lambda ms: sum(m.topic.endswith("/state") for m in ms) >= 3, 5)  # changes + heartbeat
+
+    st = retained(broker.port, "edge-resnet/cam1/state")
+    assert st is not None
+    doc = st.json()
+    assert {"label", "score", "class_index", "top_k", "frame_seq", "captured_at", "published_at", "model"} <= set(doc)
+    assert doc["label"] == photos[5].top_k[0].label and doc["frame_seq"] == 6
+    assert doc["top_k"][0] == {"label": doc["label"], "class_index": doc["class_index"], "score": doc["score"]}
+    assert doc["model"] == "mobilenet_v2_1.0_224_quant.tflite"
+
+    av = retained(broker.port, "edge-resnet/cam1/availability")
+    assert av is not None and av.text == "online"
+    disc = retained(broker.port, "homeassistant/sensor/cam1/label/config")
+    assert disc is not None
+    cfg = disc.json()
+    assert set(cfg) >= HA_KEYS
+    assert cfg["state_topic"] == "edge-resnet/cam1/state" == cfg["json_attributes_topic"]
+    assert cfg["availability_topic"] == "edge-resnet/cam1/availability"
+    assert cfg["value_template"] == "{{ value_json.label }}"
+    assert cfg["device"]["identifiers"] and cfg["unique_id"]
+    ok, reason = sink.healthy()
+    assert ok and "connected" in reason
+
+    t0 = time.monotonic()
+    sink.stop(2.0)
+    assert time.monotonic() - t0 < 2.5
+    av = retained(broker.port, "edge-resnet/cam1/availability")
+    assert av is not None and av.text == "offline"
+    sub.stop()
+
+
+def start_child(
+    broker: Broker, state_dir: Path, photos_json: Path, samples_dir: Path, n: int, hold: float | None = None
+) -> subprocess.Popen[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "tests.helpers.mqtt_child",
+        broker.url,
+        str(state_dir),
+        "child",
+        str(photos_json),
+        str(samples_dir),
+        str(n),
+    ] + ([str(hold)] if hold is not None else [])
+    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+
+
+def wait_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 30) -> None:
+    assert proc.stdout is not None
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if line.startswith(prefix):
+            return
+        if not line and proc.poll() is not None:
+            raise AssertionError(f"child exited with {proc.returncode} before printing {prefix!r}")
+    raise AssertionError(f"child did not print {prefix!r} within {timeout} s")
+
+
+def test_last_will_after_kill9(broker: Broker, photos: list[Classified], samples_dir: Path, tmp_path: Path) -> None:
+    pj = tmp_path / "photos.json"
+    pj.write_text(to_json(photos))
+    sub = Subscriber(broker.port, ["edge-resnet/child/availability"]).start()
+    child = start_child(broker, tmp_path / "state", pj, samples_dir, 2)
+    try:
+        assert sub.wait_for(lambda ms: any(m.text == "online" for m in ms), 20)
+        child.send_signal(signal.SIGKILL)
+        child.wait(5)
+        assert sub.wait_for(lambda ms: ms[-1].text == "offline", 10), "no Last Will after kill -9"
+        av = retained(broker.port, "edge-resnet/child/availability")
+        assert av is not None and av.text == "offline"
+    finally:
+        child.kill()
+        sub.stop()
+
+
+def test_broker_down_at_start_then_up(broker: Broker, photos: list[Classified], tmp_path: Path) -> None:
+    sub = Subscriber(broker.port, ["edge-resnet/late/events"]).start()  # persistent session, saved by the broker
+    broker.kill()
+    sink = MqttSink(MqttConfig(url=broker.url), "late", ok_status, tmp_path)
+    sink.start()
+    for i, c in enumerate(photos[:5], start=1):
+        sink.publish(observation(c, i, changed=True))
+    time.sleep(1.5)
+    ok, reason = sink.healthy()
+    assert ok and "retrying" in reason and "5 events queued" in reason, reason
+    broker.start()
+    assert sub.wait_for(lambda ms: len({m.json()["seq"] for m in ms}) >= 5, 20), sink.healthy()
+    check_delivery([1, 2, 3, 4, 5], seqs_of(sub.on("edge-resnet/late/events")), "broker down at start")
+    assert sink.counters()["mqtt_connected"] == 1.0
+    sink.stop()
+    sub.stop()
+
+
+def test_broker_restarts_lose_nothing(broker: Broker, photos: list[Classified], tmp_path: Path) -> None:
+    sub = Subscriber(broker.port, ["edge-resnet/flap/events"]).start()
+    sink = MqttSink(MqttConfig(url=broker.url, keepalive=10), "flap", ok_status, tmp_path)
+    sink.start()
+    done = threading.Event()
+    count = [0]
+
+    def produce() -> None:
+        while not done.is_set():
+            count[0] += 1
+            sink.publish(observation(photos[count[0] % len(photos)], count[0], changed=True))
+            time.sleep(0.02)
+
+    t = threading.Thread(target=produce)
+    t.start()
+    restarts = 5
+    try:
+        for i in range(restarts):
+            time.sleep(1.0)
+            broker.restart(down_s=0.3 + 0.3 * (i % 3), hard=True)
+        time.sleep(1.0)
+    finally:
+        done.set()
+        t.join()
+    sent = list(range(1, count[0] + 1))
+    ok = sub.wait_for(lambda ms: {int(m.json()["seq"]) for m in ms} >= set(sent), 30)
+    check_delivery(sent, seqs_of(sub.on("edge-resnet/flap/events")), f"{restarts} broker kill -9/restarts")
+    assert ok
+    sink.stop()
+    sub.stop()
+    assert broker.restarts == restarts
+
+
+def test_queue_survives_kill9_of_publisher(
+    broker: Broker, photos: list[Classified], samples_dir: Path, tmp_path: Path
+) -> None:
+    pj = tmp_path / "photos.json"
+    pj.write_text(to_json(photos))
+    state = tmp_path / "state"
+    sub = Subscriber(broker.port, ["edge-resnet/child/events"]).start()
+    broker.kill()  # the broker is down while the daemon queues events
+    child = start_child(broker, state, pj, samples_dir, 20)
+    try:
+        wait_line(child, "published 20")
+        child.send_signal(signal.SIGKILL)
+        child.wait(5)
+    finally:
+        child.kill()
+    q = EventQueue(state / "events.sqlite", 10000)
+    assert len(q) == 20, "the events were not on disk before kill -9"
+    q.close()
+    broker.start()
+    child = start_child(broker, state, pj, samples_dir, 3, hold=30)  # restarted daemon: 3 more label changes
+    try:
+        assert sub.wait_for(lambda ms: {int(m.json()["seq"]) for m in ms} >= set(range(1, 24)), 30)
+        check_delivery(list(range(1, 24)), seqs_of(sub.on("edge-resnet/child/events")), "queued across kill -9")
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(5) == 0
+    finally:
+        child.kill()
+        sub.stop()
+    q = EventQueue(state / "events.sqlite", 10000)
+    assert len(q) == 0, "acknowledged events were not deleted"
+    q.close()
