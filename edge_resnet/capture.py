@@ -115,7 +115,8 @@ class Capture:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("capture thread did not stop within %.1f s (source read stuck); abandoning it", timeout)
-        self._set_state(CaptureState.STOPPED, "stopped")
+        if self._state not in (CaptureState.ENDED, CaptureState.FAILED):
+            self._set_state(CaptureState.STOPPED, "stopped")
 
     # -- the pipeline side ---------------------------------------------------------------------
     def get(self, timeout: float) -> Frame | None:

@@ -75,11 +75,15 @@ def test_latest_frame_semantics_frames_never_queue() -> None:
             f = cap.get(timeout=1.0)
             assert f is not None
             seqs.append(f.seq)
+        src.stall.set()  # freeze the count: every frame was either taken, dropped, or is in the slot
+        time.sleep(0.05)
         st = cap.stats()
+        in_slot = 1 if cap.get(timeout=0) is not None else 0
+        assert st.captured == len(seqs) + st.dropped + in_slot
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-        assert min(b - a for a, b in itertools.pairwise(seqs)) > 5  # skipped, not queued
-        assert st.dropped > 50 and st.captured >= st.dropped
-        assert st.state is CaptureState.RUNNING and st.fps > 100
+        assert min(b - a for a, b in itertools.pairwise(seqs)) >= 2  # older frames skipped, not queued
+        assert st.dropped >= 9 and st.fps > 20
+        src.stall.clear()
         f = cap.get(timeout=1.0)
         assert f is not None and time.monotonic() - f.captured_mono < 0.05  # fresh
     finally:

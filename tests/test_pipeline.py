@@ -1,0 +1,247 @@
+"""Pipeline: smoothing (pure), fan-out to sinks, counters and status, no queue growth on a real
+video at full speed with the real MobileNet, and model hot-swap that refuses a bad model."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from edge_resnet.capture import Capture
+from edge_resnet.config import ModelConfig, PipelineConfig
+from edge_resnet.observation import Observation
+from edge_resnet.pipeline import Pipeline, Smoother, load_classifier
+from edge_resnet.sources.opencv import OpenCvFrames
+
+from .helpers.video import pick_samples, write_video
+
+LABELS = ["background", "cat", "dog", "bird"]
+
+
+def probs(*p: float) -> npt.NDArray[np.float32]:
+    return np.asarray(p, dtype=np.float32)
+
+
+CAT = probs(0.0, 0.8, 0.1, 0.1)
+DOG = probs(0.0, 0.1, 0.8, 0.1)
+WEAK_DOG = probs(0.0, 0.3, 0.4, 0.3)
+
+
+def run_smoother(s: Smoother, seq: list[npt.NDArray[np.float32]]) -> list[tuple[str, bool]]:
+    out = []
+    for p in seq:
+        pred, changed = s.update(p, LABELS, 1)
+        out.append((pred.label, changed))
+    return out
+
+
+def test_smoothing_none_follows_every_frame() -> None:
+    got = run_smoother(Smoother("none"), [CAT, DOG, CAT])
+    assert got == [("cat", True), ("dog", True), ("cat", True)]
+
+
+def test_smoothing_hysteresis_needs_window_frames_in_a_row() -> None:
+    s = Smoother("hysteresis", window=3)
+    got = run_smoother(s, [CAT, DOG, CAT, DOG, DOG, DOG, DOG])
+    assert [g[0] for g in got] == ["cat", "cat", "cat", "cat", "cat", "dog", "dog"]
+    assert [g[1] for g in got] == [True, False, False, False, False, True, False]
+    assert s.current is not None and s.current.class_index == 1  # dataset index (offset 1 removed)
+
+
+def test_smoothing_average_and_min_score() -> None:
+    s = Smoother("average", window=4)
+    got = run_smoother(s, [CAT, CAT, DOG, DOG, DOG])
+    assert [g[0] for g in got] == ["cat", "cat", "cat", "cat", "dog"]  # a tie keeps the first, then dog leads
+    s2 = Smoother("none", min_score=0.5)
+    got2 = run_smoother(s2, [CAT, WEAK_DOG, DOG])
+    assert got2 == [("cat", True), ("cat", False), ("dog", True)]
+
+
+# -- components on a real video with the real model --------------------------------------------
+
+
+class RecordingSink:
+    """Records what it is given; `publish` only appends (never blocks)."""
+
+    def __init__(self, name: str = "rec", fail: bool = False) -> None:
+        self.name = name
+        self.fail = fail
+        self.obs: list[Observation] = []
+        self.started = self.stopped = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def publish(self, obs: Observation) -> None:
+        if self.fail:
+            raise RuntimeError("sink bug")
+        self.obs.append(obs)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self.stopped = True
+
+    def healthy(self) -> tuple[bool, str]:
+        return True, f"{self.name} fine"
+
+    def counters(self) -> dict[str, float]:
+        return {f"{self.name}_seen_total": float(len(self.obs))}
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory, samples_dir: Path) -> tuple[Path, list[Any]]:
+    p = tmp_path_factory.mktemp("pipe") / "five.avi"
+    schedule = write_video(p, pick_samples(samples_dir, 5), seconds_each=1.0, fps=20)
+    return p, schedule
+
+
+@pytest.fixture(scope="module")
+def model_cfg(mobilenet_quant: Path, labels_1001: Path) -> ModelConfig:
+    return ModelConfig(path=str(mobilenet_quant), labels=str(labels_1001), threads=1)
+
+
+def run_pipeline(pipe: Pipeline, seconds: float) -> None:
+    pipe.start()
+    pipe.capture.start()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not pipe.ended:
+        time.sleep(0.05)
+    pipe.stop(2.0)
+    pipe.capture.stop(2.0)
+
+
+def test_no_queue_growth_at_full_speed(video: tuple[Path, list[Any]], model_cfg: ModelConfig) -> None:
+    """Must-show: on a file source read as fast as it decodes, frame age at publish stays below
+    2x the invoke time plus one capture interval; the surplus frames are dropped, not queued."""
+    path, _ = video
+    cap = Capture(OpenCvFrames(str(path), "file", realtime=False, loop=True))
+    sink = RecordingSink()
+    pipe = Pipeline(cap, load_classifier(model_cfg), [sink], PipelineConfig(smoothing="none"))
+    run_pipeline(pipe, 4.0)
+    st = pipe.status()
+    c = st.counters
+    age50, age99 = pipe.frame_age_ms()
+    inv50, inv99 = pipe.invoke_ms()
+    interval_ms = 1000.0 / c["capture_fps"] if c["capture_fps"] else 0.0
+    print(
+        f"\nfull speed: capture {c['capture_fps']:.0f} fps (interval {interval_ms:.2f} ms), inference "
+        f"{c['inference_fps']:.1f} fps, {int(c['frames_classified_total'])} classified, "
+        f"{int(c['frames_dropped_total'])} dropped\n"
+        f"frame age at publish p50 {age50:.1f} ms / p99 {age99:.1f} ms; "
+        f"invoke p50 {inv50:.1f} ms / p99 {inv99:.1f} ms; "
+        f"bound p50 {2 * inv50 + interval_ms:.1f} ms, p99 {2 * inv99 + interval_ms:.1f} ms"
+    )
+    assert c["frames_classified_total"] >= 20
+    assert c["frames_dropped_total"] > c["frames_classified_total"]  # the camera outpaces the model
+    assert age50 < 2 * inv50 + interval_ms
+    assert age99 < 2 * inv99 + interval_ms
+    # ages do not grow over the run: the last frames are as fresh as the first
+    ages = [(o.classified_at - o.frame.captured_at) * 1000 for o in sink.obs]
+    assert np.median(ages[-10:]) < 2 * inv99 + interval_ms
+
+
+def test_realtime_video_fan_out_status_and_labels(
+    video: tuple[Path, list[Any]], model_cfg: ModelConfig, labels_1001: Path
+) -> None:
+    path, schedule = video
+    cap = Capture(OpenCvFrames(str(path), "file", realtime=True))
+    a, b, bad = RecordingSink("a"), RecordingSink("b"), RecordingSink("bad", fail=True)
+    pipe = Pipeline(cap, load_classifier(model_cfg), [a, bad, b], PipelineConfig(smoothing="hysteresis", window=2))
+    pipe.start()
+    cap.start()
+    assert pipe.wait_first(5.0)
+    st = pipe.status()
+    assert st.healthy and st.reason == "ok", st.reason
+    assert st.labels["sinks"] == {"a": "a fine", "bad": "bad fine", "b": "b fine"}
+    assert "a_seen_total" in st.counters
+    end = time.monotonic() + 10
+    while not pipe.ended and time.monotonic() < end:
+        time.sleep(0.05)
+    pipe.stop()
+    cap.stop()
+    assert pipe.ended
+    assert len(a.obs) == len(b.obs) > 20  # a failing sink does not starve the others
+    changes = [o.label.class_index for o in a.obs if o.changed]
+    expected = [seg.sample.class_index for seg in schedule]
+    print("label changes:", changes, "expected:", expected)
+    assert sum(1 for e in expected if e in changes) >= 4
+    final = pipe.status()
+    assert not final.healthy and "no more frames" in final.reason
+    assert final.counters["inference_fps"] >= 0 and final.counters["frames_captured_total"] == 100
+
+
+def test_max_fps_and_roi(video: tuple[Path, list[Any]], model_cfg: ModelConfig) -> None:
+    path, _ = video
+    cap = Capture(OpenCvFrames(str(path), "file", realtime=False, loop=True))
+    sink = RecordingSink()
+    pipe = Pipeline(cap, load_classifier(model_cfg), [sink], PipelineConfig(max_fps=5.0, roi=(1000, 1000, 1200, 1200)))
+    run_pipeline(pipe, 2.2)
+    n = len(sink.obs)
+    print(f"max_fps 5: {n} frames in 2.2 s")
+    assert 8 <= n <= 13  # the ROI lies outside the frame: warned once, whole frame classified
+    cap2 = Capture(OpenCvFrames(str(path), "file", realtime=False))
+    sink2 = RecordingSink()
+    pipe2 = Pipeline(cap2, load_classifier(model_cfg), [sink2], PipelineConfig(roi=(0, 0, 160, 120)))
+    run_pipeline(pipe2, 1.0)
+    assert sink2.obs
+
+
+def test_hot_swap_refuses_bad_model_and_keeps_running(
+    video: tuple[Path, list[Any]], model_cfg: ModelConfig, models_dir: Path, tmp_path: Path, caplog: Any
+) -> None:
+    path, _ = video
+    cap = Capture(OpenCvFrames(str(path), "file", realtime=True, loop=True))
+    sink = RecordingSink()
+    pipe = Pipeline(cap, load_classifier(model_cfg), [sink])
+    pipe.start()
+    cap.start()
+    try:
+        assert pipe.wait_first(5.0)
+        corrupt = tmp_path / "corrupt.tflite"
+        corrupt.write_bytes((models_dir / "mobilenet_v2_1.0_224_quant.tflite").read_bytes()[:50_000])
+        for bad in (corrupt, models_dir / "invalid_invoke.tflite", tmp_path / "missing.tflite"):
+            n_before = len(sink.obs)
+            assert not pipe.reload(ModelConfig(path=str(bad), labels=model_cfg.labels))
+            time.sleep(0.3)
+            assert len(sink.obs) > n_before  # still classifying
+            assert sink.obs[-1].model == "mobilenet_v2_1.0_224_quant.tflite"
+        refused = [r for r in caplog.records if "new model refused" in r.getMessage()]
+        assert len(refused) == 3  # one line per refusal, no traceback
+        print(refused[1].getMessage())
+        assert pipe.status().counters["model_reload_failures_total"] == 3
+        good = ModelConfig(path=str(models_dir / "mobilenet_v1_0.75_192_quant.tflite"), labels=model_cfg.labels)
+        assert pipe.reload(good)
+        deadline = time.monotonic() + 3
+        while sink.obs[-1].model != "mobilenet_v1_0.75_192_quant.tflite" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sink.obs[-1].model == "mobilenet_v1_0.75_192_quant.tflite"
+        assert pipe.status().labels["model"] == "mobilenet_v1_0.75_192_quant.tflite"
+    finally:
+        pipe.stop()
+        cap.stop()
+
+
+def test_stop_is_prompt_with_a_stuck_source() -> None:
+    """A source whose read never returns cannot hold stop() hostage."""
+
+    class Stuck:
+        description = "stuck camera"
+
+        def open(self) -> None:
+            pass
+
+        def read(self) -> None:
+            threading.Event().wait(30)
+
+        def close(self) -> None:
+            pass
+
+    cap = Capture(Stuck())  # type: ignore[arg-type]
+    cap.start()
+    t0 = time.monotonic()
+    cap.stop(0.3)
+    assert time.monotonic() - t0 < 1.0
