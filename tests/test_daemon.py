@@ -1,0 +1,358 @@
+"""The daemon end to end through `edge-resnet run`: JSON lines, SIGTERM within 5 s with systemd
+notifications, SIGHUP reload that keeps the old model when the new one is corrupt, and the bad
+inputs a user meets first (missing model, bad config, a camera index that does not exist)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_resnet import config as configmod
+from edge_resnet.config import FileSource, ModelConfig, StdoutConfig
+from edge_resnet.daemon import Daemon
+
+from .conftest import REPO, run_cli
+from .helpers.video import pick_samples, write_video
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory, samples_dir: Path) -> Path:
+    p = tmp_path_factory.mktemp("daemon") / "three.avi"
+    write_video(p, pick_samples(samples_dir, 3), seconds_each=1.0, fps=10)
+    return p
+
+
+@pytest.fixture()
+def state_env(tmp_path: Path) -> dict[str, str]:
+    return {"STATE_DIRECTORY": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
+
+
+def test_run_prints_json_lines_and_exits_at_end_of_file(
+    video: Path, mobilenet_quant: Path, labels_1001: Path, state_env: dict[str, str]
+) -> None:
+    r = run_cli(
+        "run",
+        "--model",
+        str(mobilenet_quant),
+        "--labels",
+        str(labels_1001),
+        "--source",
+        str(video),
+        "--fast",
+        env=state_env,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert [ln["class_index"] for ln in lines if ln["changed"]][:1] == [0]  # tench first
+    for key in ("label", "score", "class_index", "top_k", "frame_seq", "captured_at", "published_at", "model"):
+        assert key in lines[0]
+    assert "stopped (source ended)" in r.stderr
+
+
+def test_max_frames(video: Path, mobilenet_quant: Path, labels_1001: Path, state_env: dict[str, str]) -> None:
+    r = run_cli(
+        "run",
+        "-m",
+        str(mobilenet_quant),
+        "--labels",
+        str(labels_1001),
+        "--source",
+        str(video),
+        "--loop",
+        "--max-frames",
+        "5",
+        env=state_env,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "5 frames classified" in r.stderr
+
+
+def test_missing_model_is_one_line_exit_4(video: Path, tmp_path: Path, state_env: dict[str, str]) -> None:
+    r = run_cli("run", "--model", str(tmp_path / "nope.tflite"), "--source", str(video), env=state_env)
+    assert r.returncode == 4
+    last = r.stderr.strip().splitlines()[-1]
+    print(last)
+    assert last.startswith("edge-resnet: error:") and "nope.tflite" in last
+
+
+def test_run_with_unknown_config_key_exit_3(tmp_path: Path, state_env: dict[str, str]) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[pipeline]\nsmoothing = "average"\nwindw = 5\n')
+    r = run_cli("run", "--config", str(cfg), env=state_env)
+    assert r.returncode == 3
+    last = r.stderr.strip().splitlines()[-1]
+    print(last)
+    assert "unknown key 'windw'" in last and "window" in last
+
+
+def test_camera_index_that_does_not_exist_is_retried_not_fatal(
+    mobilenet_quant: Path, labels_1001: Path, state_env: dict[str, str]
+) -> None:
+    t0 = time.monotonic()
+    r = run_cli(
+        "run",
+        "-m",
+        str(mobilenet_quant),
+        "--labels",
+        str(labels_1001),
+        "--source",
+        "47",
+        "--duration",
+        "3",
+        env=state_env,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 >= 3
+    lost = [ln for ln in r.stderr.splitlines() if "camera lost" in ln]
+    print(lost)
+    assert len(lost) == 1  # one line per outage, not one per retry
+    assert "/dev/video47 does not exist" in lost[0] and "retrying" in lost[0]
+
+
+def test_camera_index_fatal_when_retry_is_off(
+    tmp_path: Path, mobilenet_quant: Path, labels_1001: Path, state_env: dict[str, str]
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[model]\npath = "{mobilenet_quant}"\nlabels = "{labels_1001}"\n[source]\ntype = "opencv"\ndevice = 47\n'
+        "retry = false\n"
+    )
+    r = run_cli("run", "--config", str(cfg), env=state_env, timeout=60)
+    assert r.returncode == 6
+    last = r.stderr.strip().splitlines()[-1]
+    print(last)
+    assert last.startswith("edge-resnet: error: cannot open camera index 47")
+
+
+# -- signals and systemd notifications, with a real process ---------------------------------------
+
+
+class NotifySocket:
+    """A stand-in for systemd's notify socket: collects the datagrams the daemon sends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def has(self, text: str) -> bool:
+        return any(text in m for _, m in self.messages)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join(1)
+        self.sock.close()
+
+
+class Proc:
+    """`edge-resnet run` as a child process, with its stdout and stderr read on threads."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        full = dict(os.environ)
+        full.update(env)
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "edge_resnet", "run", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full,
+            cwd=REPO,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        for stream, sink in ((self.p.stdout, self.out), (self.p.stderr, self.err)):
+            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(stream: Any, sink: list[str]) -> None:
+        for line in stream:
+            sink.append(line.rstrip("\n"))
+
+    def wait_for(self, pred: Any, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred():
+                return True
+            if self.p.poll() is not None:
+                time.sleep(0.2)
+                return bool(pred())
+            time.sleep(0.05)
+        return bool(pred())
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in list(self.out) if x.startswith("{")]
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(5)
+
+
+@pytest.fixture()
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        p.kill()
+
+
+def test_sigterm_exits_0_within_5s_with_systemd_notifications(
+    tmp_path: Path,
+    video: Path,
+    mobilenet_quant: Path,
+    labels_1001: Path,
+    state_env: dict[str, str],
+    procs: list[Proc],
+) -> None:
+    ns = NotifySocket(tmp_path / "notify.sock")
+    env = {**state_env, "NOTIFY_SOCKET": str(ns.path), "WATCHDOG_USEC": "2000000"}
+    try:
+        proc = Proc(["-m", str(mobilenet_quant), "--labels", str(labels_1001), "--source", str(video), "--loop"], env)
+        procs.append(proc)
+        assert proc.wait_for(lambda: ns.has("READY=1"), 30), "\n".join(proc.err)
+        t_ready = next(t for t, m in ns.messages if "READY=1" in m)
+        assert proc.json_lines(), "READY=1 comes after the first frame was classified"
+        assert proc.wait_for(lambda: sum("WATCHDOG=1" in m for _, m in ns.messages) >= 3, 5)
+        assert ns.has("STATUS=")
+        t0 = time.monotonic()
+        proc.p.send_signal(signal.SIGTERM)
+        rc = proc.p.wait(10)
+        took = time.monotonic() - t0
+        print(f"SIGTERM -> exit {rc} in {took:.2f} s; READY=1 came {t0 - t_ready:.1f} s before the signal")
+        assert rc == 0 and took < 5.0
+        assert ns.has("STOPPING=1")
+        status = [m for _, m in ns.messages if m.startswith("STATUS=")]
+        print(status[-1])
+        assert "fps" in status[-1]
+    finally:
+        ns.close()
+
+
+def test_sigint_exits_0(
+    video: Path, mobilenet_quant: Path, labels_1001: Path, state_env: dict[str, str], procs: list[Proc]
+) -> None:
+    proc = Proc(["-m", str(mobilenet_quant), "--labels", str(labels_1001), "--source", str(video), "--loop"], state_env)
+    procs.append(proc)
+    assert proc.wait_for(lambda: proc.json_lines(), 30)
+    t0 = time.monotonic()
+    proc.p.send_signal(signal.SIGINT)
+    assert proc.p.wait(10) == 0 and time.monotonic() - t0 < 5.0
+
+
+def test_sighup_keeps_old_model_when_new_is_corrupt_then_takes_a_good_one(
+    tmp_path: Path, video: Path, models_dir: Path, labels_1001: Path, state_env: dict[str, str], procs: list[Proc]
+) -> None:
+    good = models_dir / "mobilenet_v2_1.0_224_quant.tflite"
+    corrupt = tmp_path / "corrupt.tflite"
+    corrupt.write_bytes(good.read_bytes()[:100_000])
+    cfg = tmp_path / "c.toml"
+
+    def write_cfg(model: Path) -> None:
+        cfg.write_text(
+            f'[model]\npath = "{model}"\nlabels = "{labels_1001}"\n'
+            f'[source]\ntype = "file"\npath = "{video}"\nloop = true\n'
+            "[stdout]\nevery_frame = true\n"
+        )
+
+    write_cfg(good)
+    proc = Proc(["--config", str(cfg)], state_env)
+    procs.append(proc)
+    assert proc.wait_for(lambda: proc.json_lines(), 30), "\n".join(proc.err)
+
+    write_cfg(corrupt)
+    proc.p.send_signal(signal.SIGHUP)
+    assert proc.wait_for(lambda: any("new model refused" in ln for ln in proc.err), 15), "\n".join(proc.err)
+    n = len(proc.json_lines())
+    assert proc.wait_for(lambda: len(proc.json_lines()) > n + 5, 10)  # still classifying
+    assert {ln["model"] for ln in proc.json_lines()[n:]} == {good.name}
+    refusals = [ln for ln in proc.err if "new model refused" in ln]
+    print(refusals[0])
+    assert len(refusals) == 1 and "corrupt.tflite" in refusals[0]
+
+    other = models_dir / "mobilenet_v1_0.75_192_quant.tflite"
+    write_cfg(other)
+    proc.p.send_signal(signal.SIGHUP)
+    assert proc.wait_for(lambda: proc.json_lines()[-1]["model"] == other.name, 15), "\n".join(proc.err)
+    assert proc.p.poll() is None  # the same process all along
+
+    cfg.write_text("[model]\nthreads = 0\n")  # a broken config is refused too
+    proc.p.send_signal(signal.SIGHUP)
+    assert proc.wait_for(lambda: any("config reload refused" in ln for ln in proc.err), 10)
+    n = len(proc.json_lines())
+    assert proc.wait_for(lambda: len(proc.json_lines()) > n + 5, 10)
+    proc.p.send_signal(signal.SIGTERM)
+    assert proc.p.wait(10) == 0
+
+
+# -- in-process: status while the source is gone and back ---------------------------------------
+
+
+def test_daemon_reports_source_gone_and_recovers(
+    tmp_path: Path, video: Path, mobilenet_quant: Path, labels_1001: Path
+) -> None:
+    path = tmp_path / "cam.avi"
+    path.write_bytes(video.read_bytes())
+    cfg = configmod.Config(
+        state_dir=str(tmp_path / "state"),
+        model=ModelConfig(path=str(mobilenet_quant), labels=str(labels_1001)),
+        source=FileSource(path=str(path), loop=True, watchdog_s=1.0, backoff_max_s=0.5),
+        stdout=StdoutConfig(enabled=False),
+    )
+    d = Daemon(cfg, watch_model=False)
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(d.run()), daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (d.pipeline is None or not d.pipeline.status().healthy) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert d.pipeline is not None and d.pipeline.status().healthy
+        path.rename(tmp_path / "away.avi")
+        deadline = time.monotonic() + 5
+        while d.pipeline.status().healthy and time.monotonic() < deadline:
+            time.sleep(0.1)
+        st = d.pipeline.status()
+        print("gone:", st.reason)
+        assert not st.healthy and "camera lost" in st.reason
+        time.sleep(1.5)
+        (tmp_path / "away.avi").rename(path)
+        t_back = time.monotonic()
+        while not d.pipeline.status().healthy and time.monotonic() - t_back < 5:
+            time.sleep(0.05)
+        took = time.monotonic() - t_back
+        print(f"classifying again {took:.2f} s after the source returned")
+        assert d.pipeline.status().healthy and took < 5
+        assert d.pipeline.status().counters["camera_reconnects_total"] >= 1
+    finally:
+        d.request_stop("test done")
+        t.join(10)
+    assert result == [0]
