@@ -208,6 +208,11 @@ class Pipeline:
         return self._ended.is_set()
 
     @property
+    def classifier(self) -> Classifier:
+        """The classifier in use (after a reload, once the pipeline thread has swapped it in)."""
+        return self._clf
+
+    @property
     def model_name(self) -> str:
         return self._model_name
 

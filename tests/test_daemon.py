@@ -356,3 +356,55 @@ def test_daemon_reports_source_gone_and_recovers(
         d.request_stop("test done")
         t.join(10)
     assert result == [0]
+
+
+def test_model_file_replaced_in_place_is_validated_refused_once_then_taken(
+    tmp_path: Path, video: Path, models_dir: Path, labels_1001: Path, caplog: Any
+) -> None:
+    """Issue 7: a corrupt model pushed during a run is refused and logged once; the old model keeps
+    classifying; a good file pushed later is swapped in."""
+    model = tmp_path / "current.tflite"
+    good = (models_dir / "mobilenet_v2_1.0_224_quant.tflite").read_bytes()
+    model.write_bytes(good)
+    cfg = configmod.Config(
+        state_dir=str(tmp_path / "state"),
+        model=ModelConfig(path=str(model), labels=str(labels_1001)),
+        source=FileSource(path=str(video), loop=True),
+        stdout=StdoutConfig(enabled=False),
+    )
+    d = Daemon(cfg)
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (d.pipeline is None or not d.pipeline.wait_first(0.1)) and time.monotonic() < deadline:
+            pass
+        assert d.pipeline is not None
+        tmp = tmp_path / "push.tmp"
+        tmp.write_bytes(good[: len(good) // 3])
+        os.utime(tmp, (time.time() - 5, time.time() - 5))
+        tmp.replace(model)  # an atomic push, as deploy tools do
+        deadline = time.monotonic() + 10
+        while d.pipeline.reload_failures == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        n = d.pipeline.classified
+        time.sleep(5)  # two more polls of the unchanged bad file
+        assert d.pipeline.reload_failures == 1
+        assert len([r for r in caplog.records if "new model refused" in r.getMessage()]) == 1
+        assert d.pipeline.classified > n + 10  # the old model kept classifying
+        assert d.pipeline.status().healthy
+
+        tmp.write_bytes((models_dir / "mobilenet_v1_0.75_192_quant.tflite").read_bytes())
+        os.utime(tmp, (time.time() - 5, time.time() - 5))
+        tmp.replace(model)
+        deadline = time.monotonic() + 10
+        while d.pipeline.reloads == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert d.pipeline.reloads == 1
+        time.sleep(0.5)
+        assert d.pipeline.last_observation is not None
+        assert d.pipeline.status().labels["model"] == "current.tflite"
+        assert d.pipeline.classifier.engine.input.shape == (1, 192, 192, 3)  # the new network runs
+    finally:
+        d.request_stop("test done")
+        t.join(10)
