@@ -2,9 +2,36 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import errno
+import hmac
+import json
+import logging
+import math
+import os
+import re
+import socket
+import threading
+import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
 
+import cv2
+
+from ..annotate import annotate_observation
 from ..errors import ConfigError
+from ..observation import Observation, Status
+from .base import StatusFn
+
+log = logging.getLogger(__name__)
+
+MAX_STREAM_CLIENTS = 8  # more viewers get 503: each one is a thread on a small device
+SEND_TIMEOUT_S = 10.0  # a client that takes no data for this long is dropped
+BIND_RETRY_MAX_S = 10.0  # capped backoff while the port is in use
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -36,3 +63,412 @@ class HttpConfig:
             raise ConfigError("[http] password_env: must name an environment variable, e.g. EDGE_RESNET_HTTP_PASSWORD")
         if self.username is not None and (not self.username or ":" in self.username):
             raise ConfigError("[http] username: must be non-empty and contain no ':'")
+
+
+_METRIC_NAME_BAD = re.compile(r"[^a-zA-Z0-9_:]")
+METRIC_HELP = {
+    "healthy": "1 when frames are flowing and the pipeline is healthy, else 0.",
+    "http_stream_clients": "Open /stream.mjpg connections.",
+    "http_frames_encoded_total": "Annotated frames JPEG-encoded by the HTTP overlay.",
+    "http_requests_total": "HTTP requests served by the overlay.",
+}
+
+
+def metric_name(name: str) -> str:
+    """A Prometheus metric name for a counter key: `edge_resnet_` prefix, invalid characters as `_`."""
+    n = _METRIC_NAME_BAD.sub("_", name)
+    return "edge_resnet_" + n
+
+
+def _label_value(v: Any) -> str:
+    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(v: float) -> str:
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(float(v)) if not float(v).is_integer() or abs(v) >= 1e15 else str(int(v))
+
+
+def prometheus_text(status: Status, extra: dict[str, float] | None = None) -> str:
+    """Prometheus text exposition (0.0.4): `*_total` keys are counters, the rest gauges; status.labels
+    become one `edge_resnet_info` gauge with those labels."""
+    lines: list[str] = []
+    values: dict[str, float] = {"healthy": 1.0 if status.healthy else 0.0}
+    values.update(status.counters)
+    values.update(extra or {})
+    seen: set[str] = set()
+    for key, value in values.items():
+        name = metric_name(key)
+        if name in seen:
+            continue
+        seen.add(name)
+        kind = "counter" if name.endswith("_total") else "gauge"
+        help_text = METRIC_HELP.get(key, key.replace("_", " ") + " (from the edge-resnet pipeline).")
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        try:
+            lines.append(f"{name} {_number(float(value))}")
+        except (TypeError, ValueError):
+            lines.append(f"{name} NaN")
+    if status.labels:
+        pairs = ",".join(
+            f'{_METRIC_NAME_BAD.sub("_", str(k))}="{_label_value(v)}"' for k, v in sorted(status.labels.items())
+        )
+        lines.append("# HELP edge_resnet_info Model, device and runtime of this daemon (value is always 1).")
+        lines.append("# TYPE edge_resnet_info gauge")
+        lines.append(f"edge_resnet_info{{{pairs}}} 1")
+    return "\n".join(lines) + "\n"
+
+
+def state_document(obs: Observation | None, status: Status | None, fps: float | None) -> dict[str, Any]:
+    """What /api/state returns (and what the page shows)."""
+    doc: dict[str, Any] = {
+        "label": None,
+        "score": None,
+        "class_index": None,
+        "top_k": [],
+        "frame_seq": None,
+        "captured_at": None,
+        "classified_at": None,
+        "model": None,
+        "invoke_ms": None,
+        "fps": fps,
+    }
+    if obs is not None:
+        doc.update(
+            label=obs.label.label,
+            score=round(float(obs.label.score), 5),
+            class_index=obs.label.class_index,
+            top_k=[
+                {"label": p.label, "class_index": p.class_index, "score": round(float(p.score), 5)} for p in obs.top_k
+            ],
+            frame_seq=obs.frame.seq,
+            captured_at=round(obs.frame.captured_at, 3),
+            classified_at=round(obs.classified_at, 3),
+            model=obs.model,
+            invoke_ms=round(obs.invoke_ms, 2),
+        )
+    if status is not None:
+        doc.update(healthy=status.healthy, reason=status.reason, device=status.labels.get("device"))
+    else:
+        doc.update(healthy=False, reason="status unavailable", device=None)
+    return doc
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    sink: HttpSink
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "edge-resnet"
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http %s %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:
+        sink = self.server.sink
+        sink.requests += 1
+        path = urlsplit(self.path).path
+        if path != "/healthz" and not sink.authorized(self.headers.get("Authorization")):
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="edge-resnet", charset="UTF-8"')
+            self._body(b"authentication required\n", "text/plain; charset=utf-8", sent=True)
+            return
+        routes = {
+            "/": self._index,
+            "/index.html": self._index,
+            "/stream.mjpg": self._stream,
+            "/snapshot.jpg": self._snapshot,
+            "/api/state": self._state,
+            "/healthz": self._healthz,
+            "/metrics": self._metrics,
+        }
+        handler = routes.get(path)
+        if handler is None:
+            self.send_response(404)
+            self._body(
+                b"not found; try / /stream.mjpg /snapshot.jpg /api/state /healthz /metrics\n",
+                "text/plain; charset=utf-8",
+                sent=True,
+            )
+            return
+        with contextlib.suppress(TimeoutError, BrokenPipeError, ConnectionResetError):  # the client went away
+            handler()
+
+    def _body(self, body: bytes, ctype: str, code: int = 200, sent: bool = False) -> None:
+        if not sent:
+            self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _index(self) -> None:
+        self._body(self.server.sink.index_html, "text/html; charset=utf-8")
+
+    def _state(self) -> None:
+        doc = self.server.sink.state()
+        self._body(json.dumps(doc).encode(), "application/json")
+
+    def _healthz(self) -> None:
+        st = self.server.sink.status()
+        if st.healthy:
+            self._body(b"ok\n", "text/plain; charset=utf-8")
+        else:
+            self._body(f"{st.reason}\n".encode(), "text/plain; charset=utf-8", 503)
+
+    def _metrics(self) -> None:
+        sink = self.server.sink
+        text = prometheus_text(sink.status(), sink.counters())
+        self._body(text.encode(), "text/plain; version=0.0.4; charset=utf-8")
+
+    def _snapshot(self) -> None:
+        jpeg = self.server.sink.jpeg()
+        if jpeg is None:
+            self._body(b"no frame yet\n", "text/plain; charset=utf-8", 503)
+        else:
+            self._body(jpeg[1], "image/jpeg")
+
+    def _stream(self) -> None:
+        sink = self.server.sink
+        if not sink.enter_stream():
+            self._body(b"too many stream viewers; try again later\n", "text/plain; charset=utf-8", 503)
+            return
+        try:
+            self.connection.settimeout(SEND_TIMEOUT_S)
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Pragma", "no-cache")
+            self.end_headers()
+            interval = 1.0 / sink.cfg.stream_fps
+            last_seq = -1
+            while not sink.stopping.is_set():
+                t0 = time.monotonic()
+                jpeg = sink.wait_jpeg(last_seq, timeout=1.0)
+                if jpeg is None:
+                    continue
+                last_seq, data = jpeg
+                self.wfile.write(
+                    b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data) + data + b"\r\n"
+                )
+                self.wfile.flush()
+                left = interval - (time.monotonic() - t0)
+                if left > 0:
+                    sink.stopping.wait(left)
+        finally:
+            sink.leave_stream()
+
+
+class HttpSink:
+    """The live overlay. `publish` keeps a reference to the newest observation (no work on the
+    pipeline thread); annotation and JPEG encoding happen on HTTP threads, at most `stream_fps` times
+    a second however many viewers there are, and each viewer gets the newest frame.
+
+    A port in use (or an address not yet available at boot) is not fatal: it is logged once with the
+    fix, reported by `healthy()`, and the bind is retried with capped backoff until it works.
+    """
+
+    name = "http"
+
+    def __init__(self, cfg: HttpConfig, status: StatusFn) -> None:
+        self.cfg = cfg
+        self._status = status
+        self.host, self.port = parse_listen(cfg.listen)
+        self._auth: bytes | None = None
+        if cfg.username is not None:
+            password = os.environ.get(cfg.password_env)
+            if not password:
+                raise ConfigError(
+                    f"[http] username is set but the environment variable {cfg.password_env} is empty; "
+                    "set the password there, or remove username to turn basic auth off"
+                )
+            self._auth = b"Basic " + base64.b64encode(f"{cfg.username}:{password}".encode())
+        self.index_html = resources.files("edge_resnet").joinpath("static/index.html").read_bytes()
+        self.stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._new_frame = threading.Condition(self._lock)
+        self._latest: Observation | None = None
+        self._fps: float | None = None
+        self._last_at: float | None = None
+        self._enc_lock = threading.Lock()
+        self._enc: tuple[int, bytes] | None = None
+        self._enc_at = 0.0
+        self._bind_error: str | None = None
+        self.clients = 0
+        self.encoded = 0
+        self.requests = 0
+
+    # -- Sink protocol --
+
+    def start(self) -> None:
+        self.stopping.clear()
+        self._thread = threading.Thread(target=self._serve, name="http-sink", daemon=True)
+        self._thread.start()
+
+    def publish(self, obs: Observation) -> None:
+        """Pipeline thread: O(1), no copies, no encoding."""
+        with self._new_frame:
+            t = obs.classified_at
+            if self._last_at is not None and t > self._last_at:
+                inst = 1.0 / (t - self._last_at)
+                self._fps = inst if self._fps is None else 0.9 * self._fps + 0.1 * inst
+            self._last_at = t
+            self._latest = obs
+            self._new_frame.notify_all()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout
+        self.stopping.set()
+        with self._new_frame:
+            self._new_frame.notify_all()
+        server = self._server
+        if server is not None:
+            # shutdown() waits for serve_forever without a timeout: run it where we can bound the wait.
+            t = threading.Thread(target=server.shutdown, name="http-shutdown", daemon=True)
+            t.start()
+            t.join(max(0.1, deadline - time.monotonic()))
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(max(0.1, deadline - time.monotonic()))
+
+    def healthy(self) -> tuple[bool, str]:
+        if self._bind_error is not None:
+            return True, self._bind_error
+        if self._server is None:
+            return True, "http starting"
+        return True, f"http serving on {self.url}"
+
+    @property
+    def url(self) -> str:
+        host = self.host if ":" not in self.host else f"[{self.host}]"
+        return f"http://{host}:{self.bound_port}/"
+
+    @property
+    def bound_port(self) -> int:
+        """The real port (useful with port 0 in tests)."""
+        return int(self._server.server_address[1]) if self._server is not None else self.port
+
+    def counters(self) -> dict[str, float]:
+        return {
+            "http_stream_clients": float(self.clients),
+            "http_frames_encoded_total": float(self.encoded),
+            "http_requests_total": float(self.requests),
+        }
+
+    # -- used by the request handler (HTTP threads) --
+
+    def status(self) -> Status:
+        try:
+            return self._status()
+        except Exception as e:  # someone else's code: report it instead of failing the request
+            return Status(False, f"status unavailable ({e})")
+
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            obs, fps = self._latest, self._fps
+        return state_document(obs, self.status(), round(fps, 2) if fps is not None else None)
+
+    def authorized(self, header: str | None) -> bool:
+        if self._auth is None:
+            return True
+        return header is not None and hmac.compare_digest(header.encode(), self._auth)
+
+    def enter_stream(self) -> bool:
+        with self._lock:
+            if self.clients >= MAX_STREAM_CLIENTS:
+                return False
+            self.clients += 1
+            return True
+
+    def leave_stream(self) -> None:
+        with self._lock:
+            self.clients -= 1
+
+    def jpeg(self) -> tuple[int, bytes] | None:
+        """(frame seq, JPEG) of the newest annotated frame; re-encoded at most stream_fps times a second."""
+        with self._lock:
+            obs, fps = self._latest, self._fps
+        if obs is None:
+            return None
+        with self._enc_lock:
+            now = time.monotonic()
+            fresh = self._enc is not None and now - self._enc_at < 1.0 / self.cfg.stream_fps
+            if self._enc is not None and (self._enc[0] == obs.frame.seq or fresh):
+                return self._enc
+            st = self.status()
+            img = annotate_observation(obs, fps, None if st.healthy else st.reason)
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
+            if not ok:
+                return self._enc
+            self._enc = (obs.frame.seq, buf.tobytes())
+            self._enc_at = now
+            self.encoded += 1
+            return self._enc
+
+    def wait_jpeg(self, after_seq: int, timeout: float) -> tuple[int, bytes] | None:
+        """The newest JPEG once there is a frame newer than `after_seq` (None after `timeout`)."""
+        with self._new_frame:
+            if not self._new_frame.wait_for(
+                lambda: self.stopping.is_set() or (self._latest is not None and self._latest.frame.seq != after_seq),
+                timeout,
+            ):
+                return None
+        if self.stopping.is_set():
+            return None
+        got = self.jpeg()
+        return got if got is not None and got[0] != after_seq else None
+
+    # -- the server thread --
+
+    def _bind(self) -> _Server:
+        cls = _Server6 if ":" in self.host else _Server
+        server = cls((self.host, self.port), _Handler)
+        server.sink = self
+        return server
+
+    def _serve(self) -> None:
+        delay = 1.0
+        while not self.stopping.is_set():
+            try:
+                self._server = self._bind()
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    msg = (
+                        f"http port {self.port} on {self.host} is in use (another edge-resnet or web server?); "
+                        f"set [http] listen or --http HOST:PORT to a free port; retrying"
+                    )
+                elif e.errno in (errno.EACCES, errno.EPERM):
+                    msg = (
+                        f"http port {self.port} needs privileges; use a port >= 1024 in [http] listen or "
+                        "--http HOST:PORT; retrying"
+                    )
+                else:
+                    msg = f"http cannot listen on {self.host}:{self.port} ({e.strerror}); check [http] listen; retrying"
+                if self._bind_error != msg:
+                    log.error("%s", msg)
+                self._bind_error = msg
+                self.stopping.wait(delay)
+                delay = min(BIND_RETRY_MAX_S, delay * 2)
+                continue
+            if self._bind_error is not None:
+                log.info("http: listening on %s after all", self.url)
+            else:
+                log.info("http: overlay on %s", self.url)
+            self._bind_error = None
+            self._server.serve_forever(poll_interval=0.25)
+            return
