@@ -1,0 +1,126 @@
+"""The overlay page in headless Chromium: the live stream is visible and the state text is on the page."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_resnet.annotate import TOP1_COLOUR
+from edge_resnet.observation import Status
+from edge_resnet.sinks.http import HttpConfig, HttpSink
+from tests.helpers.observations import Classified, classify_samples, observation
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    msg = "chromium is not installed (apt-get install chromium); the overlay browser test needs it"
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def browser(url: str, tmp: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp / 'profile'}",
+        "--window-size=1280,800",
+        *args,
+        url,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def photo(mobilenet_quant: Path, labels_1001: Path, samples_dir: Path) -> Classified:
+    return classify_samples(mobilenet_quant, labels_1001, samples_dir, 1)[0]
+
+
+@pytest.fixture
+def live(photo: Classified) -> Iterator[HttpSink]:
+    """An overlay fed at 10 fps, as the pipeline would."""
+    sink = HttpSink(
+        HttpConfig(listen="127.0.0.1:0"), lambda: Status(True, "ok", {"frames_total": 1.0}, {"device": "cam1"})
+    )
+    sink.start()
+    end = time.monotonic() + 5
+    while sink.bound_port == 0:
+        assert time.monotonic() < end
+        time.sleep(0.02)
+    stop = threading.Event()
+
+    def feed() -> None:
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            sink.publish(observation(photo, seq, changed=seq == 1))
+            stop.wait(0.1)
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    try:
+        yield sink
+    finally:
+        stop.set()
+        t.join(2)
+        sink.stop()
+
+
+def test_page_shows_live_annotated_stream(live: HttpSink, photo: Classified, tmp_path: Path) -> None:
+    shot = tmp_path / "overlay.png"
+    r = browser(live.url, tmp_path, f"--screenshot={shot}")
+    assert shot.exists(), f"no screenshot; chromium said: {r.stderr[-2000:]}"
+    img = cv2.imread(str(shot), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape[1] == 1280
+
+    # Where is the stream? The page shows it 800 px wide (CSS); find the photo there by template matching.
+    h, w = photo.image.shape[:2]
+    shown = cv2.resize(photo.image, (800, round(800 * h / w)), interpolation=cv2.INTER_AREA)
+    # the lower middle of the photo carries no overlay text; match that part
+    th, tw = shown.shape[:2]
+    part = shown[th // 2 : th - th // 5, tw // 5 : tw - tw // 5]
+    res = cv2.matchTemplate(img, part, cv2.TM_CCOEFF_NORMED)
+    _, score, _, (x, y) = cv2.minMaxLoc(res)
+    x0, y0 = x - tw // 5, y - th // 2
+    print(f"\nstream found at ({x0}, {y0}) in the screenshot, match {score:.3f}")
+    assert score > 0.8, "the photo is not visible on the page"
+
+    # The overlay is drawn on it: the top-1 label's green text in the top-left box.
+    def green(a: np.ndarray) -> int:
+        return int(np.all(np.abs(a.astype(np.int16) - np.array(TOP1_COLOUR, np.int16)) < 60, axis=2).sum())
+
+    on_page = green(img[max(0, y0) : y0 + th // 3, max(0, x0) : x0 + tw // 2])
+    in_photo = green(shown[: th // 3, : tw // 2])
+    print(f"green overlay pixels: {on_page} on the page, {in_photo} in the bare photo")
+    assert on_page > in_photo + 100, "the annotation (top-1 label in green) is not visible"
+
+
+def test_page_state_text(live: HttpSink, photo: Classified, tmp_path: Path) -> None:
+    r = browser(live.url, tmp_path, "--virtual-time-budget=3000", "--dump-dom")
+    dom = r.stdout
+    m = re.search(r'<div id="label">([^<]*)</div>', dom)
+    assert m, f"no label element in the DOM: {dom[:2000]}"
+    label = m.group(1).replace("&amp;", "&")
+    assert label == photo.top_k[0].label
+    assert re.search(r'<span id="health"[^>]*>ok</span>', dom)
+    assert "cam1" in dom
