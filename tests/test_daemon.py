@@ -408,3 +408,61 @@ def test_model_file_replaced_in_place_is_validated_refused_once_then_taken(
     finally:
         d.request_stop("test done")
         t.join(10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_demo_offline_with_local_files(
+    tmp_path: Path, mobilenet_quant: Path, labels_1001: Path, samples_dir: Path
+) -> None:
+    """`edge-resnet demo` without the network: local model, labels and photos; overlay served while it runs."""
+    import urllib.request
+
+    port = _free_port()
+    args = [
+        "--model",
+        str(mobilenet_quant),
+        "--labels",
+        str(labels_1001),
+        "--images",
+        str(samples_dir),
+        "--work",
+        str(tmp_path / "work"),
+        "--count",
+        "3",
+        "--seconds-each",
+        "1",
+        "--http",
+        f"127.0.0.1:{port}",
+        "--duration",
+        "6",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_resnet", "demo", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    page = b""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=2) as r:
+                page = r.read()
+            if b"label" in page:
+                break
+        except OSError:
+            pass
+        time.sleep(0.3)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"open http://127.0.0.1:{port}/" in out
+    assert (tmp_path / "work" / "demo.avi").stat().st_size > 10_000
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    assert len({ln["class_index"] for ln in lines}) >= 2  # the photos change, so does the label
+    assert b"label" in page
