@@ -4,11 +4,14 @@ tolerates the sandbox they ask for (MemoryDenyWriteExecute, checked with the ker
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
+import errno
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -165,3 +168,158 @@ def test_daemon_stack_runs_under_memory_deny_write_execute(mobilenet_quant: Path
         pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith("ok "), r.stdout
+
+
+# -- the unit's system-call filter and address families, applied with libseccomp -----------------
+
+_SCMP_ACT_ALLOW = 0x7FFF0000
+_SCMP_CMP_EQ = 4
+_SOCKET_FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16}
+
+
+class _ScmpArgCmp(ctypes.Structure):
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
+
+
+def _expand(group: str, seen: set[str] | None = None) -> set[str]:
+    """A systemd syscall group (e.g. @system-service) as system call names, nested groups expanded."""
+    seen = seen if seen is not None else set()
+    if group in seen:
+        return set()
+    seen.add(group)
+    out = subprocess.run(
+        [str(ANALYZE), "syscall-filter", "--no-pager", group], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    names: set[str] = set()
+    for line in out.splitlines()[1:]:
+        item = line.strip()
+        if not item or item.startswith("#"):
+            continue
+        names |= _expand(item, seen) if item.startswith("@") else {item}
+    return names
+
+
+def _unit_syscalls(unit: Path) -> tuple[set[str], int, list[int]]:
+    """(allowed syscalls, errno for the rest, allowed socket families) as systemd computes them from
+    the unit: an allow-list starts from @default, and `~...` entries remove from it."""
+    d = directives(unit)
+    allowed = _expand("@default")
+    for value in d["SystemCallFilter"]:
+        deny = value.startswith("~")
+        names: set[str] = set()
+        for item in value.lstrip("~").split():
+            names |= _expand(item) if item.startswith("@") else {item}
+        allowed = allowed - names if deny else allowed | names
+    err = getattr(errno, d["SystemCallErrorNumber"][0])
+    families = [_SOCKET_FAMILIES[f] for f in d["RestrictAddressFamilies"][0].split()]
+    return allowed, err, families
+
+
+def _seccomp_preexec(allowed: set[str], err: int, families: list[int]) -> Callable[[], None]:
+    lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add_array.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.POINTER(_ScmpArgCmp),
+    ]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    numbers = [n for n in (lib.seccomp_syscall_resolve_name(s.encode()) for s in sorted(allowed)) if n >= 0]
+    socket_nr = lib.seccomp_syscall_resolve_name(b"socket")
+
+    def apply() -> None:  # in the child, between fork and exec, as systemd does
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_MDWE, _PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0)
+        ctx = lib.seccomp_init(0x00050000 | err)  # SCMP_ACT_ERRNO(err)
+        if not ctx:
+            os._exit(98)
+        for nr in numbers:
+            if nr != socket_nr and lib.seccomp_rule_add_array(ctx, _SCMP_ACT_ALLOW, nr, 0, None) != 0:
+                os._exit(98)
+        for fam in families:  # RestrictAddressFamilies=
+            cmp = _ScmpArgCmp(0, _SCMP_CMP_EQ, fam, 0)
+            if lib.seccomp_rule_add_array(ctx, _SCMP_ACT_ALLOW, socket_nr, 1, ctypes.byref(cmp)) != 0:
+                os._exit(98)
+        if lib.seccomp_load(ctx) != 0:
+            os._exit(98)
+
+    return apply
+
+
+_SANDBOX_PROBE = r"""
+import socket, sys
+for fam in (socket.AF_PACKET, 31):  # 31: AF_BLUETOOTH
+    try:
+        socket.socket(fam, socket.SOCK_RAW)
+        sys.exit(f"family {fam} was allowed")
+    except OSError:
+        pass
+try:
+    import os; os.setuid(0)
+    sys.exit("setuid was allowed")
+except PermissionError:
+    pass
+print("sandbox in force")
+"""
+
+
+@needs_analyze
+def test_daemon_runs_inside_the_units_syscall_filter(
+    tmp_path: Path, mobilenet_quant: Path, labels_1001: Path, samples_dir: Path
+) -> None:
+    """`edge-resnet run` with MQTT (real mosquitto, SQLite queue) and the HTTP overlay, under the
+    unit's own SystemCallFilter/SystemCallErrorNumber/RestrictAddressFamilies (read from the unit,
+    loaded with libseccomp) and MemoryDenyWriteExecute: it classifies, publishes, serves and exits 0."""
+    if not Path("/usr/lib/x86_64-linux-gnu/libseccomp.so.2").exists() and ctypes.util.find_library("seccomp") is None:
+        pytest.skip("libseccomp is not installed")
+    from .helpers.broker import Broker, free_port
+    from .helpers.video import pick_samples, write_folder
+
+    allowed, err, families = _unit_syscalls(MAIN)
+    preexec = _seccomp_preexec(allowed, err, families)
+    probe = subprocess.run(
+        [sys.executable, "-c", _SANDBOX_PROBE], capture_output=True, text=True, timeout=60, preexec_fn=preexec
+    )
+    if probe.returncode == 98:
+        pytest.skip("cannot load a seccomp filter here")
+    assert probe.returncode == 0 and "sandbox in force" in probe.stdout, probe.stdout + probe.stderr
+
+    broker = Broker(tmp_path / "mq").start()
+    try:
+        folder = write_folder(tmp_path / "frames", pick_samples(samples_dir, 3), size=(320, 240))
+        state = tmp_path / "state"
+        state.mkdir()
+        http_port = free_port()
+        cfg = tmp_path / "config.toml"
+        cfg.write_text(
+            f'device_id = "sandbox-test"\nstate_dir = "{state}"\n'
+            f'[model]\npath = "{mobilenet_quant}"\nlabels = "{labels_1001}"\n'
+            f'[source]\ntype = "folder"\npath = "{folder}"\ninterval_s = 0.1\nloop = true\n'
+            f'[mqtt]\nurl = "{broker.url}"\n'
+            f'[http]\nlisten = "127.0.0.1:{http_port}"\n'
+        )
+        r = subprocess.run(
+            [sys.executable, "-m", "edge_resnet", "run", "--config", str(cfg), "--max-frames", "15"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=preexec,
+            cwd=REPO,
+        )
+    finally:
+        broker.stop()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Operation not permitted" not in r.stderr and "PermissionError" not in r.stderr, r.stderr[-3000:]
+    assert "stopped" in r.stderr
+    assert "mqtt" in r.stderr.lower() and str(http_port) in r.stderr, r.stderr[-3000:]
+    print("\n" + "\n".join(x for x in r.stderr.splitlines() if "mqtt" in x.lower() or "http" in x.lower()))
+    print(f"sandboxed run: {len(allowed)} system calls allowed, families {families}, exit 0")
