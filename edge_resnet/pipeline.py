@@ -376,33 +376,40 @@ class Pipeline:
         }
         if obs is not None:
             counters["score"] = round(obs.label.score, 4)
-        sinks = {}
-        for s in self._sinks:
-            try:
-                ok, why = s.healthy()
-                extra = getattr(s, "counters", None)  # a sink may add its own counters to /metrics
-                if callable(extra):
+        counters["source_up"] = 1.0 if cs.state is CaptureState.RUNNING else 0.0
+        for sink in self._sinks:
+            extra = getattr(sink, "counters", None)  # a sink may add its own counters to /metrics
+            if callable(extra):
+                try:
                     counters.update({k: float(v) for k, v in extra().items()})
-            except Exception as e:
-                ok, why = False, str(e)
-            sinks[s.name] = why if why else ("ok" if ok else "unhealthy")
+                except Exception as e:
+                    log.debug("counters of sink %s: %s", sink.name, e)
+        # static facts only: these become labels of one Prometheus info metric
         labels = {
             "model": self._model_name,
             "device": eng.device,
             "delegate": eng.delegate,
             "source": self.capture.source.description,
-            "capture_state": cs.state.value,
-            "label": obs.label.label if obs is not None else "",
-            "class_index": obs.label.class_index if obs is not None else -1,
-            "sinks": sinks,
         }
         return Status(healthy=healthy, reason=reason, counters=counters, labels=labels)
+
+    def sink_health(self) -> dict[str, str]:
+        """name -> the sink's own words about its health (e.g. "mqtt broker ... down for 12 s")."""
+        out = {}
+        for sink in self._sinks:
+            try:
+                ok, why = sink.healthy()
+            except Exception as e:
+                ok, why = False, str(e)
+            out[sink.name] = why or ("ok" if ok else "unhealthy")
+        return out
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= and the logs."""
         st = self.status()
         c = st.counters
-        label = st.labels.get("label") or "-"
+        obs = self.last_observation
+        label = obs.label.label.split(",")[0] if obs is not None else "-"
         head = "" if st.healthy else f"{st.reason} | "
         return (
             f"{head}{label} ({c.get('score', 0.0):.2f}) | {c['inference_fps']:.1f} fps inference, "

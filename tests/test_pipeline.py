@@ -156,7 +156,9 @@ def test_realtime_video_fan_out_status_and_labels(
     assert pipe.wait_first(5.0)
     st = pipe.status()
     assert st.healthy and st.reason == "ok", st.reason
-    assert st.labels["sinks"] == {"a": "a fine", "bad": "bad fine", "b": "b fine"}
+    assert pipe.sink_health() == {"a": "a fine", "bad": "bad fine", "b": "b fine"}
+    assert set(st.labels) == {"model", "device", "delegate", "source"}  # static: one Prometheus info metric
+    assert st.counters["source_up"] == 1.0
     assert "a_seen_total" in st.counters
     end = time.monotonic() + 10
     while not pipe.ended and time.monotonic() < end:
