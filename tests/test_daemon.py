@@ -466,3 +466,40 @@ def test_demo_offline_with_local_files(
     lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
     assert len({ln["class_index"] for ln in lines}) >= 2  # the photos change, so does the label
     assert b"label" in page
+
+
+def test_reload_switches_source_settings_and_sinks_in_process(
+    tmp_path: Path, video: Path, mobilenet_quant: Path, labels_1001: Path, samples_dir: Path
+) -> None:
+    from .helpers.video import write_folder
+
+    folder = write_folder(tmp_path / "imgs", pick_samples(samples_dir, 2, start=500), size=(160, 120))
+    cfg_file = tmp_path / "c.toml"
+    head = f'state_dir = "{tmp_path / "state"}"\n[model]\npath = "{mobilenet_quant}"\nlabels = "{labels_1001}"\n'
+    cfg_file.write_text(head + f'[source]\ntype = "file"\npath = "{video}"\nloop = true\n[stdout]\nenabled = false\n')
+    d = Daemon(configmod.load(cfg_file), config_path=cfg_file, watch_model=False)
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (d.pipeline is None or not d.pipeline.wait_first(0.1)) and time.monotonic() < deadline:
+            pass
+        assert d.pipeline is not None and d.sinks == []
+        cfg_file.write_text(
+            head + f'[source]\ntype = "folder"\npath = "{folder}"\ninterval_s = 0\nloop = true\n'
+            "[pipeline]\nmax_fps = 4.0\n[stdout]\nenabled = true\n"
+        )
+        d.request_reload()
+        deadline = time.monotonic() + 10
+        while "image folder" not in d.pipeline.capture.source.description and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "image folder" in d.pipeline.status().labels["source"]
+        assert [s.name for s in d.sinks] == ["stdout"]
+        n0 = d.pipeline.classified
+        time.sleep(2.0)
+        rate = (d.pipeline.classified - n0) / 2.0
+        print(f"after reload: {rate:.1f} fps with max_fps 4")
+        assert 2.0 <= rate <= 5.0
+    finally:
+        d.request_stop("test done")
+        t.join(10)
