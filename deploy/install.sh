@@ -23,7 +23,9 @@ Options:
   --dry-run     print what would be done, change nothing
   --prefix DIR  install the files into the staging root DIR (implies --no-system)
   --no-system   files only: no useradd/groupadd, chown, venv/pip, systemctl or udevadm
-                (each such step is printed as "skip"); run again without it on the device
+                (each such step is printed as "skip"); run again without it on the device.
+                Under --prefix the unit is still enabled in the staging root
+                (`systemctl --root`, symlinks only) when systemctl is available
   --start       also start (or restart) edge-resnet.service
   --no-enable   install the units but do not enable edge-resnet.service
   --python EXE  interpreter for the venv (default: python3)
@@ -113,6 +115,42 @@ system() {
         say "skip (--no-system): $(quote "$@")"
     else
         run "$@"
+    fi
+}
+
+# live CMD...: a step that needs a running systemd/udev (reload, start). Skipped, with a note, under
+# --no-system and where they are not running (a chroot, a container, an image build).
+live() {
+    if [ "$SYSTEM" = 0 ]; then
+        say "skip (--no-system): $(quote "$@")"
+    elif [ ! -d /run/systemd/system ]; then
+        say "skip (systemd is not running): $(quote "$@")"
+    else
+        run "$@" || say "warning: $(quote "$@") failed; continuing"
+    fi
+}
+
+# unit_enable / unit_disable NAME: symlinks only, so they also work offline and in a staging root
+# (systemctl --root), which image builds want. Skipped without systemctl, or for --no-system
+# on the live system.
+unit_enable() {
+    if [ "$SYSTEM" = 1 ]; then
+        run systemctl enable "$1"
+    elif [ -n "$ROOT" ] && command -v systemctl >/dev/null; then
+        make_parents "$UNIT_DIR/multi-user.target.wants/x"
+        run systemctl --root="$ROOT" --quiet enable "$1"
+    else
+        say "skip (--no-system): systemctl enable $1"
+    fi
+}
+
+unit_disable() {
+    if [ "$SYSTEM" = 1 ]; then
+        if [ -d /run/systemd/system ]; then run systemctl disable --now "$1"; else run systemctl disable "$1"; fi
+    elif [ -n "$ROOT" ] && command -v systemctl >/dev/null; then
+        run systemctl --root="$ROOT" --quiet disable "$1"
+    else
+        say "skip (--no-system): systemctl disable $1"
     fi
 }
 
@@ -276,18 +314,24 @@ do_install() {
     [ -f "$ROOT$UDEV_RULE" ] && before="$(cksum <"$ROOT$UDEV_RULE")"
     install_file "$HERE/99-edge-resnet-coral.rules" "$UDEV_RULE" 0644
     if [ "$before" != "$( [ -f "$ROOT$UDEV_RULE" ] && cksum <"$ROOT$UDEV_RULE")" ] || [ "$DRY_RUN" = 1 ]; then
-        system udevadm control --reload-rules
-        system udevadm trigger --subsystem-match=usb --subsystem-match=apex --action=add
+        live udevadm control --reload-rules
+        live udevadm trigger --subsystem-match=usb --subsystem-match=apex --action=add
     fi
 
     say "== systemd units"
     for u in $UNITS; do
         install_file "$SRC/systemd/$u" "$UNIT_DIR/$u" 0644
     done
+    live systemctl daemon-reload
+    if [ "$ENABLE" = 1 ]; then
+        if [ -L "$ROOT$UNIT_DIR/multi-user.target.wants/edge-resnet.service" ]; then
+            say "enabled edge-resnet.service"
+        else
+            unit_enable edge-resnet.service
+        fi
+    fi
     write_manifest
-    system systemctl daemon-reload
-    if [ "$ENABLE" = 1 ]; then system systemctl enable edge-resnet.service; fi
-    if [ "$START" = 1 ]; then system systemctl restart edge-resnet.service; fi
+    if [ "$START" = 1 ]; then live systemctl restart edge-resnet.service; fi
 
     say "== done"
     say "next: put a model in $MODELS, edit $CONFIG, run \`sudo -u $SVC_USER $VENV/bin/edge-resnet doctor --config $CONFIG\`,"
@@ -317,9 +361,9 @@ do_uninstall() {
     for link in "$ROOT$UNIT_DIR"/*.wants/edge-resnet@*.service; do
         [ -e "$link" ] || [ -L "$link" ] || continue
         name="$(basename "$link")"
-        system systemctl disable --now "$name"
+        unit_disable "$name"
     done
-    system systemctl disable --now edge-resnet.service
+    if [ -e "$ROOT$UNIT_DIR/edge-resnet.service" ]; then unit_disable edge-resnet.service; fi
 
     say "== files"
     local e kind path
@@ -329,8 +373,8 @@ do_uninstall() {
             file|tree) remove_path "$path" ;;
         esac
     done
-    system systemctl daemon-reload
-    system udevadm control --reload-rules
+    live systemctl daemon-reload
+    live udevadm control --reload-rules
 
     # config and state: only with --purge, deepest first (models before /var/lib/edge-resnet)
     local kept=()
