@@ -1,0 +1,199 @@
+"""ONNX -> float TFLite (onnx2tf) -> calibrated -> full-INT8 TFLite, offline.
+
+onnx2tf builds the TensorFlow graph; we stop it before its own quantization and quantize
+ourselves with TFLite's calibrator, because that lets us (a) set the input range to exactly
+0..255 so the uint8 input holds camera pixels, (b) replace min/max activation ranges by
+MSE-optimal ones and (c) correct the bias that weight rounding introduces. onnx2tf must still be
+run with `output_integer_quantized_tflite=True`: that makes it pad MaxPool with 0 rather than
+-inf, which int8 can represent (the float-min padding is what breaks a self-quantized ResNet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import onnx
+
+from edge_resnet.errors import ModelError
+
+from . import bias_correction, ranges
+from .offline import offline
+from .onnx_model import PIXEL_INPUT, OnnxInfo
+
+log = logging.getLogger(__name__)
+
+# onnx2tf loads this from its working directory instead of downloading it from GitHub.
+ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+RangeMethod = Literal["minmax", "mse"]
+
+
+@dataclass
+class Quantized:
+    """The two models verification compares, and how the INT8 one was made."""
+
+    float_tflite: bytes
+    int8_tflite: bytes
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class _FloatDone(Exception):
+    """Raised inside onnx2tf once its float model exists, to skip its own quantization passes."""
+
+
+@contextlib.contextmanager
+def _chdir(path: Path) -> Iterator[None]:
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+@contextlib.contextmanager
+def _stop_at_quantization() -> Iterator[None]:
+    import tensorflow as tf
+
+    orig = tf.lite.TFLiteConverter.from_saved_model
+
+    def stop(*args: Any, **kwargs: Any) -> Any:
+        raise _FloatDone()
+
+    tf.lite.TFLiteConverter.from_saved_model = stop
+    try:
+        yield
+    finally:
+        tf.lite.TFLiteConverter.from_saved_model = orig
+
+
+def onnx2tf_sample(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """onnx2tf's sample file (20x128x128x3, 0..1) made from our own calibration images."""
+    idx = np.resize(np.arange(len(images)), 20)
+    small = [cv2.resize(images[i], (128, 128), interpolation=cv2.INTER_AREA) for i in idx]
+    out: npt.NDArray[np.float32] = (np.stack(small).astype(np.float32) / 255.0).astype(np.float32)
+    return out
+
+
+def build_float(prepared: onnx.ModelProto, info: OnnxInfo, workdir: Path, images: npt.NDArray[np.uint8]) -> Path:
+    """Run onnx2tf on the pixel-input model; returns its SavedModel folder (float TFLite beside it)."""
+    import onnx2tf
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    onnx_path = workdir / "model.onnx"
+    onnx.save(prepared, str(onnx_path))
+    np.save(workdir / ONNX2TF_SAMPLE, onnx2tf_sample(images))
+    np.save(workdir / "calib.npy", images[:4].astype(np.float32))
+    zeros = np.zeros((1, 1, 1, 3), np.float32)
+    ones = np.ones((1, 1, 1, 3), np.float32)
+    keep_nhwc = [PIXEL_INPUT] if info.layout == "NHWC" else None
+    out = workdir / "tf"
+    t0 = time.perf_counter()
+    with _chdir(workdir), offline(), _stop_at_quantization():
+        try:
+            onnx2tf.convert(
+                input_onnx_file_path=str(onnx_path),
+                output_folder_path=str(out),
+                output_integer_quantized_tflite=True,
+                custom_input_op_name_np_data_path=[[PIXEL_INPUT, "calib.npy", zeros, ones]],
+                keep_nwc_or_nhwc_or_ndhwc_input_names=keep_nhwc,
+                non_verbose=True,
+            )
+        except _FloatDone:
+            pass
+        except SystemExit:
+            raise ModelError(
+                f"onnx2tf could not convert {info.path.name} (see its messages above); "
+                "check the model runs in onnxruntime, or report the failing op"
+            ) from None
+    if not (out / "model_float32.tflite").is_file() or not (out / "saved_model.pb").is_file():
+        raise ModelError(f"onnx2tf produced no float model for {info.path.name}; see its messages above")
+    log.info("onnx2tf float model built in %.1f s", time.perf_counter() - t0)
+    return out
+
+
+def calibrate(saved_model: Path, images: npt.NDArray[np.uint8]) -> bytes:
+    """Float TFLite model annotated with min/max activation ranges over the calibration images."""
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.uint8
+    conv.inference_output_type = tf.int8
+
+    def representative() -> Iterator[list[npt.NDArray[np.float32]]]:
+        for x in images:
+            yield [x[np.newaxis].astype(np.float32)]
+
+    conv.representative_dataset = representative
+    conv._experimental_calibrate_only = True
+    try:
+        with offline():
+            calibrated: bytes = conv.convert()
+    except Exception as e:  # the converter raises ConverterError/RuntimeError with MLIR text
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"TFLite calibration failed ({first}); the model has ops without int8 kernels") from None
+    return calibrated
+
+
+def to_int8(calibrated: bytes) -> bytes:
+    """Quantize a calibrated model: uint8 pixel input, int8 everything else, per-channel weights."""
+    import tensorflow as tf
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    out: bytes = mlir_quantize(calibrated, input_data_type=tf.uint8, output_data_type=tf.int8)
+    return out
+
+
+def quantize(
+    prepared: onnx.ModelProto,
+    info: OnnxInfo,
+    images: npt.NDArray[np.uint8],
+    workdir: Path,
+    range_method: RangeMethod = "mse",
+    correct_bias: bool = True,
+) -> Quantized:
+    """The whole quantization: float build, calibration, range refinement, INT8, bias correction."""
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    saved = build_float(prepared, info, workdir, images)
+    float_tflite = (saved / "model_float32.tflite").read_bytes()
+    timings["onnx2tf_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    calibrated = calibrate(saved, images)
+    timings["calibrate_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    calibrated, range_stats = ranges.refine(calibrated, images, range_method)
+    timings["ranges_s"] = time.perf_counter() - t
+
+    int8 = to_int8(calibrated)
+    bias_stats: dict[str, Any] = {"layers": 0}
+    if correct_bias:
+        t = time.perf_counter()
+        int8, bias_stats = bias_correction.correct(int8, calibrated, images)
+        timings["bias_correction_s"] = time.perf_counter() - t
+    method = f"{range_method} ranges" + (" + bias correction" if correct_bias else "")
+    details = {
+        "method": method,
+        "range_method": range_method,
+        "ranges": range_stats,
+        "bias_correction": bias_stats,
+        "weights": "int8 per-channel",
+        "activations": "int8 per-tensor",
+        "input": "uint8 pixels (normalisation folded into the model)",
+        "output": "int8",
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+    }
+    return Quantized(float_tflite, int8, details)

@@ -1,0 +1,70 @@
+"""Small helpers over TFLite flatbuffers for the quantization passes (workstation only).
+
+These passes need every intermediate tensor, so they use TensorFlow's own interpreter without
+delegates (XNNPACK would hide intermediates). The device path never goes through here: it uses
+`edge_resnet.engine`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+def read(model: bytes) -> Any:
+    """Mutable object tree (schema ModelT) of a flatbuffer."""
+    from tensorflow.lite.tools import flatbuffer_utils as fu
+
+    return fu.read_model_from_bytearray(bytearray(model))
+
+
+def write(model: Any) -> bytes:
+    from tensorflow.lite.tools import flatbuffer_utils as fu
+
+    return bytes(fu.convert_object_to_bytearray(model))
+
+
+def opcode_names(model: Any) -> list[str]:
+    from tensorflow.lite.tools import flatbuffer_utils as fu
+
+    return [str(fu.opcode_to_name(model, i)) for i in range(len(model.operatorCodes))]
+
+
+def tensor_name(model: Any, index: int) -> str:
+    name = model.subgraphs[0].tensors[index].name
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def buffer_array(model: Any, tensor_index: int, dtype: type[Any]) -> npt.NDArray[Any]:
+    """Copy of a constant tensor's data, shaped."""
+    t = model.subgraphs[0].tensors[tensor_index]
+    data = bytes(model.buffers[t.buffer].data)
+    return np.frombuffer(data, dtype).reshape(t.shape).copy()
+
+
+def set_buffer(model: Any, tensor_index: int, values: npt.NDArray[Any]) -> None:
+    t = model.subgraphs[0].tensors[tensor_index]
+    model.buffers[t.buffer].data = np.frombuffer(np.ascontiguousarray(values).tobytes(), np.uint8)
+
+
+def debug_interpreter(model: bytes) -> Any:
+    """Interpreter that keeps every intermediate tensor readable after invoke()."""
+    import tensorflow as tf
+
+    it = tf.lite.Interpreter(
+        model_content=model,
+        experimental_preserve_all_tensors=True,
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        num_threads=os.cpu_count() or 1,
+    )
+    it.allocate_tensors()
+    return it
+
+
+def run(it: Any, x: npt.NDArray[Any]) -> None:
+    d = it.get_input_details()[0]
+    it.set_tensor(d["index"], x.astype(d["dtype"])[np.newaxis])
+    it.invoke()

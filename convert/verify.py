@@ -1,0 +1,204 @@
+"""Verification report: FP32 ONNX (onnxruntime) against the INT8 bundle run the way the device runs it.
+
+The INT8 side goes through `edge_resnet.engine.Engine` (XNNPACK, as on the device) and
+`edge_resnet.classify.Classifier` with the bundle's own metadata, so the report measures the
+file that ships, preprocessing included, not a lab copy of it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_resnet.classify import Classifier, dequantize
+from edge_resnet.engine import Engine
+from edge_resnet.errors import InputError, VerificationError
+from edge_resnet.images import load_image
+from edge_resnet.preprocess import PreprocessSpec, TensorInfo, prepare
+
+from .calibration import Item
+from .onnx_model import OnnxInfo
+
+FLOAT_COMPARE_IMAGES = 20
+
+
+@dataclass
+class Report:
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, json_path: Path, md_path: Path) -> None:
+        json_path.write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n")
+        md_path.write_text(to_markdown(self.data))
+
+
+def sqnr_db(ref: npt.NDArray[np.float64], test: npt.NDArray[np.float64]) -> float:
+    """Signal-to-quantization-noise ratio of `test` against `ref`, in dB (inf when identical)."""
+    noise = float(np.sum((ref - test) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * float(np.log10(signal / noise))
+
+
+class OnnxReference:
+    """The FP32 ONNX model with the original preprocessing (normalisation not folded)."""
+
+    def __init__(self, path: Path, info: OnnxInfo, spec: PreprocessSpec) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.tensor = TensorInfo(info.input_name, info.input_shape, np.dtype(np.float32))
+        self.spec = spec
+        self.name = info.input_name
+
+    def logits(self, frame_bgr: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
+        x = prepare(frame_bgr, self.spec, self.tensor)
+        out = self.session.run(None, {self.name: x.astype(np.float32)})[0]
+        return np.asarray(out, np.float64).reshape(-1)
+
+
+def float_tflite_diff(float_model: Path, ref: OnnxReference, frames: Sequence[npt.NDArray[np.uint8]]) -> float:
+    """Max |FP32 TFLite - FP32 ONNX| over output values: proves the graph conversion itself is exact."""
+    engine = Engine.load(float_model, "cpu")
+    clf = Classifier(engine)
+    worst = 0.0
+    for f in frames:
+        out = dequantize(engine.invoke(clf.prepare(f)), engine.output).astype(np.float64)
+        worst = max(worst, float(np.max(np.abs(out - ref.logits(f)))))
+    return worst
+
+
+def evaluate(
+    bundle: Path,
+    float_model: Path,
+    ref: OnnxReference,
+    items: Sequence[Item],
+    label_offset: int,
+    max_top1_drop: float | None,
+    extra: dict[str, Any],
+) -> Report:
+    """Run both models on `items` and build the report; raises nothing (the gate is `check`)."""
+    engine = Engine.load(bundle, "cpu")
+    clf = Classifier(engine)
+    n = agree = 0
+    top1 = {"fp32": 0, "int8": 0}
+    top5 = {"fp32": 0, "int8": 0}
+    labelled = 0
+    refs: list[npt.NDArray[np.float64]] = []
+    outs: list[npt.NDArray[np.float64]] = []
+    latencies: list[float] = []
+    frames_for_float: list[npt.NDArray[np.uint8]] = []
+    skipped = 0
+    for it in items:
+        try:
+            frame = load_image(it.path)
+        except InputError:
+            skipped += 1
+            continue
+        if len(frames_for_float) < FLOAT_COMPARE_IMAGES:
+            frames_for_float.append(frame)
+        r = ref.logits(frame)
+        res = clf.classify(frame, k=5)
+        t0 = time.perf_counter()
+        raw = engine.invoke(clf.prepare(frame))
+        latencies.append((time.perf_counter() - t0) * 1000.0)
+        q = dequantize(raw, engine.output).astype(np.float64)
+        refs.append(r)
+        outs.append(q)
+        ref_top5 = [int(i) - label_offset for i in np.argsort(-r, kind="stable")[:5]]
+        int8_top5 = [p.class_index for p in res.predictions]
+        agree += ref_top5[0] == int8_top5[0]
+        n += 1
+        if it.class_index is not None:
+            labelled += 1
+            top1["fp32"] += ref_top5[0] == it.class_index
+            top1["int8"] += int8_top5[0] == it.class_index
+            top5["fp32"] += it.class_index in ref_top5
+            top5["int8"] += it.class_index in int8_top5
+    if n == 0:
+        raise InputError("no readable evaluation images; pass --eval with JPEG/PNG/BMP photos")
+    d: dict[str, Any] = dict(extra)
+    d["evaluation"] = {
+        "images": n,
+        "unreadable_skipped": skipped,
+        "labelled": labelled,
+        "top1_agreement_pct": round(100.0 * agree / n, 2),
+        "logit_sqnr_db": round(sqnr_db(np.concatenate(refs), np.concatenate(outs)), 2),
+    }
+    if labelled:
+        acc = {
+            "top1_fp32_pct": round(100.0 * top1["fp32"] / labelled, 2),
+            "top1_int8_pct": round(100.0 * top1["int8"] / labelled, 2),
+            "top5_fp32_pct": round(100.0 * top5["fp32"] / labelled, 2),
+            "top5_int8_pct": round(100.0 * top5["int8"] / labelled, 2),
+        }
+        acc["top1_drop_pts"] = round(acc["top1_fp32_pct"] - acc["top1_int8_pct"], 2)
+        d["evaluation"].update(acc)
+    d["float_tflite_vs_onnx_max_abs_diff"] = float_tflite_diff(float_model, ref, frames_for_float)
+    d["runtime"] = {
+        "delegate": engine.delegate,
+        "interpreter": f"{engine.runtime.name} {engine.runtime.version}",
+        "input": {"dtype": str(engine.input.dtype), "shape": list(engine.input.shape),
+                  "scale": engine.input.scale, "zero_point": engine.input.zero_point},
+        "invoke_ms_median": round(statistics.median(latencies), 3),
+        "invoke_ms_p90": round(float(np.percentile(latencies, 90)), 3),
+    }
+    d["gate"] = {"max_top1_drop_pts": max_top1_drop}
+    return Report(d)
+
+
+def check(report: Report) -> None:
+    """Fail when the top-1 drop exceeds the gate (only measurable with ground-truth labels)."""
+    limit = report.data.get("gate", {}).get("max_top1_drop_pts")
+    ev = report.data.get("evaluation", {})
+    if limit is None or "top1_drop_pts" not in ev:
+        return
+    if ev["top1_drop_pts"] > limit:
+        raise VerificationError(
+            f"INT8 top-1 dropped {ev['top1_drop_pts']:.2f} points (limit {limit:.2f}); see the report, "
+            "add calibration images, or raise --max-top1-drop"
+        )
+
+
+def to_markdown(d: dict[str, Any]) -> str:
+    """Human-readable report beside the model."""
+    ev = d.get("evaluation", {})
+    src = d.get("source", {})
+    rt = d.get("runtime", {})
+    lines = [
+        f"# Conversion report: {src.get('onnx', '?')}",
+        "",
+        f"- INT8 model: `{d.get('model', '?')}` ({d.get('sizes_bytes', {}).get('int8_tflite', 0) / 1e6:.2f} MB)",
+        f"- quantization: {src.get('quantization', {}).get('method', '?')}, "
+        f"{src.get('calibration', {}).get('images', '?')} calibration images",
+        f"- evaluation images: {ev.get('images')} ({ev.get('labelled', 0)} with ground truth)",
+        "",
+        "| metric | FP32 ONNX | INT8 TFLite |",
+        "| --- | --- | --- |",
+    ]
+    if "top1_fp32_pct" in ev:
+        lines.append(f"| top-1 % | {ev['top1_fp32_pct']:.2f} | {ev['top1_int8_pct']:.2f} |")
+        lines.append(f"| top-5 % | {ev['top5_fp32_pct']:.2f} | {ev['top5_int8_pct']:.2f} |")
+    lines += [
+        f"| top-1 agreement with FP32 % | | {ev.get('top1_agreement_pct')} |",
+        f"| output SQNR vs FP32 (dB) | | {ev.get('logit_sqnr_db')} |",
+        "",
+        f"- top-1 drop: {ev.get('top1_drop_pts', 'n/a (no ground truth)')} points "
+        f"(gate: {d.get('gate', {}).get('max_top1_drop_pts')})",
+        f"- FP32 TFLite vs ONNX max abs diff: {d.get('float_tflite_vs_onnx_max_abs_diff', float('nan')):.3g}",
+        f"- invoke latency here: {rt.get('invoke_ms_median')} ms median, {rt.get('invoke_ms_p90')} ms p90 "
+        f"({rt.get('delegate')}, {rt.get('interpreter')})",
+    ]
+    if "edgetpu" in d:
+        lines += ["", "## Edge TPU", "", "```", json.dumps(d["edgetpu"], indent=2), "```"]
+    return "\n".join(lines) + "\n"
