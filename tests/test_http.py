@@ -47,7 +47,8 @@ class StatusBox:
     )
 
     def __call__(self) -> Status:
-        return Status(self.healthy, self.reason, dict(self.counters), {"model": 'mobile"net', "device": "cam1"})
+        labels = {"model": 'mobile"net', "device": "cpu", "device_id": "cam1", "sinks": {"http": "serving"}}
+        return Status(self.healthy, self.reason, dict(self.counters), labels)
 
 
 def wait_bound(sink: HttpSink, timeout: float = 5.0) -> str:
@@ -233,7 +234,7 @@ def test_healthz_and_metrics(served: tuple[HttpSink, str], box: StatusBox) -> No
     assert metrics["edge_resnet_frames_total"] == ("counter", [("", 120.0)])
     assert metrics["edge_resnet_inference_fps"] == ("gauge", [("", 14.5)])
     assert metrics["edge_resnet_healthy"][1] == [("", 1.0)]
-    assert metrics["edge_resnet_info"][1][0][0] == '{device="cam1",model="mobile\\"net"}'
+    assert metrics["edge_resnet_info"][1][0][0] == '{device="cpu",device_id="cam1",model="mobile\\"net"}'
     assert "edge_resnet_http_frames_encoded_total" in metrics
 
     box.healthy, box.reason = False, "camera lost: no frame for 5.0 s; check the cable"

@@ -272,3 +272,33 @@ def test_queue_survives_kill9_of_publisher(
     q = EventQueue(state / "events.sqlite", 10000)
     assert len(q) == 0, "acknowledged events were not deleted"
     q.close()
+
+
+def test_broker_paused_like_a_partition(broker: Broker, photos: list[Classified], tmp_path: Path) -> None:
+    """SIGSTOP: the TCP connection stays up but nothing answers. Keepalive notices, the sink keeps
+    queueing on disk, and after SIGCONT everything arrives in order."""
+    sub = Subscriber(broker.port, ["edge-resnet/part/events"]).start()
+    sink = MqttSink(MqttConfig(url=broker.url, keepalive=5), "part", ok_status, tmp_path)
+    sink.start()
+    n = 0
+    for _ in range(5):
+        n += 1
+        sink.publish(observation(photos[n % len(photos)], n, changed=True))
+    assert sub.wait_for(lambda ms: len(ms) >= 5, 10)
+    broker.pause()
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < 9.0:  # > 1.5 x keepalive: the client must notice
+            n += 1
+            sink.publish(observation(photos[n % len(photos)], n, changed=True))
+            time.sleep(0.1)
+        ok, reason = sink.healthy()
+        print(f"\nduring the partition: {reason}")
+        assert ok and ("not acknowledged" in reason or "retrying" in reason), reason
+    finally:
+        broker.resume()
+    sent = list(range(1, n + 1))
+    assert sub.wait_for(lambda ms: {int(m.json()["seq"]) for m in ms} >= set(sent), 30), sink.healthy()
+    check_delivery(sent, seqs_of(sub.on("edge-resnet/part/events")), "9 s broker SIGSTOP")
+    sink.stop()
+    sub.stop()

@@ -60,7 +60,8 @@ def photo(mobilenet_quant: Path, labels_1001: Path, samples_dir: Path) -> Classi
 def live(photo: Classified) -> Iterator[HttpSink]:
     """An overlay fed at 10 fps, as the pipeline would."""
     sink = HttpSink(
-        HttpConfig(listen="127.0.0.1:0"), lambda: Status(True, "ok", {"frames_total": 1.0}, {"device": "cam1"})
+        HttpConfig(listen="127.0.0.1:0"),
+        lambda: Status(True, "ok", {"frames_total": 1.0}, {"device_id": "cam1", "device": "cpu"}),
     )
     sink.start()
     end = time.monotonic() + 5

@@ -54,6 +54,12 @@ class EventQueue:
                 f"event queue {path} cannot be opened ({e}); make the state directory writable "
                 "(--state-dir or [daemon] state_dir)"
             ) from None
+        self._len = 0
+        self.dropped = 0
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the length and the dropped counter (another process or sink may have written since)."""
         self._len = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
         self.dropped = self._counter("dropped")
 

@@ -113,10 +113,9 @@ def prometheus_text(status: Status, extra: dict[str, float] | None = None) -> st
             lines.append(f"{name} {_number(float(value))}")
         except (TypeError, ValueError):
             lines.append(f"{name} NaN")
-    if status.labels:
-        pairs = ",".join(
-            f'{_METRIC_NAME_BAD.sub("_", str(k))}="{_label_value(v)}"' for k, v in sorted(status.labels.items())
-        )
+    scalars = {k: v for k, v in status.labels.items() if isinstance(v, str | int | float | bool)}
+    if scalars:
+        pairs = ",".join(f'{_METRIC_NAME_BAD.sub("_", str(k))}="{_label_value(v)}"' for k, v in sorted(scalars.items()))
         lines.append("# HELP edge_resnet_info Model, device and runtime of this daemon (value is always 1).")
         lines.append("# TYPE edge_resnet_info gauge")
         lines.append(f"edge_resnet_info{{{pairs}}} 1")
@@ -152,9 +151,16 @@ def state_document(obs: Observation | None, status: Status | None, fps: float | 
             invoke_ms=round(obs.invoke_ms, 2),
         )
     if status is not None:
-        doc.update(healthy=status.healthy, reason=status.reason, device=status.labels.get("device"))
+        doc.update(
+            healthy=status.healthy,
+            reason=status.reason,
+            device_id=status.labels.get("device_id"),
+            runtime=status.labels.get("device"),
+            source=status.labels.get("source"),
+            sinks=status.labels.get("sinks"),
+        )
     else:
-        doc.update(healthy=False, reason="status unavailable", device=None)
+        doc.update(healthy=False, reason="status unavailable")
     return doc
 
 

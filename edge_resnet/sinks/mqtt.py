@@ -221,6 +221,8 @@ class MqttSink:
         self._link_reason = "connecting"
         self._announce = False  # (re)connected: publish online, discovery and state
         self._inflight: dict[int, int] = {}  # paho mid -> event seq
+        self._handed_at: dict[int, float] = {}  # paho mid -> when it was handed to paho (monotonic)
+        self._waiting_since: float | None = None  # oldest unacknowledged event (for healthy())
         self._handed_seq = 0  # events up to here are in paho's hands
         self._previous_label: str | None = None
         self._thread: threading.Thread | None = None
@@ -333,6 +335,7 @@ class MqttSink:
     # -- the Sink protocol --
 
     def start(self) -> None:
+        self.queue.refresh()  # a sink being replaced (SIGHUP) may have written since __init__
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         self._client.connect_async(
@@ -374,6 +377,12 @@ class MqttSink:
             link, reason, since = self._link, self._link_reason, self._link_since
         where = f"{self.host}:{self.port}"
         queued = len(self.queue)
+        waiting = self._waiting_since
+        if link is Link.CONNECTED and waiting is not None and time.monotonic() - waiting > self.cfg.keepalive:
+            return True, (
+                f"mqtt broker {where} has not acknowledged for {time.monotonic() - waiting:.0f} s (stalled broker "
+                f"or network partition); reconnecting when keepalive expires, {queued} events queued on disk"
+            )
         if link is Link.CONNECTED:
             return True, f"mqtt connected to {where}, {queued} events queued"
         if link is Link.STOPPED:
@@ -450,6 +459,7 @@ class MqttSink:
             except queue.Empty:
                 break
             seq = self._inflight.pop(mid, None)
+            self._handed_at.pop(mid, None)
             if seq is None:
                 continue  # state, availability or discovery
             if rc is not None and rc.is_failure:
@@ -464,6 +474,7 @@ class MqttSink:
                 self.stats["events_acked"] += 1
             done.append(seq)
         self.queue.delete(done)
+        self._waiting_since = min(self._handed_at.values()) if self._handed_at else None
 
     def _send_events(self) -> None:
         room = EVENT_WINDOW - len(self._inflight)
@@ -482,6 +493,7 @@ class MqttSink:
                 break  # paho's queue is full; try again on the next round
             # MQTT_ERR_SUCCESS, or MQTT_ERR_NO_CONN: paho keeps QoS 1 messages and sends them after reconnecting.
             self._inflight[info.mid] = ev.seq
+            self._handed_at[info.mid] = time.monotonic()
             self._handed_seq = ev.seq
 
     def _announce_online(self) -> None:
