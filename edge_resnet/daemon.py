@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 STOP_BUDGET_S = 4.0  # SIGTERM -> exit, with margin under systemd's and the tests' 5 s
 STATUS_EVERY_S = 5.0
 MODEL_POLL_S = 2.0
+ACCELERATOR_RETRY_S = 60.0  # while running on the CPU twin, try the Edge TPU again this often
 
 Overrides = Callable[[Config], Config]
 
@@ -170,7 +171,7 @@ class Daemon:
         self._model_stamp = _model_stamp(cfg.model.path)
         capture = self.capture = make_capture(cfg)
         pipeline = self.pipeline = Pipeline(
-            capture, clf, [], cfg.pipeline, cfg.model.top_k, stall_s=cfg.source.watchdog_s
+            capture, clf, [], cfg.pipeline, cfg.model.top_k, stall_s=cfg.source.watchdog_s, model=cfg.model
         )
         failure: EdgeResnetError | None = None
         try:
@@ -194,6 +195,7 @@ class Daemon:
         t_start = time.monotonic()
         ready = False
         next_status = next_ping = next_poll = 0.0
+        next_tpu = time.monotonic() + ACCELERATOR_RETRY_S
         wd = self.notifier.watchdog_interval
         tick = 0.05 if self.max_frames else 0.2
         while not self._stop.wait(tick):
@@ -227,6 +229,9 @@ class Daemon:
             if now >= next_status:
                 next_status = now + STATUS_EVERY_S
                 self.notifier.status(pipeline.status_line())
+            if pipeline.degraded and now >= next_tpu:
+                next_tpu = now + ACCELERATOR_RETRY_S
+                pipeline.retry_accelerator()
             if self.watch_model and now >= next_poll:
                 next_poll = now + MODEL_POLL_S
                 self._check_model_file()

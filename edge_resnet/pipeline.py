@@ -10,6 +10,7 @@ and the stdout sink report.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -167,8 +168,11 @@ class Pipeline:
         top_k: int = 5,
         *,
         stall_s: float = 5.0,
+        model: ModelConfig | None = None,
     ) -> None:
         self.capture = capture
+        self._model_cfg = model  # what `classifier` was loaded from: the Edge TPU fallback needs it
+        self._degraded: str | None = None
         self.cfg = cfg or PipelineConfig()
         self.top_k = top_k
         self.stall_s = stall_s
@@ -246,9 +250,57 @@ class Pipeline:
             return False
         with self._lock:
             self._pending = _Swap(clf, Path(model.path).name)
+            self._model_cfg = model
+            self._degraded = None
         self.reloads += 1
         log.info("model %s loaded (%s); swapping it in", Path(model.path).name, clf.engine.describe())
         return True
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the pipeline runs in a lesser mode (the Edge TPU failed, its CPU twin runs), or None."""
+        return self._degraded
+
+    def retry_accelerator(self) -> bool:
+        """While degraded: try the configured Edge TPU model again (called periodically by the daemon,
+        on its thread). Success swaps it back in; failure stays quiet (one line was logged already)."""
+        model = self._model_cfg
+        if self._degraded is None or model is None:
+            return False
+        try:
+            clf = load_classifier(model)
+        except EdgeResnetError as e:
+            log.debug("Edge TPU still unavailable: %s", e)
+            return False
+        if clf.engine.device != "edgetpu":
+            return False  # `auto` found no accelerator and chose the CPU again: still degraded
+        with self._lock:
+            self._pending = _Swap(clf, Path(model.path).name)
+            self._degraded = None
+        log.warning("Edge TPU is back: %s", clf.engine.describe())
+        return True
+
+    def _fall_back_to_cpu(self, error: Exception) -> None:
+        """The Edge TPU failed mid-run (delegate error, USB re-enumeration): run the CPU twin if there
+        is one; the daemon retries the Edge TPU periodically."""
+        from .engine import cpu_twin
+
+        path = self._clf.engine.model.path
+        twin = cpu_twin(path)
+        why = f"Edge TPU failed ({str(error).splitlines()[0][:120] if str(error) else type(error).__name__})"
+        if twin is None or self._model_cfg is None:
+            self._degraded = f"{why}; no CPU model beside {path.name}, retrying the Edge TPU"
+            self._warn_once("tpu-no-twin", self._degraded)
+            return
+        try:
+            clf = load_classifier(dataclasses.replace(self._model_cfg, path=str(twin), device="cpu"))
+        except EdgeResnetError as e:
+            self._degraded = f"{why}; its CPU model {twin.name} does not load either ({e})"
+            self._warn_once("tpu-twin-bad", self._degraded)
+            return
+        self._clf, self._model_name = clf, twin.name
+        self._degraded = f"{why}; running the CPU model {twin.name}, retrying the Edge TPU"
+        log.error("%s", self._degraded)
 
     def update_settings(self, cfg: PipelineConfig, top_k: int) -> None:
         with self._lock:
@@ -293,6 +345,9 @@ class Pipeline:
                 res = clf.classify(frame.image, k=top_k)
             except Exception as e:  # an interpreter failing mid-run: count, report, keep going
                 self.errors += 1
+                if clf.engine.device == "edgetpu":
+                    self._fall_back_to_cpu(e)
+                    continue
                 self._warn_once(f"classify:{type(e).__name__}", f"classifying frame {frame.seq} failed: {e}")
                 continue
             label, changed = smoother.update(res.probs, clf.labels, clf.label_offset)
@@ -354,6 +409,8 @@ class Pipeline:
             reason = cs.reason
         else:
             healthy, reason = True, "ok"
+        if healthy and self._degraded:
+            reason = f"degraded: {self._degraded}"
         obs = self.last_observation
         eng = self._clf.engine
         counters = {
@@ -377,6 +434,7 @@ class Pipeline:
         if obs is not None:
             counters["score"] = round(obs.label.score, 4)
         counters["source_up"] = 1.0 if cs.state is CaptureState.RUNNING else 0.0
+        counters["degraded"] = 1.0 if self._degraded else 0.0
         for sink in self._sinks:
             extra = getattr(sink, "counters", None)  # a sink may add its own counters to /metrics
             if callable(extra):

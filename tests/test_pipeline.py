@@ -247,3 +247,62 @@ def test_stop_is_prompt_with_a_stuck_source() -> None:
     t0 = time.monotonic()
     cap.stop(0.3)
     assert time.monotonic() - t0 < 1.0
+
+
+def test_edgetpu_failure_falls_back_to_cpu_twin_and_reports_degraded(
+    video: tuple[Path, list[Any]], models_dir: Path, labels_1001: Path, tmp_path: Path
+) -> None:
+    """Issue 7: the Edge TPU fails mid-run (here: an interpreter that starts raising, as the delegate
+    does after a USB re-enumeration). The pipeline switches to the CPU twin beside the model, says
+    "degraded", keeps classifying, and a retry while the Edge TPU is still away changes nothing."""
+    import shutil
+
+    from edge_resnet.classify import Classifier, Result
+
+    tpu_path = tmp_path / "mobilenet_v1_0.75_192_quant_edgetpu.tflite"
+    shutil.copy(models_dir / "mobilenet_v1_0.75_192_quant_edgetpu.tflite", tpu_path)
+    shutil.copy(models_dir / "mobilenet_v1_0.75_192_quant.tflite", tmp_path / "mobilenet_v1_0.75_192_quant.tflite")
+    tpu_cfg = ModelConfig(path=str(tpu_path), labels=str(labels_1001), device="edgetpu")
+
+    class FlakyTpu(Classifier):
+        """Stands in for an Edge TPU classifier (none can exist here) that fails after 5 frames."""
+
+        calls = 0
+
+        def classify(self, frame: Any, k: int = 5, frame_order: Any = "BGR", roi: Any = None) -> Result:
+            FlakyTpu.calls += 1
+            if FlakyTpu.calls > 5:
+                raise RuntimeError("Failed to invoke edgetpu delegate: USB transfer error")
+            return super().classify(frame, k, frame_order, roi)
+
+    cpu = load_classifier(
+        ModelConfig(path=str(models_dir / "mobilenet_v1_0.75_192_quant.tflite"), labels=str(labels_1001))
+    )
+    flaky = FlakyTpu(cpu.engine, cpu.labels, cpu.preprocess, cpu.label_offset, cpu.output_kind)
+    flaky.engine.device = "edgetpu"  # type: ignore[misc]
+    flaky.engine.model.path = tpu_path
+
+    path, _ = video
+    cap = Capture(OpenCvFrames(str(path), "file", realtime=True, loop=True))
+    sink = RecordingSink()
+    pipe = Pipeline(cap, flaky, [sink], model=tpu_cfg)
+    pipe.start()
+    cap.start()
+    try:
+        deadline = time.monotonic() + 10
+        while pipe.degraded is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pipe.degraded is not None
+        n = len(sink.obs)
+        time.sleep(1.0)
+        assert len(sink.obs) > n + 5  # classifying on the CPU twin
+        assert sink.obs[-1].model == "mobilenet_v1_0.75_192_quant.tflite"
+        st = pipe.status()
+        print(st.reason)
+        assert st.healthy and st.reason.startswith("degraded: Edge TPU failed") and "CPU model" in st.reason
+        assert st.counters["degraded"] == 1.0
+        assert not pipe.retry_accelerator()  # no Edge TPU here: stays on the CPU, still degraded
+        assert pipe.degraded is not None
+    finally:
+        pipe.stop()
+        cap.stop()

@@ -61,6 +61,11 @@ def register(sub: Any, name: str, helptext: str) -> None:
     p.add_argument("--images", help="a folder of photos instead of downloading ImageNet samples")
     p.add_argument("--model", "-m", help="a converted .tflite / bundle: skips the conversion")
     p.add_argument("--labels", help="labels file (needed for a plain .tflite or an ONNX model without labels)")
+    p.add_argument(
+        "--preset",
+        default="imagenet",
+        help="preprocessing the ONNX model was trained with: imagenet (ResNet, default), inception, caffe, raw",
+    )
     p.add_argument("--work", help="where downloads, the converted model and the video go (default: the cache)")
     p.add_argument("--count", type=int, default=8, help="photos in the test video (default 8)")
     p.add_argument("--seconds-each", type=float, default=3.0, help="how long each photo is on screen (default 3)")
@@ -156,7 +161,7 @@ def convert_model(args: argparse.Namespace, work: Path, images_dir: Path) -> Pat
             f"converting needs the convert extra ({e}); pip install 'edge-resnet[convert]', "
             "or pass an already converted model with --model"
         ) from None
-    from ..preprocess import PRESETS
+    from ..preprocess import preset
 
     onnx = Path(args.onnx) if args.onnx else download(RESNET50_URL, work / "resnet50-v1-7.onnx", timeout=300)
     if not onnx.is_file():
@@ -173,7 +178,7 @@ def convert_model(args: argparse.Namespace, work: Path, images_dir: Path) -> Pat
         onnx=onnx,
         calib=images_dir,
         out=out,
-        preprocess=PRESETS["imagenet"],
+        preprocess=preset(args.preset),
         labels=labels,
         calib_count=64,
         max_top1_drop=None,  # a handful of demo photos cannot judge fidelity; `convert --eval` does
