@@ -154,6 +154,15 @@ unit_disable() {
     fi
 }
 
+# ensure_owner USER:GROUP PATH: chown only when it differs (a re-run changes nothing).
+ensure_owner() {
+    if [ "$SYSTEM" = 0 ]; then
+        say "skip (--no-system): chown $1 $2"
+    elif [ ! -e "$ROOT$2" ] || [ "$(stat -c %U:%G "$ROOT$2" 2>/dev/null)" != "$1" ]; then
+        run chown "$1" "$ROOT$2"
+    fi
+}
+
 # Manifest: one "KIND PATH-OR-NAME" line per thing this installer created, so --uninstall removes
 # exactly those. Kinds: file, tree (removed whole), config and state (kept unless --purge),
 # user, group.
@@ -206,7 +215,7 @@ make_dir() {
         run install -d -m "$mode" "$ROOT$dir"
         note "$kind" "$dir"
     fi
-    if [ -n "$owner" ]; then system chown "$owner" "$ROOT$dir"; fi
+    if [ -n "$owner" ]; then ensure_owner "$owner" "$dir"; fi
 }
 
 write_manifest() {
@@ -290,9 +299,24 @@ do_install() {
         system "$PYTHON" -m venv --system-site-packages "$ROOT$VENV"
     fi
     note tree "$VENV"
-    # pip is quiet when the requirement is already satisfied; a wheel or directory is reinstalled
-    # only when its version differs (--upgrade), so re-running is cheap.
-    system "$ROOT$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade "$PACKAGE"
+    # apt's python3-picamera2 and its C helpers (simplejpeg, ...) are built against apt's numpy,
+    # 1.x on bookworm. The venv sees it (--system-site-packages) and must keep it: recent
+    # opencv-python-headless wheels require numpy>=2, which pip would put in front of it and break
+    # picamera2 ("compiled using NumPy 1.x cannot be run in NumPy 2"). So pin what is there.
+    local sysnp constraints=()
+    sysnp=""
+    if [ "$SYSTEM" = 1 ]; then sysnp="$("$PYTHON" -c 'import numpy; print(numpy.__version__)' 2>/dev/null || true)"; fi
+    if [ "${sysnp%%.*}" = 1 ]; then
+        say "system numpy $sysnp (numpy 1.x): keeping it, with an OpenCV built for it"
+        constraints=(-c /dev/stdin)
+    fi
+    if [ "$SYSTEM" = 1 ] && [ "$DRY_RUN" = 0 ]; then
+        say "+ $(quote "$ROOT$VENV/bin/python" -m pip install --upgrade "$PACKAGE" "${constraints[@]}")"
+        printf 'numpy==%s\nopencv-python-headless<4.12\n' "$sysnp" |
+            "$ROOT$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade "$PACKAGE" "${constraints[@]}"
+    else
+        system "$ROOT$VENV/bin/python" -m pip install --upgrade "$PACKAGE" "${constraints[@]}"
+    fi
 
     say "== configuration"
     if [ -f "$ROOT$CONFIG" ]; then
@@ -307,7 +331,7 @@ do_install() {
         echo "install.sh: warning: $HERE/config.example.toml missing; no config written" >&2
     fi
     # root owns it, the service reads it through its group; it may hold an MQTT password
-    if [ -f "$ROOT$CONFIG" ] || [ "$DRY_RUN" = 1 ]; then system chown "root:$SVC_USER" "$ROOT$CONFIG"; fi
+    if [ -f "$ROOT$CONFIG" ] || [ "$DRY_RUN" = 1 ]; then ensure_owner "root:$SVC_USER" "$CONFIG"; fi
 
     say "== udev rule for the Coral USB accelerator"
     local before=""

@@ -4,6 +4,7 @@ changes no file, mode, size or mtime), keeps an existing config, and uninstalls 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -200,3 +201,78 @@ def test_udev_rule_names_both_coral_usb_ids() -> None:
     assert 'ATTR{idVendor}=="1a6e", ATTR{idProduct}=="089a"' in rule
     assert 'ATTR{idVendor}=="18d1", ATTR{idProduct}=="9302"' in rule
     assert 'GROUP="plugdev"' in rule and 'SUBSYSTEM=="apex"' in rule
+
+
+_SYSTEM_SCRIPT = r"""
+set -eu
+T="$1"; SRC="$2"; MODEL="$3"
+for d in etc opt var/lib; do
+    mkdir -p "$T/u/$d" "$T/w/$d"
+    mount -t overlay overlay -o "lowerdir=/$d,upperdir=$T/u/$d,workdir=$T/w/$d" "/$d"
+done
+echo "== first"
+"$SRC/deploy/install.sh" --python /usr/bin/python3 "$SRC" >"$T/first.log" 2>&1 || { tail -40 "$T/first.log"; exit 1; }
+echo "groups: $(id -nG edge-resnet)"
+echo "config: $(stat -c '%a %U:%G' /etc/edge-resnet/config.toml)"
+echo "state: $(stat -c '%a %U:%G' /var/lib/edge-resnet) models: $(stat -c '%a %U:%G' /var/lib/edge-resnet/models)"
+echo "enabled: $(readlink /etc/systemd/system/multi-user.target.wants/edge-resnet.service)"
+echo "version: $(/opt/edge-resnet/venv/bin/edge-resnet --version)"
+echo "== second"
+"$SRC/deploy/install.sh" --python /usr/bin/python3 "$SRC" >"$T/second.log" 2>&1
+grep '^+ ' "$T/second.log" || true
+echo "== doctor"
+install -m 0644 "$MODEL" /var/lib/edge-resnet/models/
+set +e
+setpriv --reuid=edge-resnet --regid=edge-resnet --init-groups \
+    /opt/edge-resnet/venv/bin/edge-resnet doctor --model "/var/lib/edge-resnet/models/$(basename "$MODEL")" --json \
+    >"$T/doctor.json" 2>/dev/null
+echo "doctor rc: $?"
+set -e
+echo "== purge"
+"$SRC/deploy/install.sh" --uninstall --purge >"$T/purge.log" 2>&1
+id edge-resnet >/dev/null 2>&1 && echo "user still there" || echo "user gone"
+for p in /opt/edge-resnet /etc/edge-resnet /etc/systemd/system/edge-resnet.service \
+    /etc/udev/rules.d/99-edge-resnet-coral.rules; do
+    if [ -e "$p" ]; then echo "left: $p"; fi
+done
+echo "== end"
+"""
+
+
+@pytest.mark.slow
+def test_system_install_for_real_in_an_overlay(tmp_path: Path, mobilenet_quant: Path) -> None:
+    """The steps --prefix skips, done for real: useradd/groupadd, chown, the venv and pip (from the
+    package index), systemctl enable, then doctor as the service user and a purge. /etc, /opt and
+    /var/lib are overlay mounts in a private mount namespace, so the machine itself is untouched."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("setpriv"):
+        pytest.skip("needs root, unshare and setpriv")
+    if subprocess.run(["/usr/bin/python3", "-m", "venv", "--help"], capture_output=True).returncode != 0:
+        pytest.skip("/usr/bin/python3 has no venv module (apt install python3-venv)")
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot create a mount namespace here")
+    script = tmp_path / "system.sh"
+    script.write_text(_SYSTEM_SCRIPT)
+    work = tmp_path / "ovl"
+    work.mkdir()
+    r = subprocess.run(
+        ["unshare", "-m", "bash", str(script), str(work), str(REPO), str(mobilenet_quant)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    out = r.stdout
+    print("\n" + out)
+    if "overlay" in r.stderr and "mount" in r.stderr and "== first" not in out:
+        pytest.skip("overlay mounts are not available here: " + r.stderr[-300:])
+    assert r.returncode == 0 and "== end" in out, out + r.stderr[-2000:]
+    assert set(out.split("groups: ")[1].split("\n")[0].split()) >= {"edge-resnet", "video", "plugdev", "apex"}
+    assert "config: 640 root:edge-resnet" in out
+    assert "state: 750 edge-resnet:edge-resnet models: 750 edge-resnet:edge-resnet" in out
+    assert "enabled: /etc/systemd/system/edge-resnet.service" in out
+    assert "version: edge-resnet " in out
+    second = out.split("== second\n")[1].split("== doctor")[0].strip().splitlines()
+    assert all("pip install" in line for line in second), second  # only pip runs again
+    rows = {c["name"]: c for c in json.loads((work / "doctor.json").read_text())["checks"]}
+    assert rows["model"]["result"] == "ok", rows["model"]
+    assert rows["state dir"]["result"] == "ok", rows["state dir"]  # the service user can write it
+    assert "user gone" in out and "left:" not in out
