@@ -496,7 +496,9 @@ class BenchOptions:
     warmup: int = 5
     block: int = 10
     device: str = "auto"
-    preprocess: PreprocessSpec | None = None  # None: the bundle's (or the quantization-implied) spec
+    # the FP32 ONNX model's normalisation, and the TFLite model's when it carries no metadata;
+    # None: taken from the bundle (its folded-away normalisation is recorded at conversion)
+    preprocess: PreprocessSpec | None = None
     video: Path | None = None
     video_frames: int = 300
     preprocess_runs: int = 200
@@ -523,7 +525,8 @@ def run_benchmark(opts: BenchOptions, progress: Progress = stderr_progress) -> d
         contenders.append(c)
         engines[t] = engine
     engine = engines[opts.threads[0]]
-    spec = opts.preprocess or (engine.model.meta.preprocess if engine.model.meta else default_preprocess(engine.input))
+    meta = engine.model.meta
+    spec = meta.preprocess if meta else (opts.preprocess or default_preprocess(engine.input))
     peak_tflite = peak_rss_mb()
     result["model"] = {
         "path": str(opts.model),
@@ -547,7 +550,8 @@ def run_benchmark(opts: BenchOptions, progress: Progress = stderr_progress) -> d
     if opts.onnx is not None:
         tensor = onnx_input(opts.onnx)
         x = np.zeros(tensor.shape, np.float32)
-        int8 = opts.ort_int8 or _ort_int8_path(opts, spec, tensor, progress)
+        onnx_spec = _onnx_spec(opts, engine)
+        int8 = opts.ort_int8 or _ort_int8_path(opts, onnx_spec, tensor, _calibration(opts, engine), progress)
         for t in opts.threads:
             for backend, path in (("ort-fp32", opts.onnx), ("ort-int8", int8)):
                 progress(f"loading {Path(path).name} (onnxruntime {backend[4:].upper()}, {t} thread{'s' * (t > 1)})")
@@ -559,6 +563,7 @@ def run_benchmark(opts: BenchOptions, progress: Progress = stderr_progress) -> d
             if opts.ort_int8
             else f"QDQ static, per-channel int8 weights, {opts.ort_activations} activations, MinMax",
             "input": {"name": tensor.name, "shape": list(tensor.shape)},
+            "preprocess": onnx_spec.to_dict(),
         }
 
     progress(f"timing {len(contenders)} contenders, {opts.runs} runs each, interleaved in blocks of {opts.block}")
@@ -622,17 +627,47 @@ def ratios(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _ort_int8_path(opts: BenchOptions, spec: PreprocessSpec, tensor: TensorInfo, progress: Progress) -> Path:
+def _onnx_spec(opts: BenchOptions, engine: Engine) -> PreprocessSpec:
+    """The FP32 ONNX model's normalisation: given, or the one conversion folded into the bundle."""
+    if opts.preprocess is not None:
+        return opts.preprocess
+    meta = engine.model.meta
+    folded = meta.source.get("normalisation_folded") if meta else None
+    if isinstance(folded, dict):
+        return PreprocessSpec.from_dict(folded)
+    if meta is not None:
+        return meta.preprocess
+    raise InputError(
+        f"{engine.model.path} carries no preprocessing; pass --preset (or --mean/--std) matching the ONNX model"
+    )
+
+
+def _calibration(opts: BenchOptions, engine: Engine) -> list[Path]:
+    """The TFLite model's own calibration images when its bundle names them, else --calib's split."""
+    meta = engine.model.meta
+    cal = meta.source.get("calibration", {}) if meta else {}
+    names = cal.get("files") if isinstance(cal, dict) else None
+    folder = opts.calib or (Path(cal["folder"]) if isinstance(cal, dict) and cal.get("folder") else None)
+    if folder is None:
+        raise InputError(
+            "--onnx needs --calib DIR: onnxruntime INT8 is calibrated on the same images as the TFLite model"
+        )
+    if isinstance(names, list) and names:
+        return [folder / str(n) for n in names]
+    count = opts.calib_count
+    if isinstance(cal, dict) and isinstance(cal.get("images"), int):
+        count = min(count, int(cal["images"]))
+    return calibration_files(folder, count)
+
+
+def _ort_int8_path(
+    opts: BenchOptions, spec: PreprocessSpec, tensor: TensorInfo, files: list[Path], progress: Progress
+) -> Path:
     """Quantize the ONNX model once per (model, calibration set, preprocessing); cached by digest."""
     import hashlib
 
     from .images import load_image
 
-    if opts.calib is None:
-        raise InputError(
-            "--onnx needs --calib DIR: onnxruntime INT8 is calibrated on the same images as the TFLite model"
-        )
-    files = calibration_files(opts.calib, opts.calib_count)
     h = hashlib.sha256(Path(opts.onnx or "").read_bytes())
     key = [spec.to_dict(), [f.name for f in files], list(tensor.shape), opts.ort_activations]
     h.update(json.dumps(key, sort_keys=True).encode())
@@ -641,7 +676,7 @@ def _ort_int8_path(opts: BenchOptions, spec: PreprocessSpec, tensor: TensorInfo,
     if out.exists():
         progress(f"onnxruntime INT8 model from cache: {out}")
         return out
-    progress(f"preprocessing {len(files)} calibration images from {opts.calib}")
+    progress(f"preprocessing {len(files)} calibration images from {files[0].parent}")
     data = calibration_tensors((load_image(f) for f in files), spec, tensor)
     tmp = out.with_name(out.name + ".partial.onnx")
     quantize_onnx(opts.onnx or "", tmp, data, progress, opts.ort_activations)
