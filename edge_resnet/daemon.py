@@ -131,6 +131,7 @@ class Daemon:
         self.sinks: list[Sink] = []
         self._model_stamp: tuple[float, int] | None = None
         self._refused_stamp: tuple[float, int] | None = None
+        self.reloads_done = 0  # SIGHUP reloads handled (tests wait on it)
 
     # -- control from signal handlers or other threads --------------------------------------------
     def request_stop(self, why: str = "stop requested") -> None:
@@ -294,6 +295,7 @@ class Daemon:
         if self._sink_configs(new) != self._sink_configs(self.cfg):
             self._swap_sinks(new)
         self.cfg = new
+        self.reloads_done += 1
         self.notifier.ready(self.pipeline.status_line())
         log.info("reload %s", "done" if ok else "partly refused (see above)")
         return ok

@@ -491,7 +491,7 @@ def test_reload_switches_source_settings_and_sinks_in_process(
         )
         d.request_reload()
         deadline = time.monotonic() + 10
-        while "image folder" not in d.pipeline.capture.source.description and time.monotonic() < deadline:
+        while d.reloads_done == 0 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "image folder" in d.pipeline.status().labels["source"]
         assert [s.name for s in d.sinks] == ["stdout"]
