@@ -302,3 +302,39 @@ def test_broker_paused_like_a_partition(broker: Broker, photos: list[Classified]
     check_delivery(sent, seqs_of(sub.on("edge-resnet/part/events")), "9 s broker SIGSTOP")
     sink.stop()
     sub.stop()
+
+
+def test_mqtts_with_ca_file_and_password(
+    photos: list[Classified], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mqtts:// with the broker's CA file and a password from the environment; a wrong password is
+    reported (not fatal) and the events wait on disk."""
+    b = Broker(tmp_path / "tls-broker", tls=True, users={"cam": "pw with spaces", "test": "t"}).start()
+    try:
+        assert b.url.startswith("mqtts://") and b.ca_file is not None
+        sub = Subscriber(b.plain_port, ["edge-resnet/+/events"], auth=("test", "t")).start()
+        monkeypatch.setenv("EDGE_RESNET_MQTT_PASSWORD", "pw with spaces")
+        cfg = MqttConfig(url=b.url, username="cam", ca_file=str(b.ca_file))
+        sink = MqttSink(cfg, "tls", ok_status, tmp_path / "s1")
+        sink.start()
+        for i, c in enumerate(photos[:3], start=1):
+            sink.publish(observation(c, i, changed=True))
+        assert sub.wait_for(lambda ms: len(ms) >= 3, 10), sink.healthy()
+        check_delivery([1, 2, 3], seqs_of(sub.on("edge-resnet/tls/events")), "mqtts + password")
+        assert "connected" in sink.healthy()[1]
+        sink.stop()
+        av = retained(b.plain_port, "edge-resnet/tls/availability", auth=("test", "t"))
+        assert av is not None and av.text == "offline"
+
+        monkeypatch.setenv("EDGE_RESNET_MQTT_PASSWORD", "wrong")
+        bad = MqttSink(cfg, "tls2", ok_status, tmp_path / "s2")
+        bad.start()
+        bad.publish(observation(photos[0], 1, changed=True))
+        time.sleep(2.0)
+        ok, reason = bad.healthy()
+        print(f"\nwrong password: {reason}")
+        assert ok and "refused" in reason and "1 events queued" in reason
+        bad.stop()
+        sub.stop()
+    finally:
+        b.stop()

@@ -281,14 +281,16 @@ class MqttSink:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         if rc.is_failure:
-            log.error(
-                "mqtt: %s:%d refused the connection: %s; check [mqtt] username / %s and client_id",
-                self.host,
-                self.port,
-                rc.getName(),
-                self.cfg.password_env,
-            )
-            self._set_link(Link.REFUSED, f"refused: {rc.getName()}")
+            reason = f"refused: {rc.getName()}"
+            if (self._link, self._link_reason) != (Link.REFUSED, reason):  # once per cause, not per retry
+                log.error(
+                    "mqtt: %s:%d refused the connection: %s; check [mqtt] username, %s and client_id; retrying",
+                    self.host,
+                    self.port,
+                    rc.getName(),
+                    self.cfg.password_env,
+                )
+            self._set_link(Link.REFUSED, reason)
             return
         was_down = time.monotonic() - self._link_since
         self.stats["connects"] += 1
@@ -319,6 +321,8 @@ class MqttSink:
         if self._stopping.is_set():
             self._set_link(Link.STOPPED, "stopped")
             return
+        if self._link is Link.REFUSED:
+            return  # the broker closes the connection after a refused CONNACK: keep saying why
         self.stats["disconnects"] += 1
         log.warning(
             "mqtt: lost broker %s:%d (%s); events are kept on disk and sent after reconnecting",

@@ -52,30 +52,70 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def make_certs(d: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1/localhost, made with the openssl CLI."""
+    if not shutil.which("openssl"):
+        msg = "openssl is not installed (apt-get install openssl); the TLS test needs it"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    d.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert, ext = (d / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt",
+                                                       "ext.cnf"))  # fmt: skip
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for cmd in (
+        f"req -x509 -newkey rsa:2048 -nodes -keyout {ca_key} -out {ca} -days 2 -subj /CN=edge-resnet-test-CA",
+        f"req -newkey rsa:2048 -nodes -keyout {key} -out {csr} -subj /CN=localhost",
+        f"x509 -req -in {csr} -CA {ca} -CAkey {ca_key} -CAcreateserial -out {cert} -days 2 -extfile {ext}",
+    ):
+        subprocess.run(["openssl", *cmd.split()], check=True, capture_output=True)
+    return ca, cert, key
+
+
 class Broker:
     """One mosquitto process on 127.0.0.1:`port`, persistence in `workdir` (so sessions, retained and
     queued messages survive a restart; saved after every change so that even kill -9 keeps them)."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, tls: bool = False, users: dict[str, str] | None = None
+    ) -> None:
+        """`tls`: the main listener speaks TLS with a throw-away CA (`ca_file`), and a plain listener on
+        `plain_port` stays for test subscribers. `users`: name -> password, anonymous clients refused."""
         self.exe = mosquitto_path()
         self.workdir = workdir
         self.port = port or free_port()
+        self.plain_port = self.port
         self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.ca_file: Path | None = None
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
         workdir.mkdir(parents=True, exist_ok=True)
+        listeners = f"listener {self.port} 127.0.0.1\n"
+        if tls:
+            self.ca_file, cert, key = make_certs(workdir / "tls")
+            self.plain_port = free_port()
+            self.url = f"mqtts://127.0.0.1:{self.port}"
+            listeners += f"cafile {self.ca_file}\ncertfile {cert}\nkeyfile {key}\n"
+            listeners += f"listener {self.plain_port} 127.0.0.1\n"
+        auth = "allow_anonymous true\n"
+        if users:
+            pw = workdir / "passwords"
+            pw.write_text("")
+            for name, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(pw), name, password], check=True, capture_output=True)
+            auth = f"allow_anonymous false\npassword_file {pw}\n"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
+            "per_listener_settings false\n"
             f"user {pwd.getpwuid(os.getuid()).pw_name}\n"  # as root, mosquitto would drop to `mosquitto`
-            "allow_anonymous true\n"
-            "persistence true\n"
+            + auth
+            + "persistence true\n"
             f"persistence_location {workdir}/\n"
             "autosave_interval 1\n"
             "autosave_on_changes true\n"
             "max_queued_messages 100000\n"
             "max_inflight_messages 20\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
-            f"log_dest file {self.log}\n"
+            f"log_dest file {self.log}\n" + listeners
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
@@ -86,7 +126,7 @@ class Broker:
             [self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         end = time.monotonic() + timeout
-        while not port_open(self.port):
+        while not (port_open(self.port) and port_open(self.plain_port)):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited with {self.proc.returncode}; log: {self.tail_log()}")
             if time.monotonic() > end:
@@ -170,7 +210,14 @@ class Subscriber:
     Reconnects by itself within ~1 s, so it sees what the broker delivers across broker restarts.
     """
 
-    def __init__(self, port: int, topics: list[str], client_id: str | None = None, persistent: bool = True) -> None:
+    def __init__(
+        self,
+        port: int,
+        topics: list[str],
+        client_id: str | None = None,
+        persistent: bool = True,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self.port = port
         self.topics = topics
         self.messages: list[Message] = []
@@ -179,6 +226,8 @@ class Subscriber:
         cid = client_id or f"test-sub-{os.getpid()}-{id(self) & 0xFFFF}"
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)
+        if auth is not None:
+            self.client.username_pw_set(*auth)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -230,9 +279,9 @@ class Subscriber:
             return True
 
 
-def retained(port: int, topic: str, timeout: float = 3.0) -> Message | None:
+def retained(port: int, topic: str, timeout: float = 3.0, auth: tuple[str, str] | None = None) -> Message | None:
     """The retained message on `topic`, read by a fresh clean-session subscriber (None if there is none)."""
-    sub = Subscriber(port, [topic], persistent=False).start()
+    sub = Subscriber(port, [topic], persistent=False, auth=auth).start()
     try:
         sub.wait_for(lambda ms: any(m.topic == topic for m in ms), timeout)
         got = sub.on(topic)
