@@ -92,13 +92,13 @@ class SourceCommon:
 
     watchdog_s: float = 5.0  # no frame for this long -> "camera lost", reopen
     retry: bool = True  # false: a source that cannot be opened stops the daemon (exit 6)
-    backoff_max_s: float = 30.0  # reopen delay doubles from 0.5 s up to this
+    backoff_max_s: float = 4.0  # reopen delay doubles from 0.5 s up to this: a returning camera is seen within it
 
     def __post_init__(self) -> None:
         if not self.watchdog_s > 0:
             raise ConfigError(f"[source] watchdog_s: {self.watchdog_s} must be > 0 seconds; e.g. 5")
         if not self.backoff_max_s >= 0.5:
-            raise ConfigError(f"[source] backoff_max_s: {self.backoff_max_s} must be >= 0.5 seconds; e.g. 30")
+            raise ConfigError(f"[source] backoff_max_s: {self.backoff_max_s} must be >= 0.5 seconds; e.g. 4")
 
 
 @dataclass(kw_only=True)
