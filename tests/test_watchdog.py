@@ -100,9 +100,12 @@ def _config(tmp_path: Path, model: Path, labels: Path, folder: Path, watchdog_s:
     return cfg
 
 
-def _start(cfg: Path, listener: NotifyListener, log: Path) -> subprocess.Popen[bytes]:
+def _start(
+    cfg: Path, listener: NotifyListener, log: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.update({"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": str(int(WATCHDOG_SEC * 1e6))})
+    env.update(extra_env or {})
     env.pop("WATCHDOG_PID", None)
     with open(log, "wb") as out:
         return subprocess.Popen(
@@ -269,3 +272,32 @@ def test_without_systemd_nothing_is_sent(tmp_path: Path, mobilenet_quant: Path, 
     )
     assert r.returncode == 0, r.stderr
     assert "notification failed" not in r.stderr
+
+
+def test_watchdog_abort_logs_every_threads_stack(
+    tmp_path: Path, listener: NotifyListener, mobilenet_quant: Path, labels_1001: Path, samples_dir: Path
+) -> None:
+    """When the watchdog fires, systemd sends SIGABRT (WatchdogSignal's default). With the unit's
+    Environment= (PYTHONFAULTHANDLER=1) the daemon leaves each thread's Python stack in the journal,
+    so a hang in the field says where it hung; LimitCORE=0 keeps the core off the SD card."""
+    from .test_systemd_units import MAIN, directives
+
+    env_lines = " ".join(directives(MAIN)["Environment"])
+    assert "PYTHONFAULTHANDLER=1" in env_lines and directives(MAIN)["LimitCORE"] == ["0"]
+    folder = write_folder(tmp_path / "frames", pick_samples(samples_dir, 2), size=(320, 240))
+    cfg = _config(tmp_path, mobilenet_quant, labels_1001, folder, watchdog_s=60)
+    log = tmp_path / "daemon.log"
+    proc = _start(cfg, listener, log, {"PYTHONFAULTHANDLER": "1"})
+    try:
+        listener.first("READY=1", timeout=60)
+        proc.send_signal(signal.SIGABRT)
+        rc = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert rc == -signal.SIGABRT
+    assert "Fatal Python error: Aborted" in text
+    assert text.count("Thread 0x") >= 3, text[-2000:]  # main, capture, pipeline (and sinks)
+    assert "daemon.py" in text and "capture.py" in text
