@@ -503,3 +503,54 @@ def test_reload_switches_source_settings_and_sinks_in_process(
     finally:
         d.request_stop("test done")
         t.join(10)
+
+
+@pytest.mark.slow
+def test_source_gone_30s_healthz_reports_it_and_resumes_within_5s(
+    tmp_path: Path, video: Path, mobilenet_quant: Path, labels_1001: Path, state_env: dict[str, str], procs: list[Proc]
+) -> None:
+    """Issue 7 must-show 3, through the CLI and /healthz: the video source disappears for 30 s; the
+    daemon stays up and says so; classification resumes within 5 s of the source returning."""
+    import urllib.error
+    import urllib.request
+
+    cam = tmp_path / "cam.avi"
+    cam.write_bytes(video.read_bytes())
+    port = _free_port()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[model]\npath = "{mobilenet_quant}"\nlabels = "{labels_1001}"\n'
+        f'[source]\ntype = "file"\npath = "{cam}"\nloop = true\nwatchdog_s = 2.0\n'
+        f'[http]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    proc = Proc(["--config", str(cfg)], state_env)
+    procs.append(proc)
+
+    def healthz() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError as e:
+            return 0, str(e)
+
+    assert proc.wait_for(lambda: healthz()[0] == 200, 30), "\n".join(proc.err)
+    cam.rename(tmp_path / "away.avi")
+    t_gone = time.monotonic()
+    assert proc.wait_for(lambda: healthz()[0] == 503, 10)
+    code, body = healthz()
+    print(f"{time.monotonic() - t_gone:.1f} s after removal: /healthz {code} {body.strip()[:160]}")
+    assert "camera lost" in body
+    while time.monotonic() - t_gone < 30:
+        assert proc.p.poll() is None
+        assert healthz()[0] == 503
+        time.sleep(1.0)
+    (tmp_path / "away.avi").rename(cam)
+    t_back = time.monotonic()
+    assert proc.wait_for(lambda: healthz()[0] == 200, 10)
+    took = time.monotonic() - t_back
+    print(f"source back after 30 s: /healthz 200 again {took:.2f} s later")
+    assert took < 5.0
+    proc.p.send_signal(signal.SIGTERM)
+    assert proc.p.wait(10) == 0
