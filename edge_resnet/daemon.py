@@ -53,13 +53,13 @@ def build_sinks(cfg: Config, status: StatusFn) -> list[Sink]:
 
         sinks.append(MqttSink(cfg.mqtt, cfg.device_id, status, Path(cfg.state_dir)))
     if cfg.http is not None:
-        from .sinks import http
+        from .sinks.http import HttpSink
 
-        sinks.append(http.HttpSink(cfg.http, status))  # type: ignore[attr-defined]
+        sinks.append(HttpSink(cfg.http, status))
     if cfg.video is not None:
-        from .sinks import video
+        from .sinks.video import VideoSink
 
-        sinks.append(video.VideoSink(cfg.video))  # type: ignore[attr-defined]
+        sinks.append(VideoSink(cfg.video))
     if cfg.stdout_enabled():
         from .sinks.stdout import StdoutSink
 

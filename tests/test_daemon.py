@@ -554,3 +554,31 @@ def test_source_gone_30s_healthz_reports_it_and_resumes_within_5s(
     assert took < 5.0
     proc.p.send_signal(signal.SIGTERM)
     assert proc.p.wait(10) == 0
+
+
+def test_run_writes_annotated_video_with_flag(
+    tmp_path: Path, video: Path, mobilenet_quant: Path, labels_1001: Path, state_env: dict[str, str]
+) -> None:
+    import cv2
+
+    out = tmp_path / "annotated.avi"
+    r = run_cli(
+        "run",
+        "-m",
+        str(mobilenet_quant),
+        "--labels",
+        str(labels_1001),
+        "--source",
+        str(video),
+        "--video",
+        str(out),
+        "--stdout",
+        env=state_env,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\n") >= 3  # --stdout keeps the JSON lines alongside another sink
+    cap = cv2.VideoCapture(str(out))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok and frame is not None
