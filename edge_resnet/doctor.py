@@ -208,6 +208,43 @@ def check_picamera2(timeout: float = 10.0) -> list[Check]:
     return [Check("picamera2", Result.OK, f"{len(cams)} camera(s): {names}")]
 
 
+def check_configured_camera(device: int | str, dev: str = "/dev", timeout: float = 5.0) -> list[Check]:
+    """The camera the config names ([source] device: an index, /dev/videoN or a /dev/v4l/by-id path)."""
+    path = os.path.join(dev, f"video{device}") if isinstance(device, int) else device
+    name = "source"
+    if not os.path.exists(path):
+        hint = "ls -l /dev/v4l/by-id/" if "by-id" in path else "v4l2-ctl --list-devices"
+        return [
+            Check(name, Result.FAIL, f"{path} does not exist", f"plug the camera in, or fix [source] device (`{hint}`)")
+        ]
+    real = os.path.realpath(path)
+    try:
+        w, h = with_timeout(lambda: _grab_frame(real), timeout)
+    except (OSError, TimeoutError) as e:
+        return [Check(name, Result.FAIL, f"{real}: {e}", "check the camera with `v4l2-ctl -d " + real + " --all`")]
+    return [Check(name, Result.OK, f"{real}: {w}x{h} frame read")]
+
+
+def check_user(service_user: str = "edge-resnet") -> list[Check]:
+    """Permission checks mean little as root: say who is asking."""
+    import pwd
+
+    try:
+        me = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        me = str(os.geteuid())
+    if os.geteuid() == 0:
+        return [
+            Check(
+                "user",
+                Result.WARN,
+                "running as root: every permission check passes",
+                f"run as the service user to see what it sees: sudo -u {service_user} edge-resnet doctor ...",
+            )
+        ]
+    return [Check("user", Result.OK, f"running as {me}")]
+
+
 # -- model, interpreter ---------------------------------------------------------------------------
 
 

@@ -241,3 +241,25 @@ def test_table_shows_fix_only_for_problems() -> None:
         [d.Check("a", d.Result.OK, "fine", "never shown"), d.Check("b", d.Result.FAIL, "broken", "do this")]
     )
     assert "never shown" not in table and "fix: do this" in table and "1 problem(s)" in table
+
+
+def test_doctor_checks_the_camera_the_config_names(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f'device_id = "cam"\nstate_dir = "{tmp_path}"\n'
+        '[source]\ntype = "opencv"\ndevice = "/dev/v4l/by-id/usb-Example_Cam-video-index0"\n'
+    )
+    r = run_cli("doctor", "--config", str(cfg), "--json")
+    assert r.returncode == ExitCode.PROBLEMS
+    rows = _rows(r.stdout)
+    assert rows["source"]["result"] == "FAIL"
+    assert "usb-Example_Cam-video-index0 does not exist" in rows["source"]["detail"]
+    assert "by-id" in rows["source"]["fix"]
+
+
+def test_doctor_says_who_is_asking() -> None:
+    [row] = d.check_user()
+    if os.geteuid() == 0:
+        assert row.result is d.Result.WARN and "sudo -u edge-resnet" in row.fix
+    else:
+        assert row.result is d.Result.OK

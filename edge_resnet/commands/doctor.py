@@ -51,9 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def gather(args: argparse.Namespace) -> list[d.Check]:
-    from ..config import Config, default_state_dir, load
+    from ..config import Config, OpenCvSource, default_state_dir, load
 
-    checks: list[d.Check] = []
+    checks: list[d.Check] = d.check_user()
     cfg: Config | None = None
     config_path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
     if config_path:
@@ -71,6 +71,8 @@ def gather(args: argparse.Namespace) -> list[d.Check]:
     source_type = cfg.source.type if cfg else None
     if source_type in (None, "opencv"):
         checks += d.check_cameras(timeout=args.timeout, required=True)
+        if cfg is not None and isinstance(cfg.source, OpenCvSource):
+            checks += d.check_configured_camera(cfg.source.device, timeout=args.timeout)
     elif source_type == "picamera2":
         checks += d.check_picamera2(timeout=max(args.timeout, 10.0))
     else:
