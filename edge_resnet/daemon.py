@@ -209,6 +209,10 @@ class Daemon:
                 return capture.error
             if capture.state() is CaptureState.FAILED:
                 return HardwareError(f"{capture.source.description} failed")
+            if pipeline.crashed is not None:
+                return EdgeResnetError(
+                    f"the pipeline thread crashed ({pipeline.crashed!r}); this is a bug, please report it"
+                )
             if pipeline.ended:
                 self._stop_reason = "source ended"
                 break

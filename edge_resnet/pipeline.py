@@ -195,6 +195,7 @@ class Pipeline:
         self.reload_failures = 0
         self.last_classified_mono: float | None = None
         self.last_observation: Observation | None = None
+        self.crashed: Exception | None = None
         self._ages_ms: collections.deque[float] = collections.deque(maxlen=1000)
         self._invoke_ms: collections.deque[float] = collections.deque(maxlen=1000)
         self._rate = _Rate()
@@ -316,6 +317,13 @@ class Pipeline:
 
     # -- the pipeline thread ---------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as e:  # a bug: say so loudly; the daemon sees `crashed` and exits non-zero
+            log.exception("pipeline thread crashed")
+            self.crashed = e
+
+    def _loop(self) -> None:
         next_due = 0.0
         while not self._stop.is_set():
             with self._lock:

@@ -388,3 +388,22 @@ def test_picamera2_missing_camera_and_missing_module(
     assert wait_for(cap.finished, 2.0)
     assert isinstance(cap.error, DependencyError)
     cap.stop(1.0)
+
+
+def test_reopening_leaks_no_file_descriptors(video_2s: Path) -> None:
+    """Every watchdog reopen closes what it opened (a field device reopens for weeks)."""
+    fd_dir = Path("/proc/self/fd")
+    if not fd_dir.exists():
+        pytest.skip("needs /proc")
+    src = OpenCvFrames(str(video_2s), "file", realtime=False)
+    src.open()
+    src.read()
+    src.close()
+    before = len(list(fd_dir.iterdir()))
+    for _ in range(30):
+        src.open()
+        assert src.read() is not None
+        src.close()
+    after = len(list(fd_dir.iterdir()))
+    print(f"fds before {before}, after 30 reopens {after}")
+    assert after <= before

@@ -582,3 +582,24 @@ def test_run_writes_annotated_video_with_flag(
     ok, frame = cap.read()
     cap.release()
     assert ok and frame is not None
+
+
+def test_pipeline_crash_stops_the_daemon_with_an_error(
+    tmp_path: Path, video: Path, mobilenet_quant: Path, labels_1001: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the pipeline thread must not leave a zombie daemon that looks alive."""
+    from edge_resnet.errors import EdgeResnetError
+    from edge_resnet.pipeline import Smoother
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise ZeroDivisionError("injected")
+
+    monkeypatch.setattr(Smoother, "update", boom)
+    cfg = configmod.Config(
+        state_dir=str(tmp_path / "state"),
+        model=ModelConfig(path=str(mobilenet_quant), labels=str(labels_1001)),
+        source=FileSource(path=str(video), loop=True),
+        stdout=StdoutConfig(enabled=False),
+    )
+    with pytest.raises(EdgeResnetError, match="pipeline thread crashed"):
+        Daemon(cfg, watch_model=False, duration_s=20).run()
