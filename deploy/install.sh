@@ -296,6 +296,10 @@ do_install() {
     if [ -x "$ROOT$VENV/bin/python" ]; then
         say "exists $VENV"
     else
+        if [ "$SYSTEM" = 1 ] && ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
+            echo "install.sh: $PYTHON cannot create a venv; sudo apt install python3-venv" >&2
+            [ "$DRY_RUN" = 1 ] || exit 1
+        fi
         system "$PYTHON" -m venv --system-site-packages "$ROOT$VENV"
     fi
     note tree "$VENV"
