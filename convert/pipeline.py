@@ -119,6 +119,10 @@ def run(job: ConvertJob) -> ConvertResult:
     if not eval_items:
         log.warning("no images left for evaluation; pass --eval DIR for a fidelity report")
     eval_items = eval_items[: job.eval_limit]
+    classes = info.num_classes - offset
+    if any(i.class_index is not None and i.class_index >= classes for i in eval_items):
+        log.warning("labels.json class indices exceed the model's %d classes; reporting agreement only", classes)
+        eval_items = [calibration.Item(i.path, i.group) for i in eval_items]
 
     prepared = onnx_model.with_pixel_input(model, info, job.preprocess)
     work = Path(tempfile.mkdtemp(prefix="edge-resnet-convert-"))
