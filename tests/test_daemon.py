@@ -49,13 +49,12 @@ def test_run_prints_json_lines_and_exits_at_end_of_file(
         str(labels_1001),
         "--source",
         str(video),
-        "--fast",
         env=state_env,
         timeout=60,
     )
     assert r.returncode == 0, r.stderr
     lines = [json.loads(ln) for ln in r.stdout.splitlines()]
-    assert [ln["class_index"] for ln in lines if ln["changed"]][:1] == [0]  # tench first
+    assert [ln["class_index"] for ln in lines if ln["changed"]][:1] == [0]  # tench first (realtime: no frame skipped)
     for key in ("label", "score", "class_index", "top_k", "frame_seq", "captured_at", "published_at", "model"):
         assert key in lines[0]
     assert "stopped (source ended)" in r.stderr
