@@ -407,3 +407,35 @@ def test_reopening_leaks_no_file_descriptors(video_2s: Path) -> None:
     after = len(list(fd_dir.iterdir()))
     print(f"fds before {before}, after 30 reopens {after}")
     assert after <= before
+
+
+def test_picamera2_late_frame_is_waited_for_not_requested_twice(
+    monkeypatch: pytest.MonkeyPatch, scene: npt.NDArray[np.uint8]
+) -> None:
+    from edge_resnet.sources.picamera2 import Picamera2Frames
+
+    mod = fake_picamera2(scene)
+    requests: list[int] = []
+
+    class SlowJob:
+        def __init__(self) -> None:
+            self.waits = 0
+
+        def get_result(self, timeout: float | None = None) -> npt.NDArray[np.uint8]:
+            self.waits += 1
+            if self.waits == 1:
+                raise TimeoutError
+            return scene.copy()
+
+    def capture_array(self: Any, name: str = "main", wait: bool | None = None) -> SlowJob:
+        requests.append(1)
+        return SlowJob()
+
+    monkeypatch.setattr(mod.Picamera2, "capture_array", capture_array)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "picamera2", mod)
+    src = Picamera2Frames(Picamera2Source(use_lores=False), read_timeout_s=0.01)
+    src.open()
+    assert src.read() is None  # late: no frame yet
+    img = src.read()  # the same request, now done
+    src.close()
+    assert img is not None and len(requests) == 1

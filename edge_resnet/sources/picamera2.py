@@ -47,6 +47,7 @@ class Picamera2Frames:
         self.read_timeout_s = read_timeout_s
         self.description = f"picamera2 camera {cfg.camera}"
         self._cam: Any = None
+        self._job: Any = None
         self._stream = "lores" if cfg.use_lores else "main"
 
     def open(self) -> None:
@@ -83,11 +84,14 @@ class Picamera2Frames:
         if cam is None:
             raise OSError(f"{self.description} is not open")
         try:
-            job = cam.capture_array(self._stream, wait=False)
-            arr = job.get_result(timeout=self.read_timeout_s)
+            if self._job is None:  # one outstanding request at a time: a late frame is waited for again
+                self._job = cam.capture_array(self._stream, wait=False)
+            arr = self._job.get_result(timeout=self.read_timeout_s)
+            self._job = None
         except TimeoutError:
-            return None
+            return None  # the capture thread's watchdog decides when this becomes "camera lost"
         except TypeError:  # an old picamera2 without wait=False: blocking capture
+            self._job = None
             arr = cam.capture_array(self._stream)
         if arr is None:
             return None
@@ -100,6 +104,7 @@ class Picamera2Frames:
         return np.ascontiguousarray(a)  # "RGB888" is BGR in memory: no swap
 
     def close(self) -> None:
+        self._job = None
         if self._cam is not None:
             cam, self._cam = self._cam, None
             try:
