@@ -439,3 +439,71 @@ def test_picamera2_late_frame_is_waited_for_not_requested_twice(
     img = src.read()  # the same request, now done
     src.close()
     assert img is not None and len(requests) == 1
+
+
+class MjpegServer:
+    """A real HTTP MJPEG stream (multipart/x-mixed-replace, as IP cameras serve) that can stall."""
+
+    def __init__(self, jpeg: bytes, fps: float = 10.0) -> None:
+        import http.server
+        import socketserver
+
+        self.jpeg = jpeg
+        self.paused = threading.Event()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                try:
+                    while True:
+                        if not owner.paused.is_set():
+                            head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(
+                                owner.jpeg
+                            )
+                            self.wfile.write(head + owner.jpeg + b"\r\n")
+                        time.sleep(1.0 / fps)
+                except OSError:
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/stream.mjpg"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_http_mjpeg_stream_stall_is_detected_and_recovers(samples_dir: Path) -> None:
+    """A network camera that stops sending without closing the connection: the read timeout turns
+    the stall into "camera lost" and a reconnect; frames flow again when the camera does."""
+    jpeg = cv2.imencode(".jpg", cv2.imread(str(pick_samples(samples_dir, 1)[0].path)))[1].tobytes()
+    srv = MjpegServer(jpeg)
+    cap = Capture(OpenCvFrames(srv.url, "url", timeout_s=1.0), watchdog_s=2.0, backoff_max_s=0.5)
+    cap.start()
+    try:
+        f = cap.get(timeout=5.0)
+        assert f is not None and f.image.ndim == 3
+        srv.paused.set()
+        t0 = time.monotonic()
+        assert wait_for(lambda: cap.state() is CaptureState.LOST, 5.0)
+        print(f"stall seen after {time.monotonic() - t0:.1f} s: {cap.stats().reason}")
+        while cap.get(timeout=0.05) is not None:
+            pass
+        srv.paused.clear()
+        t1 = time.monotonic()
+        assert cap.get(timeout=5.0) is not None
+        print(f"frames again {time.monotonic() - t1:.2f} s after the stream resumed")
+        assert cap.stats().reconnects >= 1
+    finally:
+        cap.stop(2.0)
+        srv.close()

@@ -128,7 +128,9 @@ class OpenCvFrames:
                     self.open()  # reopen rather than seek: a file that was replaced or removed shows up here
                     return self.read()
                 raise EndOfStream(self.description)
-            raise OSError(f"{self.description} delivered no frame")
+            if self.kind == "url":
+                raise OSError(f"no frame within {self.timeout_s:g} s: the stream stalled or closed")
+            raise OSError("no frame: the device stopped streaming (unplugged?)")
         return np.asarray(frame, dtype=np.uint8)
 
     def close(self) -> None:
