@@ -507,3 +507,12 @@ def test_http_mjpeg_stream_stall_is_detected_and_recovers(samples_dir: Path) -> 
     finally:
         cap.stop(2.0)
         srv.close()
+
+
+def test_gstreamer_source_needs_an_opencv_with_gstreamer() -> None:
+    from edge_resnet.sources.opencv import has_gstreamer
+
+    if has_gstreamer():
+        pytest.skip("this OpenCV has GStreamer")
+    with pytest.raises(DependencyError, match="GStreamer"):
+        OpenCvFrames("videotestsrc ! videoconvert ! appsink", "gstreamer")
