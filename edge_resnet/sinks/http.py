@@ -169,6 +169,9 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     sink: HttpSink
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.warning("http: request from %s failed", client_address[0] if client_address else "?", exc_info=True)
+
 
 class _Server6(_Server):
     address_family = socket.AF_INET6

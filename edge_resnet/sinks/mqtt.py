@@ -225,6 +225,7 @@ class MqttSink:
         self._waiting_since: float | None = None  # oldest unacknowledged event (for healthy())
         self._handed_seq = 0  # events up to here are in paho's hands
         self._previous_label: str | None = None
+        self._discovery_model: str | None = None  # the model named in the last discovery config
         self._thread: threading.Thread | None = None
         self.stats = {
             "connects": 0,
@@ -426,8 +427,10 @@ class MqttSink:
                     announce, self._announce = self._announce, False
                 if not connected:
                     continue
-                if announce:
-                    self._announce_online()
+                latest = self._latest
+                model_changed = latest is not None and latest.model != self._discovery_model
+                if announce or (model_changed and self.cfg.discovery):
+                    self._announce_online()  # on every (re)connect, and when the model is swapped (SIGHUP)
                     state_due = True
                 if state_due or time.monotonic() >= next_heartbeat:
                     self._publish_state()
@@ -504,7 +507,8 @@ class MqttSink:
         self._client.publish(self.availability_topic, "online", qos=1, retain=True)
         if self.cfg.discovery:
             latest = self._latest
-            doc = discovery_payload(self.cfg, self.device_id, latest.model if latest else None)
+            self._discovery_model = latest.model if latest else None
+            doc = discovery_payload(self.cfg, self.device_id, self._discovery_model)
             self._client.publish(self.discovery_topic, json.dumps(doc), qos=1, retain=True)
 
     def _publish_state(self) -> None:
