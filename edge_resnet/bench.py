@@ -217,12 +217,14 @@ def quantize_onnx(
     tensor = onnx_input(fp32)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    src = Path(fp32)
+    src = _opset13(Path(fp32), out_path.with_suffix(".opset13.onnx"), progress)
     try:  # shape inference + graph optimisation first, as onnxruntime's quantization guide asks
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         pre = out_path.with_suffix(".pre.onnx")
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        if src != Path(fp32):
+            src.unlink(missing_ok=True)
         src = pre
     except Exception as e:  # the pre-pass is an optimisation; quantize the original when it fails
         progress(f"onnxruntime quantization pre-processing skipped ({str(e).splitlines()[0][:120]})")
@@ -248,6 +250,20 @@ def quantize_onnx(
     if src != Path(fp32):
         src.unlink(missing_ok=True)
     return out_path
+
+
+def _opset13(src: Path, tmp: Path, progress: Progress) -> Path:
+    """Per-channel QDQ needs DequantizeLinear's `axis` (opset 13); model-zoo ResNets are opset 7-9."""
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(src))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset >= 13:
+        return src
+    progress(f"upgrading {src.name} from opset {opset} to 13 for per-channel quantization")
+    onnx.save(version_converter.convert_version(model, 13), str(tmp))
+    return tmp
 
 
 def calibration_tensors(
