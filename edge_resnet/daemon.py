@@ -144,6 +144,8 @@ class Daemon:
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
             self.request_reload()
+        elif signum == signal.SIGINT and self._stop.is_set():
+            raise KeyboardInterrupt  # a second Ctrl-C: do not wait for a clean stop (exit 130)
         else:
             self.request_stop(signal.Signals(signum).name)
 
