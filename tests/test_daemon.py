@@ -602,3 +602,18 @@ def test_pipeline_crash_stops_the_daemon_with_an_error(
     )
     with pytest.raises(EdgeResnetError, match="pipeline thread crashed"):
         Daemon(cfg, watch_model=False, duration_s=20).run()
+
+
+def test_state_dir_falls_back_for_a_normal_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_resnet import daemon as daemonmod
+    from edge_resnet.errors import ConfigError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    unwritable = str(blocker / "edge-resnet")  # cannot be created, whoever we are
+    monkeypatch.setattr(configmod, "DEFAULT_STATE_DIR", unwritable)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    out = daemonmod.prepare_state_dir(configmod.Config(state_dir=unwritable))
+    assert out.state_dir == str(tmp_path / "xdg" / "edge-resnet") and Path(out.state_dir).is_dir()
+    with pytest.raises(ConfigError, match="state_dir"):  # set on purpose: an error, not a silent move
+        daemonmod.prepare_state_dir(configmod.Config(state_dir=str(blocker / "mine")))

@@ -306,3 +306,49 @@ def test_edgetpu_failure_falls_back_to_cpu_twin_and_reports_degraded(
     finally:
         pipe.stop()
         cap.stop()
+
+
+def _obs(seq: int, changed: bool) -> Observation:
+    from edge_resnet.classify import Prediction
+    from edge_resnet.observation import Frame
+
+    p = Prediction("cat", 1, 0.9)
+    frame = Frame(np.zeros((2, 2, 3), np.uint8), seq, time.time(), time.monotonic())
+    return Observation(frame, [p], p, changed, 1.0, "m.tflite", time.time())
+
+
+def test_stdout_sink_changes_heartbeat_and_never_blocks() -> None:
+    import io
+    import json
+
+    from edge_resnet.sinks.stdout import StdoutSink
+
+    class Blocked(io.StringIO):
+        """A pipe nobody reads: every write blocks until released."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = threading.Event()
+
+        def write(self, s: str) -> int:
+            self.gate.wait(5)
+            return super().write(s)
+
+    out = Blocked()
+    sink = StdoutSink(heartbeat_s=0.2, stream=out, queue_max=4)
+    sink.start()
+    t0 = time.monotonic()
+    sink.publish(_obs(0, True))  # first: written (after the gate opens)
+    for i in range(1, 50):
+        sink.publish(_obs(i, i % 10 == 0))  # label changes every 10th frame
+    assert time.monotonic() - t0 < 0.5  # publish never waited for the blocked pipe
+    assert sink.dropped >= 1  # more changes than the queue holds: the oldest went
+    time.sleep(0.25)
+    sink.publish(_obs(99, False))  # heartbeat due: published although unchanged
+    out.gate.set()
+    sink.stop(2.0)
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert lines[-1]["frame_seq"] == 99 and not lines[-1]["changed"]
+    assert {"label", "score", "class_index", "top_k", "frame_seq", "captured_at", "published_at", "model"} <= set(
+        lines[0]
+    )
