@@ -516,3 +516,23 @@ def test_gstreamer_source_needs_an_opencv_with_gstreamer() -> None:
         pytest.skip("this OpenCV has GStreamer")
     with pytest.raises(DependencyError, match="GStreamer"):
         OpenCvFrames("videotestsrc ! videoconvert ! appsink", "gstreamer")
+
+
+@pytest.mark.hw
+def test_real_v4l2_camera_mjpg_size_and_rate() -> None:
+    """On a device with a USB camera (`pytest -m hw`; EDGE_RESNET_CAMERA=/dev/video0 by default)."""
+    import os
+
+    dev = os.environ.get("EDGE_RESNET_CAMERA", "/dev/video0")
+    cap = Capture(OpenCvFrames(dev, "camera", width=640, height=480, fps=30, fourcc="MJPG"))
+    cap.start()
+    try:
+        f = cap.get(timeout=10.0)
+        assert f is not None, cap.stats().reason
+        assert f.image.shape[:2] == (480, 640)
+        time.sleep(3.0)
+        st = cap.stats()
+        print(f"{dev}: {st.fps:.1f} fps, {st.captured} frames")
+        assert st.fps >= 10
+    finally:
+        cap.stop(2.0)
