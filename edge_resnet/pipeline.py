@@ -135,12 +135,15 @@ class _Rate:
     def __init__(self, span: float = 5.0) -> None:
         self.span = span
         self._t: collections.deque[float] = collections.deque(maxlen=2048)
+        self._lock = threading.Lock()  # written by the pipeline thread, read by HTTP/daemon threads
 
     def add(self, t: float) -> None:
-        self._t.append(t)
+        with self._lock:
+            self._t.append(t)
 
     def per_second(self, now: float) -> float:
-        recent = [t for t in self._t if now - t <= self.span]
+        with self._lock:
+            recent = [t for t in self._t if now - t <= self.span]
         if len(recent) < 2 or recent[-1] <= recent[0]:
             return 0.0
         return (len(recent) - 1) / (recent[-1] - recent[0])
@@ -198,6 +201,7 @@ class Pipeline:
         self.crashed: Exception | None = None
         self._ages_ms: collections.deque[float] = collections.deque(maxlen=1000)
         self._invoke_ms: collections.deque[float] = collections.deque(maxlen=1000)
+        self._stats_lock = threading.Lock()  # the deques are read from other threads (status)
         self._rate = _Rate()
         self._warned: set[str] = set()
 
@@ -369,8 +373,9 @@ class Pipeline:
                 classified_at=time.time(),
             )
             now = time.monotonic()
-            self._ages_ms.append((now - frame.captured_mono) * 1000.0)
-            self._invoke_ms.append(res.latency_ms)
+            with self._stats_lock:
+                self._ages_ms.append((now - frame.captured_mono) * 1000.0)
+                self._invoke_ms.append(res.latency_ms)
             for sink in self._sinks:
                 try:
                     sink.publish(obs)
@@ -393,11 +398,13 @@ class Pipeline:
     # -- status ----------------------------------------------------------------------------------
     def frame_age_ms(self) -> tuple[float, float]:
         """Frame age at publish (capture -> handed to the sinks), p50 and p99 in milliseconds."""
-        ages = list(self._ages_ms)
+        with self._stats_lock:
+            ages = list(self._ages_ms)
         return percentile(ages, 50), percentile(ages, 99)
 
     def invoke_ms(self) -> tuple[float, float]:
-        t = list(self._invoke_ms)
+        with self._stats_lock:
+            t = list(self._invoke_ms)
         return percentile(t, 50), percentile(t, 99)
 
     def status(self) -> Status:
