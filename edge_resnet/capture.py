@@ -193,7 +193,7 @@ class Capture:
                 if not self.retry or isinstance(e, DependencyError | ConfigError):  # retrying cannot help
                     self._error = e
                     self._set_state(CaptureState.FAILED, str(e))
-                    log.error("%s", e)
+                    log.debug("source failed for good: %s", e)  # the owner reports `error`
                     return
                 self._set_state(CaptureState.LOST, f"camera lost: {e}; retrying in {backoff:.1f} s")
                 if not lost_logged:  # one line per outage, not one per retry (SD cards, journald)
