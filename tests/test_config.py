@@ -164,3 +164,28 @@ def test_parse_source(tmp_path: Path) -> None:
     assert isinstance(parse_source(str(tmp_path), loop=True), FolderSource)
     with pytest.raises(InputError, match="not a camera index"):
         parse_source(str(tmp_path / "missing.mp4"))
+
+
+def test_example_documents_every_key() -> None:
+    """Every field of every config table appears in deploy/config.example.toml (set or commented)."""
+    import dataclasses
+    import re
+
+    text = EXAMPLE.read_text()
+    keys = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, re.MULTILINE))
+    tables = [
+        configmod.Config,
+        configmod.ModelConfig,
+        configmod.PreprocessOverrides,
+        configmod.PipelineConfig,
+        configmod.StdoutConfig,
+        *configmod.SOURCE_TYPES.values(),
+        configmod.MqttConfig,
+        configmod.HttpConfig,
+        configmod.VideoConfig,
+    ]
+    nested = {"model", "source", "pipeline", "mqtt", "http", "video", "stdout", "preprocess"}
+    missing = sorted(
+        {f"{cls.__name__}.{f.name}" for cls in tables for f in dataclasses.fields(cls) if f.name not in keys | nested}
+    )
+    assert not missing, f"document these keys in {EXAMPLE.name}: {missing}"
