@@ -51,6 +51,26 @@ SAMPLE_NAMES = [
     "n11939491_daisy.JPEG",
     "n03452741_grand_piano.JPEG",
 ]
+# More of the same set, for calibration only (INT8 ranges need more than a handful of photos).
+CALIB_NAMES = [
+    "n01496331_electric_ray.JPEG",
+    "n01751748_sea_snake.JPEG",
+    "n01986214_hermit_crab.JPEG",
+    "n02094114_Norfolk_terrier.JPEG",
+    "n02108915_French_bulldog.JPEG",
+    "n02172182_dung_beetle.JPEG",
+    "n02480495_orangutan.JPEG",
+    "n02793495_barn.JPEG",
+    "n02988304_CD_player.JPEG",
+    "n03271574_electric_fan.JPEG",
+    "n03584254_iPod.JPEG",
+    "n03785016_moped.JPEG",
+    "n03950228_pitcher.JPEG",
+    "n04162706_seat_belt.JPEG",
+    "n04376876_syringe.JPEG",
+    "n04590129_window_shade.JPEG",
+    "n07880968_burrito.JPEG",
+]
 
 DESCRIPTION = __doc__
 
@@ -116,7 +136,11 @@ def sample_images(args: argparse.Namespace, work: Path) -> list[Path]:
         return found[::step][: args.count]
     d = work / "images"
     d.mkdir(exist_ok=True)
-    return [download(SAMPLES_URL.format(name=n), d / n) for n in SAMPLE_NAMES[: args.count]]
+    shown = [download(SAMPLES_URL.format(name=n), d / n) for n in SAMPLE_NAMES[: args.count]]
+    if not args.model:  # converting: the whole set calibrates
+        for n in SAMPLE_NAMES[args.count :] + CALIB_NAMES:
+            download(SAMPLES_URL.format(name=n), d / n)
+    return shown
 
 
 def make_video(
