@@ -617,3 +617,35 @@ def test_state_dir_falls_back_for_a_normal_user(tmp_path: Path, monkeypatch: pyt
     assert out.state_dir == str(tmp_path / "xdg" / "edge-resnet") and Path(out.state_dir).is_dir()
     with pytest.raises(ConfigError, match="state_dir"):  # set on purpose: an error, not a silent move
         daemonmod.prepare_state_dir(configmod.Config(state_dir=str(blocker / "mine")))
+
+
+def test_demo_downloads_sample_photos_and_names_the_offline_way(
+    tmp_path: Path, samples_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The online path of `demo`, against a local web server holding the same photos."""
+    import argparse
+    import functools
+    import http.server
+
+    from edge_resnet.commands import demo
+    from edge_resnet.errors import InputError
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(samples_dir))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{srv.server_address[1]}"
+        monkeypatch.setattr(demo, "SAMPLES_URL", base + "/{name}")
+        args = argparse.Namespace(images=None, model=None, count=8)
+        shown = demo.sample_images(args, tmp_path)
+        assert len(shown) == 8 and all(p.stat().st_size > 1000 for p in shown)
+        assert len(list((tmp_path / "images").glob("*.JPEG"))) == len(demo.SAMPLE_NAMES) + len(demo.CALIB_NAMES)
+        video = demo.make_video(shown, tmp_path / "demo.avi", seconds_each=0.5)
+        assert video.stat().st_size > 10_000
+        with pytest.raises(InputError, match="offline, pass local files"):
+            demo.download(base + "/missing.onnx", tmp_path / "missing.onnx")
+        assert not (tmp_path / "missing.onnx").exists() and not (tmp_path / "missing.onnx.part").exists()
+    finally:
+        srv.shutdown()
+        srv.server_close()
