@@ -224,6 +224,8 @@ class MqttSink:
         self._handed_at: dict[int, float] = {}  # paho mid -> when it was handed to paho (monotonic)
         self._waiting_since: float | None = None  # oldest unacknowledged event (for healthy())
         self._handed_seq = 0  # events up to here are in paho's hands
+        self._resend_barrier: set[int] = set()  # mids in flight at the last reconnect, not yet acknowledged
+        self._barrier_since = 0.0
         self._previous_label: str | None = None
         self._discovery_model: str | None = None  # the model named in the last discovery config
         self._thread: threading.Thread | None = None
@@ -429,6 +431,9 @@ class MqttSink:
                     continue
                 latest = self._latest
                 model_changed = latest is not None and latest.model != self._discovery_model
+                if announce:
+                    self._resend_barrier = set(self._inflight)
+                    self._barrier_since = time.monotonic()
                 if announce or (model_changed and self.cfg.discovery):
                     self._announce_online()  # on every (re)connect, and when the model is swapped (SIGHUP)
                     state_due = True
@@ -467,6 +472,7 @@ class MqttSink:
                 break
             seq = self._inflight.pop(mid, None)
             self._handed_at.pop(mid, None)
+            self._resend_barrier.discard(mid)
             if seq is None:
                 continue  # state, availability or discovery
             if rc is not None and rc.is_failure:
@@ -484,6 +490,17 @@ class MqttSink:
         self._waiting_since = min(self._handed_at.values()) if self._handed_at else None
 
     def _send_events(self) -> None:
+        if self._resend_barrier:
+            # paho calls on_connect *before* it re-sends the messages that were in flight: anything new
+            # handed over now would overtake them. Wait for their PUBACKs first.
+            if time.monotonic() - self._barrier_since < 2 * self.cfg.keepalive:
+                return
+            # paho did not re-send them (it should): hand them over again ourselves (duplicates, no loss)
+            log.warning("mqtt: %d events not re-sent after reconnecting; sending them again", len(self._inflight))
+            self._handed_seq = min(self._inflight.values()) - 1
+            self._inflight.clear()
+            self._handed_at.clear()
+            self._resend_barrier.clear()
         room = EVENT_WINDOW - len(self._inflight)
         if room <= 0:
             return
