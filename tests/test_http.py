@@ -287,3 +287,21 @@ def test_port_in_use_is_reported_and_retried(box: StatusBox, caplog: pytest.LogC
         finally:
             blocker.close()
             sink.stop()
+
+
+def test_healthz_lists_sink_health(box: StatusBox, photos: list[Classified]) -> None:
+    """A broker that is away is not fatal: /healthz stays 200 and says so under the first line."""
+    words = {"mqtt": "mqtt broker 127.0.0.1:1883 disconnected for 12 s (cannot connect); retrying, 3 events queued"}
+    sink = HttpSink(HttpConfig(listen="127.0.0.1:0"), box, sink_health=lambda: dict(words, http="serving"))
+    sink.start()
+    try:
+        url = wait_bound(sink)
+        code, _, body = get(url + "healthz")
+        assert code == 200
+        assert body.decode().splitlines() == ["ok", f"mqtt: {words['mqtt']}", "http: serving"]
+        assert json.loads(get(url + "api/state")[2])["sinks"]["mqtt"] == words["mqtt"]
+        box.healthy, box.reason = False, "camera lost"
+        code, _, body = get(url + "healthz")
+        assert code == 503 and body.decode().splitlines()[0] == "camera lost"
+    finally:
+        sink.stop()

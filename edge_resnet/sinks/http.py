@@ -14,6 +14,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -157,7 +158,6 @@ def state_document(obs: Observation | None, status: Status | None, fps: float | 
             device_id=status.labels.get("device_id"),
             runtime=status.labels.get("device"),
             source=status.labels.get("source"),
-            sinks=status.labels.get("sinks"),
         )
     else:
         doc.update(healthy=False, reason="status unavailable")
@@ -232,11 +232,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._body(json.dumps(doc).encode(), "application/json")
 
     def _healthz(self) -> None:
-        st = self.server.sink.status()
-        if st.healthy:
-            self._body(b"ok\n", "text/plain; charset=utf-8")
-        else:
-            self._body(f"{st.reason}\n".encode(), "text/plain; charset=utf-8", 503)
+        """200 "ok" when frames flow, else 503 and the reason; then one `sink: words` line per sink."""
+        sink = self.server.sink
+        st = sink.status()
+        lines = ["ok" if st.healthy else st.reason]
+        lines += [f"{name}: {words}" for name, words in sink.sinks().items()]
+        self._body(("\n".join(lines) + "\n").encode(), "text/plain; charset=utf-8", 200 if st.healthy else 503)
 
     def _metrics(self) -> None:
         sink = self.server.sink
@@ -292,9 +293,14 @@ class HttpSink:
 
     name = "http"
 
-    def __init__(self, cfg: HttpConfig, status: StatusFn) -> None:
+    def __init__(
+        self, cfg: HttpConfig, status: StatusFn, sink_health: Callable[[], dict[str, str]] | None = None
+    ) -> None:
+        """`sink_health` (optional, e.g. Pipeline.sink_health): name -> each sink's own words, shown by
+        /healthz under the first line and in /api/state; a broker that is away is reported there."""
         self.cfg = cfg
         self._status = status
+        self._sink_health = sink_health
         self.host, self.port = parse_listen(cfg.listen)
         self._auth: bytes | None = None
         if cfg.username is not None:
@@ -390,7 +396,17 @@ class HttpSink:
     def state(self) -> dict[str, Any]:
         with self._lock:
             obs, fps = self._latest, self._fps
-        return state_document(obs, self.status(), round(fps, 2) if fps is not None else None)
+        doc = state_document(obs, self.status(), round(fps, 2) if fps is not None else None)
+        doc["sinks"] = self.sinks()
+        return doc
+
+    def sinks(self) -> dict[str, str]:
+        if self._sink_health is None:
+            return {}
+        try:
+            return dict(self._sink_health())
+        except Exception as e:
+            return {"sinks": f"unavailable ({e})"}
 
     def authorized(self, header: str | None) -> bool:
         if self._auth is None:
