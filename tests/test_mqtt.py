@@ -339,3 +339,40 @@ def test_mqtts_with_ca_file_and_password(
         sub.stop()
     finally:
         b.stop()
+
+
+def test_new_events_do_not_overtake_resent_ones(broker: Broker, photos: list[Classified], tmp_path: Path) -> None:
+    """paho calls on_connect before it re-sends what was in flight. Make that gap wide (a slow
+    on_connect) with events in flight at the disconnect: new events must still come after old ones."""
+    sub = Subscriber(broker.port, ["edge-resnet/order/events"]).start()
+    sink = MqttSink(MqttConfig(url=broker.url, keepalive=5), "order", ok_status, tmp_path)
+    fast_on_connect = sink._client.on_connect
+
+    def slow_on_connect(*args: object) -> None:
+        fast_on_connect(*args)  # type: ignore[misc]
+        time.sleep(0.5)  # the sink thread is awake and CONNECTED; paho has not re-sent yet
+
+    sink._client.on_connect = slow_on_connect
+    sink.start()
+    n = 0
+
+    def more(k: int) -> None:
+        nonlocal n
+        for _ in range(k):
+            n += 1
+            sink.publish(observation(photos[n % len(photos)], n, changed=True))
+            time.sleep(0.02)
+
+    more(3)
+    assert sub.wait_for(lambda ms: len(ms) >= 3, 10)
+    broker.pause()  # events go out but are not acknowledged: they are in flight
+    more(10)
+    broker.kill()  # SIGKILL a stopped process: the connection drops with 10 events in flight
+    more(5)
+    broker.start()
+    more(10)
+    sent = list(range(1, n + 1))
+    assert sub.wait_for(lambda ms: {int(m.json()["seq"]) for m in ms} >= set(sent), 30), sink.healthy()
+    check_delivery(sent, seqs_of(sub.on("edge-resnet/order/events")), "reconnect with events in flight")
+    sink.stop()
+    sub.stop()
