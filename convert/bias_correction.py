@@ -25,14 +25,21 @@ MAX_IMAGES = 64  # per-channel means settle long before this
 
 
 def weight_shift(
-    kind: str, w_q: npt.NDArray[np.float64], w: npt.NDArray[np.float64], mu: npt.NDArray[np.float64]
+    kind: str,
+    w_q: npt.NDArray[np.float64],
+    w: npt.NDArray[np.float64],
+    mu: npt.NDArray[np.float64],
+    coverage: npt.NDArray[np.float64] | None = None,
 ) -> npt.NDArray[np.float64]:
     """Expected output shift per output channel for TFLite weight layouts.
 
     CONV_2D [O,kh,kw,I], DEPTHWISE_CONV_2D [1,kh,kw,C], FULLY_CONNECTED [O,I]; `mu` is the mean of
-    the input per channel. Zero padding at the borders is ignored (a border effect only).
+    the input per channel; `coverage` [kh,kw] the share of output positions whose kernel tap lands
+    inside the image rather than on zero padding (on a 2x2 map most 3x3 taps see padding).
     """
     d = w_q - w
+    if kind != "FULLY_CONNECTED" and coverage is not None:
+        d = d * coverage.reshape(1, *coverage.shape, 1)
     if kind == "DEPTHWISE_CONV_2D":
         out: npt.NDArray[np.float64] = (d * mu.reshape(1, 1, 1, -1)).sum(axis=(0, 1, 2))
     elif kind == "CONV_2D":
@@ -40,6 +47,30 @@ def weight_shift(
     else:
         out = d @ mu
     return out
+
+
+def tap_coverage(
+    size_in: int, size_out: int, k: int, stride: int, dilation: int, same: bool
+) -> npt.NDArray[np.float64]:
+    """Per kernel tap along one axis: share of output positions reading inside the input (TF padding rules)."""
+    span = (k - 1) * dilation + 1
+    pad = max((size_out - 1) * stride + span - size_in, 0) // 2 if same else 0
+    out = np.arange(size_out)[:, None] * stride + np.arange(k)[None, :] * dilation - pad
+    inside: npt.NDArray[np.float64] = ((out >= 0) & (out < size_in)).mean(axis=0)
+    return inside
+
+
+def _coverage(g: Any, op: Any, w_shape: tuple[int, ...]) -> npt.NDArray[np.float64] | None:
+    opts = op.builtinOptions
+    if opts is None or not hasattr(opts, "strideH"):
+        return None
+    _, h_in, w_in, _ = g.tensors[op.inputs[0]].shape
+    _, h_out, w_out, _ = g.tensors[op.outputs[0]].shape
+    same = int(opts.padding) == 0  # tflite Padding.SAME
+    ch = tap_coverage(h_in, h_out, w_shape[1], opts.strideH, max(1, opts.dilationHFactor), same)
+    cw = tap_coverage(w_in, w_out, w_shape[2], opts.strideW, max(1, opts.dilationWFactor), same)
+    cov: npt.NDArray[np.float64] = np.outer(ch, cw)
+    return cov
 
 
 def _float_weights(calibrated: bytes) -> dict[str, npt.NDArray[np.float32]]:
@@ -94,7 +125,8 @@ def correct(int8: bytes, calibrated: bytes, images: npt.NDArray[np.uint8]) -> tu
         w = floats[tflite_io.tensor_name(model, int(op.outputs[0]))].astype(np.float64)
         if w.shape != w_q.shape:
             continue
-        shift = weight_shift(kind, w_q, w, sums[j] / len(used))
+        cov = _coverage(g, op, w_q.shape) if kind != "FULLY_CONNECTED" else None
+        shift = weight_shift(kind, w_q, w, sums[j] / len(used), cov)
         bt = g.tensors[op.inputs[2]]
         s_b = np.asarray(bt.quantization.scale, np.float64)
         bias = tflite_io.buffer_array(model, int(op.inputs[2]), np.int32).astype(np.int64)

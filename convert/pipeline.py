@@ -42,7 +42,7 @@ class ConvertJob:
     eval_split: Split = "auto"
     eval_limit: int = DEFAULT_EVAL_LIMIT
     max_top1_drop: float | None = 1.0
-    range_method: RangeMethod = "mse"
+    range_method: RangeMethod = "auto"
     bias_correction: bool = True
     edgetpu: bool = False
     seed: int = 0

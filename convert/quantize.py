@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import onnx
 
 from edge_resnet.errors import ModelError
 
-from . import bias_correction, ranges
+from . import bias_correction, ranges, tflite_io
 from .offline import offline
 from .onnx_model import PIXEL_INPUT, OnnxInfo
 
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 
 # onnx2tf loads this from its working directory instead of downloading it from GitHub.
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
-RangeMethod = Literal["minmax", "mse"]
+RangeMethod = Literal["auto", "minmax", "mse"]
+SCORE_IMAGES = 48  # calibration images used to choose between quantization candidates
 
 
 @dataclass
@@ -107,7 +109,8 @@ def build_float(prepared: onnx.ModelProto, info: OnnxInfo, workdir: Path, images
     keep_nhwc = [PIXEL_INPUT] if info.layout == "NHWC" else None
     out = workdir / "tf"
     t0 = time.perf_counter()
-    with _chdir(workdir), offline(), _stop_after_saved_model():
+    # onnx2tf and Keras print progress to stdout; keep stdout for the command's own result
+    with _chdir(workdir), offline(), _stop_after_saved_model(), contextlib.redirect_stdout(sys.stderr):
         try:
             onnx2tf.convert(
                 input_onnx_file_path=str(onnx_path),
@@ -179,15 +182,31 @@ def to_int8(calibrated: bytes) -> bytes:
     return out
 
 
+@dataclass
+class _Candidate:
+    ranges: str
+    bias_corrected: bool
+    model: bytes
+    range_stats: dict[str, Any]
+    bias_stats: dict[str, Any]
+    sqnr_db: float = float("-inf")
+    agreement_pct: float = 0.0
+
+
 def quantize(
     prepared: onnx.ModelProto,
     info: OnnxInfo,
     images: npt.NDArray[np.uint8],
     workdir: Path,
-    range_method: RangeMethod = "mse",
+    range_method: RangeMethod = "auto",
     correct_bias: bool = True,
 ) -> Quantized:
-    """The whole quantization: float build, calibration, range refinement, INT8, bias correction."""
+    """The whole quantization: float build, calibration, then the best of the refinements.
+
+    Which refinements help depends on the network (bias correction is worth 2.4 points of
+    top-1 agreement on MobileNet v2 and costs SQNR on a pre-activation ResNet), so each candidate
+    is scored by its output SQNR against the FP32 model on calibration images and the best kept.
+    """
     timings: dict[str, float] = {}
     t = time.perf_counter()
     saved = build_float(prepared, info, workdir, images)
@@ -201,25 +220,54 @@ def quantize(
     timings["calibrate_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    calibrated, range_stats = ranges.refine(calibrated, images, range_method)
-    timings["ranges_s"] = time.perf_counter() - t
+    candidates: list[_Candidate] = []
+    for method in ("mse", "minmax") if range_method == "auto" else (range_method,):
+        refined, range_stats = ranges.refine(calibrated, images, method)
+        int8 = to_int8(refined)
+        candidates.append(_Candidate(method, False, int8, range_stats, {"layers": 0}))
+        if correct_bias:
+            fixed, bias_stats = bias_correction.correct(int8, refined, images)
+            candidates.append(_Candidate(method, True, fixed, range_stats, bias_stats))
+    timings["refine_s"] = time.perf_counter() - t
 
-    int8 = to_int8(calibrated)
-    bias_stats: dict[str, Any] = {"layers": 0}
-    if correct_bias:
-        t = time.perf_counter()
-        int8, bias_stats = bias_correction.correct(int8, calibrated, images)
-        timings["bias_correction_s"] = time.perf_counter() - t
-    method = f"{range_method} ranges" + (" + bias correction" if correct_bias else "")
+    t = time.perf_counter()
+    score_images = images[:SCORE_IMAGES]
+    ref = tflite_io.outputs(float_tflite, score_images)
+    for c in candidates:
+        out = tflite_io.outputs(c.model, score_images)
+        c.sqnr_db = sqnr_db(ref, out)
+        c.agreement_pct = float(np.mean(out.argmax(axis=1) == ref.argmax(axis=1)) * 100.0)
+    best = max(candidates, key=lambda c: c.sqnr_db)
+    timings["select_s"] = time.perf_counter() - t
+    log.info(
+        "quantization candidates (output SQNR on %d calibration images): %s; keeping %s",
+        len(score_images), ", ".join(f"{_name(c)} {c.sqnr_db:.1f} dB" for c in candidates), _name(best),
+    )
     details = {
-        "method": method,
-        "range_method": range_method,
-        "ranges": range_stats,
-        "bias_correction": bias_stats,
+        "method": _name(best),
+        "range_method": best.ranges,
+        "ranges": best.range_stats,
+        "bias_correction": best.bias_stats if best.bias_corrected else {"layers": 0, "rejected": correct_bias},
+        "candidates": [
+            {"method": _name(c), "calib_sqnr_db": round(c.sqnr_db, 2), "calib_agreement_pct": round(c.agreement_pct, 1)}
+            for c in candidates
+        ],
         "weights": "int8 per-channel",
         "activations": "int8 per-tensor",
         "input": "uint8 pixels (normalisation folded into the model)",
         "output": "int8",
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }
-    return Quantized(float_tflite, int8, details)
+    return Quantized(float_tflite, best.model, details)
+
+
+def _name(c: _Candidate) -> str:
+    return f"{c.ranges} ranges" + (" + bias correction" if c.bias_corrected else "")
+
+
+def sqnr_db(ref: npt.NDArray[np.float64], test: npt.NDArray[np.float64]) -> float:
+    """Signal-to-quantization-noise ratio of `test` against `ref`, in dB (inf when identical)."""
+    noise = float(np.sum((ref - test) ** 2))
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * float(np.log10(float(np.sum(ref**2)) / noise))

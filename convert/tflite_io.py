@@ -1,7 +1,7 @@
 """Small helpers over TFLite flatbuffers for the quantization passes (workstation only).
 
-These passes need every intermediate tensor, so they use TensorFlow's own interpreter without
-delegates (XNNPACK would hide intermediates). The device path never goes through here: it uses
+These passes need every intermediate tensor, so they drive the LiteRT interpreter directly,
+without delegates (XNNPACK would hide intermediates). The device path never goes through here: it uses
 `edge_resnet.engine`.
 """
 
@@ -52,12 +52,12 @@ def set_buffer(model: Any, tensor_index: int, values: npt.NDArray[Any]) -> None:
 
 def debug_interpreter(model: bytes) -> Any:
     """Interpreter that keeps every intermediate tensor readable after invoke()."""
-    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    it = tf.lite.Interpreter(
+    it = Interpreter(
         model_content=model,
         experimental_preserve_all_tensors=True,
-        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
         num_threads=os.cpu_count() or 1,
     )
     it.allocate_tensors()
@@ -68,3 +68,21 @@ def run(it: Any, x: npt.NDArray[Any]) -> None:
     d = it.get_input_details()[0]
     it.set_tensor(d["index"], x.astype(d["dtype"])[np.newaxis])
     it.invoke()
+
+
+def outputs(model: bytes, images: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """Dequantized output rows for a batch of inputs (default delegates: only the output is read)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=model, num_threads=os.cpu_count() or 1)
+    it.allocate_tensors()
+    d_in = it.get_input_details()[0]
+    d_out = it.get_output_details()[0]
+    scale, zero = d_out["quantization"]
+    rows = []
+    for x in images:
+        it.set_tensor(d_in["index"], x.astype(d_in["dtype"])[np.newaxis])
+        it.invoke()
+        o = it.get_tensor(d_out["index"]).astype(np.float64).reshape(-1)
+        rows.append((o - zero) * scale if scale else o)
+    return np.stack(rows)

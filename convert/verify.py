@@ -26,6 +26,7 @@ from edge_resnet.preprocess import PreprocessSpec, TensorInfo, prepare
 
 from .calibration import Item
 from .onnx_model import OnnxInfo
+from .quantize import sqnr_db
 
 FLOAT_COMPARE_IMAGES = 20
 
@@ -37,15 +38,6 @@ class Report:
     def write(self, json_path: Path, md_path: Path) -> None:
         json_path.write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n")
         md_path.write_text(to_markdown(self.data))
-
-
-def sqnr_db(ref: npt.NDArray[np.float64], test: npt.NDArray[np.float64]) -> float:
-    """Signal-to-quantization-noise ratio of `test` against `ref`, in dB (inf when identical)."""
-    noise = float(np.sum((ref - test) ** 2))
-    signal = float(np.sum(ref**2))
-    if noise == 0.0:
-        return float("inf")
-    return 10.0 * float(np.log10(signal / noise))
 
 
 class OnnxReference:

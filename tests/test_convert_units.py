@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 
 from convert import bias_correction, calibration, edgetpu, onnx_model, ranges, verify
 from convert.offline import NetworkAccessError, offline
+from convert.quantize import sqnr_db
 from edge_resnet.errors import InputError, ModelError, VerificationError
 from edge_resnet.preprocess import PRESETS
 from tests.helpers.resnet_onnx import make_resnet
@@ -184,8 +185,8 @@ def test_weight_shift_matches_direct_computation() -> None:
 
 def test_sqnr_db() -> None:
     ref = np.ones(1000)
-    assert verify.sqnr_db(ref, ref) == float("inf")
-    assert verify.sqnr_db(ref, ref * 1.1) == pytest.approx(20.0, abs=1e-6)
+    assert sqnr_db(ref, ref) == float("inf")
+    assert sqnr_db(ref, ref * 1.1) == pytest.approx(20.0, abs=1e-6)
 
 
 def test_top1_gate() -> None:

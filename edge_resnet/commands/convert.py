@@ -59,8 +59,14 @@ def register(sub: Any, name: str, helptext: str) -> None:
         "--max-top1-drop", type=float, default=1.0, metavar="PTS",
         help="fail (exit 8) when INT8 top-1 drops more than PTS points vs FP32 (default 1.0)",
     )
-    p.add_argument("--ranges", choices=["mse", "minmax"], default="mse", help="activation range method")
-    p.add_argument("--no-bias-correction", action="store_true", help="skip weight-rounding bias correction")
+    p.add_argument(
+        "--ranges", choices=["auto", "mse", "minmax"], default="auto",
+        help="activation ranges: auto tries MSE-optimal and min/max and keeps the better (default)",
+    )
+    p.add_argument(
+        "--no-bias-correction", action="store_true",
+        help="do not try weight-rounding bias correction (by default kept only when it helps)",
+    )
     p.add_argument("--edgetpu", action="store_true", help="also compile for the Coral Edge TPU")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     p.add_argument("--keep-workdir", action="store_true", help="keep onnx2tf's working folder (debugging)")
