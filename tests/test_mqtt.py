@@ -376,3 +376,34 @@ def test_new_events_do_not_overtake_resent_ones(broker: Broker, photos: list[Cla
     check_delivery(sent, seqs_of(sub.on("edge-resnet/order/events")), "reconnect with events in flight")
     sink.stop()
     sub.stop()
+
+
+def test_full_queue_drops_oldest_and_publishes_the_count(
+    broker: Broker, photos: list[Classified], tmp_path: Path
+) -> None:
+    sub = Subscriber(broker.port, ["edge-resnet/small/#"]).start()
+    broker.kill()
+    sink = MqttSink(MqttConfig(url=broker.url, queue_max=3), "small", ok_status, tmp_path)
+    sink.start()
+    for i in range(1, 7):
+        sink.publish(observation(photos[i % len(photos)], i, changed=True))
+    time.sleep(0.5)
+    assert sink.counters()["mqtt_events_dropped_total"] == 3 and len(sink.queue) == 3
+    broker.start()
+    assert sub.wait_for(lambda ms: len([m for m in ms if m.topic.endswith("/events")]) >= 3, 20)
+    events = [m.json() for m in sub.on("edge-resnet/small/events")]
+    assert [e["seq"] for e in events] == [4, 5, 6] and {e["dropped_total"] for e in events} == {3}
+    assert sub.wait_for(lambda ms: any(m.topic.endswith("/state") and m.json()["events_dropped"] == 3 for m in ms), 5)
+    sink.stop()
+    sub.stop()
+
+
+def test_log_rate_limit() -> None:
+    from edge_resnet.sinks.mqtt import _RateLimit
+
+    lim = _RateLimit(0.2)
+    assert lim("lost") == (True, "")
+    assert lim("lost") == (False, "") and lim("lost") == (False, "")
+    assert lim("other")[0]
+    time.sleep(0.25)
+    assert lim("lost") == (True, " (2 more since the last such message)")

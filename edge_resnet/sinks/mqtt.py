@@ -102,6 +102,27 @@ class MqttConfig:
         return u.hostname, port if port is not None else (8883 if tls else 1883), tls
 
 
+LOG_EVERY_S = 60.0  # a flapping broker gets one warning a minute, not one per flap (SD-card care)
+
+
+class _RateLimit:
+    """Allow a log line per key at most every `every` seconds; count what was held back."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def __call__(self, key: str) -> tuple[bool, str]:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) >= self.every:
+            self._last[key] = now
+            held = self._held.pop(key, 0)
+            return True, f" ({held} more since the last such message)" if held else ""
+        self._held[key] = self._held.get(key, 0) + 1
+        return False, ""
+
+
 class Link(Enum):
     """The broker connection as the sink sees it."""
 
@@ -229,6 +250,7 @@ class MqttSink:
         self._previous_label: str | None = None
         self._discovery_model: str | None = None  # the model named in the last discovery config
         self._thread: threading.Thread | None = None
+        self._log_limit = _RateLimit(LOG_EVERY_S)
         self.stats = {
             "connects": 0,
             "disconnects": 0,
@@ -300,12 +322,14 @@ class MqttSink:
         with self._lock:
             self._announce = True
         if self.stats["connects"] > 1:
-            log.info(
-                "mqtt: reconnected to %s:%d after %.1f s; %d events queued",
+            ok, more = self._log_limit("reconnected")
+            (log.info if ok else log.debug)(
+                "mqtt: reconnected to %s:%d after %.1f s; %d events queued%s",
                 self.host,
                 self.port,
                 was_down,
                 len(self.queue),
+                more,
             )
         else:
             log.info("mqtt: connected to %s:%d", self.host, self.port)
@@ -327,11 +351,13 @@ class MqttSink:
         if self._link is Link.REFUSED:
             return  # the broker closes the connection after a refused CONNACK: keep saying why
         self.stats["disconnects"] += 1
-        log.warning(
-            "mqtt: lost broker %s:%d (%s); events are kept on disk and sent after reconnecting",
+        ok, more = self._log_limit("lost")
+        (log.warning if ok else log.debug)(
+            "mqtt: lost broker %s:%d (%s); events are kept on disk and sent after reconnecting%s",
             self.host,
             self.port,
             rc.getName() if isinstance(rc, ReasonCode) else rc,
+            more,
         )
         self._set_link(Link.DISCONNECTED, f"lost: {rc.getName() if isinstance(rc, ReasonCode) else rc}")
 
