@@ -103,7 +103,9 @@ def run(job: ConvertJob) -> ConvertResult:
         "calibration: %d images from %d classes (%d found, %d unreadable)",
         len(calib.images), calib.classes, calib.found, len(calib.corrupt),
     )
-    if job.eval_dir is not None:
+    same_unsplit = job.eval_dir is not None and job.eval_dir.resolve() == job.calib.resolve()
+    same_unsplit = same_unsplit and calib_split == eval_split == "all"
+    if job.eval_dir is not None and not same_unsplit:
         eval_items = calibration.items(job.eval_dir, eval_split)
         eval_note = f"{job.eval_dir} ({eval_split})"
     else:

@@ -1,11 +1,11 @@
-"""ONNX -> float TFLite (onnx2tf) -> calibrated -> full-INT8 TFLite, offline.
+"""ONNX -> SavedModel (onnx2tf) -> FP32 TFLite and calibrated -> full-INT8 TFLite, offline.
 
-onnx2tf builds the TensorFlow graph; we stop it once its SavedModel exists, convert that to
-FP32 TFLite and quantize ourselves with TFLite's calibrator, because that lets us (a) set the input range to exactly
-0..255 so the uint8 input holds camera pixels, (b) replace min/max activation ranges by
-MSE-optimal ones and (c) correct the bias that weight rounding introduces. onnx2tf must still be
-run with `output_integer_quantized_tflite=True`: that makes it pad MaxPool with 0 rather than
--inf, which int8 can represent (the float-min padding is what breaks a self-quantized ResNet).
+onnx2tf builds the TensorFlow graph; we stop it once its SavedModel exists and quantize with
+TFLite's calibrator ourselves, because that lets us (a) pin the input range to exactly 0..255 so
+the uint8 input holds camera pixels, (b) try MSE-optimal activation ranges and (c) correct the
+bias that weight rounding introduces, keeping whichever combination measures best. onnx2tf must
+still run with `output_integer_quantized_tflite=True`: that makes it pad MaxPool with 0 rather
+than -inf, which int8 can represent (the float-min padding is what breaks a self-quantized ResNet).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Quantized:
 
 
 class _FloatDone(Exception):
-    """Raised inside onnx2tf once its float model exists, to skip its own quantization passes."""
+    """Raised inside onnx2tf once its SavedModel exists, to skip its own TFLite conversions."""
 
 
 @contextlib.contextmanager
