@@ -263,3 +263,21 @@ def test_doctor_says_who_is_asking() -> None:
         assert row.result is d.Result.WARN and "sudo -u edge-resnet" in row.fix
     else:
         assert row.result is d.Result.OK
+
+
+def test_doctor_picamera2_source_without_picamera2(tmp_path: Path) -> None:
+    pytest.importorskip("cv2")
+    try:
+        import picamera2  # noqa: F401
+
+        pytest.skip("picamera2 is installed here")
+    except ImportError:
+        pass
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'device_id = "pi"\nstate_dir = "{tmp_path}"\n[source]\ntype = "picamera2"\n')
+    r = run_cli("doctor", "--config", str(cfg), "--json")
+    assert r.returncode == ExitCode.PROBLEMS
+    rows = _rows(r.stdout)
+    assert "camera" not in rows  # a Pi camera is not a /dev/video* device to open with OpenCV
+    assert rows["picamera2"]["result"] == "FAIL"
+    assert "python3-picamera2" in rows["picamera2"]["fix"] and "--system-site-packages" in rows["picamera2"]["fix"]
