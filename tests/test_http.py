@@ -22,7 +22,7 @@ import pytest
 
 from edge_resnet.errors import ConfigError
 from edge_resnet.observation import Status
-from edge_resnet.sinks.http import HttpConfig, HttpSink
+from edge_resnet.sinks.http import HttpConfig, HttpSink, parse_listen
 from tests.helpers.observations import Classified, classify_samples, observation
 
 
@@ -131,6 +131,9 @@ def parse_prometheus(text: str) -> dict[str, tuple[str, list[tuple[str, float]]]
 
 
 def test_config_errors() -> None:
+    assert parse_listen("0.0.0.0:8080") == ("0.0.0.0", 8080)
+    assert parse_listen("[::1]:9000") == ("::1", 9000)
+    assert parse_listen(":8080") == ("0.0.0.0", 8080)
     for kw, key in [({"listen": "8080"}, "listen"), ({"jpeg_quality": 5}, "jpeg_quality"), ({"stream_fps": 0}, "fps")]:
         with pytest.raises(ConfigError, match=key):
             HttpConfig(**kw)  # type: ignore[arg-type]
