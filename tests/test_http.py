@@ -231,6 +231,9 @@ def test_healthz_and_metrics(served: tuple[HttpSink, str], box: StatusBox) -> No
     _, url = served
     code, _, body = get(url + "healthz")
     assert (code, body) == (200, b"ok\n")
+    head = urllib.request.Request(url + "healthz", method="HEAD")
+    with urllib.request.urlopen(head, timeout=5) as r:
+        assert r.status == 200 and r.read() == b"" and r.headers["Content-Length"] == "3"
     code, headers, body = get(url + "metrics")
     assert code == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
     metrics = parse_prometheus(body.decode())

@@ -215,6 +215,9 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(TimeoutError, BrokenPipeError, ConnectionResetError):  # the client went away
             handler()
 
+    def do_HEAD(self) -> None:  # probes and link checkers
+        self.do_GET()
+
     def _body(self, body: bytes, ctype: str, code: int = 200, sent: bool = False) -> None:
         if not sent:
             self.send_response(code)
@@ -222,7 +225,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _index(self) -> None:
         self._body(self.server.sink.index_html, "text/html; charset=utf-8")
@@ -263,6 +267,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-store")
             self.send_header("Pragma", "no-cache")
             self.end_headers()
+            if self.command == "HEAD":
+                return
             interval = 1.0 / sink.cfg.stream_fps
             last_seq = -1
             while not sink.stopping.is_set():
