@@ -281,3 +281,14 @@ def test_doctor_picamera2_source_without_picamera2(tmp_path: Path) -> None:
     assert "camera" not in rows  # a Pi camera is not a /dev/video* device to open with OpenCV
     assert rows["picamera2"]["result"] == "FAIL"
     assert "python3-picamera2" in rows["picamera2"]["fix"] and "--system-site-packages" in rows["picamera2"]["fix"]
+
+
+@pytest.mark.hw
+def test_doctor_on_a_device_finds_its_camera_and_edgetpu(tmp_path: Path) -> None:
+    """On a device (`pytest -m hw`): a camera delivers a frame; an attached Edge TPU is seen with its runtime."""
+    r = run_cli("doctor", "--state-dir", str(tmp_path), "--json", timeout=120)
+    rows = _rows(r.stdout)
+    assert any(name.startswith("camera /dev/video") and c["result"] == "ok" for name, c in rows.items()), rows
+    if HAS_TPU:
+        assert all(c["result"] == "ok" for name, c in rows.items() if name.startswith("edgetpu")), rows
+        assert rows["libedgetpu"]["result"] == "ok", rows["libedgetpu"]
