@@ -15,6 +15,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,7 +224,7 @@ class Subscriber:
         self.messages: list[Message] = []
         self.cond = threading.Condition()
         self.connected = threading.Event()
-        cid = client_id or f"test-sub-{os.getpid()}-{id(self) & 0xFFFF}"
+        cid = client_id or f"test-sub-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)
         if auth is not None:
