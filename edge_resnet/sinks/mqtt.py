@@ -395,8 +395,11 @@ class MqttSink:
         deadline = time.monotonic() + timeout
         self._stopping.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(max(0.1, deadline - time.monotonic()))
+        if self._thread is None:  # never started (the daemon failed before start): just close the queue
+            self.queue.close()
+            self._set_link(Link.STOPPED, "stopped")
+            return
+        self._thread.join(max(0.1, deadline - time.monotonic()))
         # loop_stop() joins paho's thread without a timeout: do it on a helper thread so stop() keeps its promise.
         stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-loop-stop", daemon=True)
         stopper.start()
