@@ -21,7 +21,7 @@ from . import tflite_io
 log = logging.getLogger(__name__)
 
 LAYERS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"})
-MAX_IMAGES = 64  # per-channel means settle long before this
+MAX_IMAGES = 32  # per-channel means of a layer's input settle within a few dozen images
 
 
 def weight_shift(

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # onnx2tf loads this from its working directory instead of downloading it from GitHub.
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 RangeMethod = Literal["auto", "minmax", "mse"]
-SCORE_IMAGES = 48  # calibration images used to choose between quantization candidates
+SCORE_IMAGES = 32  # calibration images used to choose between quantization candidates
 
 
 @dataclass
