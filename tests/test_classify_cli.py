@@ -165,3 +165,20 @@ def test_info_json(mobilenet_quant: Path) -> None:
 def test_version() -> None:
     r = run_cli("--version")
     assert r.returncode == 0 and r.stdout.startswith("edge-resnet ")
+
+
+def test_journal_log_lines_carry_priority(data_dir: Path, models_dir: Path, labels_1001: Path) -> None:
+    """Under systemd, warnings reach journald as warnings (`<4>`), each on one line."""
+    r = run_cli(
+        "classify",
+        str(data_dir / "images" / "parrot.jpg"),
+        "--model",
+        str(models_dir / "mobilenet_v1_0.75_192_quant_edgetpu.tflite"),
+        "--device",
+        "auto",
+        "--labels",
+        str(labels_1001),
+        env={"JOURNAL_STREAM": "8:1234"},
+    )
+    assert r.returncode == 0, r.stderr
+    assert any(ln.startswith("<4>WARNING edge_resnet.engine:") for ln in r.stderr.splitlines()), r.stderr
