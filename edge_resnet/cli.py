@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import ClassVar
 
 from . import __version__
 from .errors import EdgeResnetError, ExitCode
@@ -62,7 +63,13 @@ class JournalFormatter(logging.Formatter):
     """Under systemd (JOURNAL_STREAM set) each record becomes one line with an `<N>` priority
     prefix, so `journalctl -p warning` works and a multi-line message stays one journal entry."""
 
-    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+    PRIORITY: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7,
+        logging.INFO: 6,
+        logging.WARNING: 4,
+        logging.ERROR: 3,
+        logging.CRITICAL: 2,
+    }
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record).replace("\n", " | ")
