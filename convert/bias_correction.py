@@ -21,7 +21,7 @@ from . import tflite_io
 log = logging.getLogger(__name__)
 
 LAYERS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"})
-MAX_IMAGES = 32  # per-channel means of a layer's input settle within a few dozen images
+MAX_IMAGES = 64  # MobileNet v2: 32 images give 98.75% agreement, 64 give 99.0%
 
 
 def weight_shift(
