@@ -313,6 +313,7 @@ def main() -> int:
             warmup=10,
             preprocess=spec,
             video=video,
+            video_seconds=15.0,
             cache_dir=args.work,
         )
         log(f"== {MODELS[name]['title']}: benchmarking")

@@ -96,6 +96,29 @@ def cut(src: Path, k: int, dst: Path) -> None:
     dst.write_bytes(bytes(b.Output()))
 
 
+def without_input_quantize(src: Path, dst: Path) -> bool:
+    """A variant whose leading QUANTIZE (uint8 pixels -> int8) is dropped: the model input becomes
+    that op's int8 output (scale 1, zero point -128 for folded pixels). False when there is none."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = src.read_bytes()
+    m = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(buf, 0))
+    sg = m.subgraphs[0]
+    op0 = sg.operators[0]
+    code = m.operatorCodes[op0.opcodeIndex]
+    if max(code.builtinCode, code.deprecatedBuiltinCode) != schema.BuiltinOperator.QUANTIZE:
+        return False
+    if sg.inputs[0] != op0.inputs[0]:
+        return False
+    sg.inputs = [op0.outputs[0]]
+    sg.operators = sg.operators[1:]
+    b = flatbuffers.Builder(len(buf) + 1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    dst.write_bytes(bytes(b.Output()))
+    return True
+
+
 # ---------------------------------------------------------------- onnxruntime side
 
 
@@ -187,6 +210,7 @@ def main() -> int:
     ap.add_argument("tflite", type=Path)
     ap.add_argument("--ort-int8", type=Path, required=True, help="onnxruntime QDQ INT8 model of the same network")
     ap.add_argument("--onnx", type=Path, help="FP32 ONNX of the same network (adds onnxruntime FP32)")
+    ap.add_argument("--float-tflite", type=Path, help="FP32 TFLite of the same network (adds XNNPACK FP32)")
     ap.add_argument("--runs", type=int, default=60)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args()
@@ -201,8 +225,13 @@ def main() -> int:
     from ai_edge_litert.interpreter import OpResolverType
 
     variants: list[tuple[str, int, Callable[[], object]]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="xnn_scaling_"))
+    int8_in = tmp / "int8_input.tflite"
+    has_quantize = without_input_quantize(args.tflite, int8_in)
     for t in (1, 2):
         variants.append(("tflite-xnnpack", t, _interpreter(args.tflite, t)))
+        if has_quantize:
+            variants.append(("tflite-xnnpack-int8-input", t, _interpreter(int8_in, t)))
         variants.append(
             (
                 "tflite-xnnpack-latest",
@@ -219,6 +248,8 @@ def main() -> int:
                 ),
             )
         )
+        if args.float_tflite:
+            variants.append(("tflite-xnnpack-fp32", t, _interpreter(args.float_tflite, t)))
         variants.append(("ort-int8", t, _ort_runner(args.ort_int8, t)))
         if args.onnx:
             variants.append(("ort-fp32", t, _ort_runner(args.onnx, t)))
@@ -249,7 +280,6 @@ def main() -> int:
     shapes = {int(t["index"]): tuple(int(v) for v in t["shape"]) for t in eng._it.get_tensor_details()}
     cuts = stages(ops, shapes)
     log("stages: " + ", ".join(f"{n} (ops <{k})" for n, k in cuts))
-    tmp = Path(tempfile.mkdtemp(prefix="xnn_scaling_"))
     prefix: list[Contender] = []
     for name, k in cuts:
         p = tmp / f"cut{k}.tflite"

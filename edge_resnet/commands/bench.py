@@ -43,7 +43,8 @@ def register(sub: Any, name: str, helptext: str) -> None:
     p.add_argument("--block", type=_positive, default=10, help="invokes per interleaved block (default 10)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto (Edge TPU when present), cpu, edgetpu")
     p.add_argument("--video", type=Path, help="a video file: end-to-end frames/s and frame age at full speed")
-    p.add_argument("--video-frames", type=_positive, default=300, help="frames to classify from --video")
+    p.add_argument("--video-frames", type=_positive, default=300, help="stop --video after N classified frames")
+    p.add_argument("--video-seconds", type=float, default=20.0, help="... or after S seconds (default 20)")
     p.add_argument("--preprocess-runs", type=_positive, default=200, help="timed prepare() calls per frame size")
     p.add_argument("--json", dest="json_out", help="write the full results as JSON to FILE (- for stdout)")
     p.add_argument("--plot", type=Path, help="write a latency chart PNG (needs matplotlib)")
@@ -103,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         preprocess=preprocess_override(args, None),
         video=args.video,
         video_frames=args.video_frames,
+        video_seconds=args.video_seconds,
         preprocess_runs=args.preprocess_runs,
         ort_int8=args.ort_int8,
         cache_dir=args.cache_dir,
