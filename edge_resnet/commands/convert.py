@@ -51,9 +51,15 @@ def register(sub: Any, name: str, helptext: str) -> None:
     p.add_argument("--bgr", action="store_true", help="the model expects BGR channel order")
     p.add_argument("--crop-fraction", type=float, metavar="F", help="centre crop share of the shorter side")
     p.add_argument("--calib-count", type=int, default=200, metavar="N", help="calibration images (default 200)")
-    p.add_argument("--calib-split", choices=["auto", "all", "calib", "eval"], default="auto")
+    p.add_argument(
+        "--calib-split", choices=["auto", "all", "calib", "eval"], default="auto",
+        help="which part of a labels.json folder calibrates (see the split rule above)",
+    )
     p.add_argument("--eval", type=Path, dest="eval_dir", metavar="DIR", help="evaluation images")
-    p.add_argument("--eval-split", choices=["auto", "all", "calib", "eval"], default="auto")
+    p.add_argument(
+        "--eval-split", choices=["auto", "all", "calib", "eval"], default="auto",
+        help="which part of a labels.json folder evaluates (ground truth comes from its class_index)",
+    )
     p.add_argument("--eval-limit", type=int, default=1000, metavar="N", help="evaluate at most N images")
     p.add_argument(
         "--max-top1-drop", type=float, default=1.0, metavar="PTS",
