@@ -112,6 +112,15 @@ def to_probabilities(
     return softmax(x) if output_kind == "logits" else np.asarray(x, dtype=np.float32)
 
 
+def output_kind_of(t: TensorInfo) -> OutputKind | None:
+    """Decide once per model, not per frame: TFLite quantizes a softmax output with scale 1/256 and
+    zero point 0 (uint8) or -128 (int8). A per-frame guess fails on unsure frames, whose uint8
+    probabilities round to nearly all zeros and would be taken for logits."""
+    if t.quantized and abs(t.scale - 1.0 / 256.0) < 1e-9 and t.zero_point in (0, -128):
+        return "probabilities"
+    return None
+
+
 def top_k(probs: npt.NDArray[np.float32], k: int, labels: list[str], label_offset: int) -> list[Prediction]:
     k = max(1, min(k, probs.size))
     idx = np.argpartition(-probs, k - 1)[:k]
@@ -152,6 +161,8 @@ class Classifier:
                 label_offset = meta.label_offset
         if output_kind is None and meta is not None:
             output_kind = meta.output_kind
+        if output_kind is None:
+            output_kind = output_kind_of(engine.output)
         self.preprocess = preprocess
         self.output_kind = output_kind
         num_outputs = int(np.prod(engine.output.shape[1:])) if len(engine.output.shape) > 1 else engine.output.shape[0]

@@ -21,14 +21,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from .bundle import OutputKind
 from .capture import Capture, CaptureState
 from .classify import Classifier, Prediction, default_preprocess, read_labels
 from .config import ModelConfig, PipelineConfig, Smoothing
 from .engine import Engine
 from .errors import ConfigError, EdgeResnetError
 from .observation import Observation, Status
-from .preprocess import TensorInfo
 from .sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -46,19 +44,7 @@ def load_classifier(model: ModelConfig) -> Classifier:
         meta = engine.model.meta
         base = meta.preprocess if meta is not None else default_preprocess(engine.input)
         spec = model.preprocess.apply(base)
-    clf = Classifier(engine, labels, preprocess=spec)
-    if clf.output_kind is None:
-        clf.output_kind = output_kind_of(engine.output)
-    return clf
-
-
-def output_kind_of(t: TensorInfo) -> OutputKind | None:
-    """Decide once per model, not per frame: TFLite quantizes a softmax output with scale 1/256 and
-    zero point 0 (uint8) or -128 (int8). Left to a per-frame guess, an unsure frame whose uint8
-    probabilities round to nearly all zeros would be taken for logits and come out uniform."""
-    if t.quantized and abs(t.scale - 1.0 / 256.0) < 1e-9 and t.zero_point in (0, -128):
-        return "probabilities"
-    return None
+    return Classifier(engine, labels, preprocess=spec)
 
 
 # -- smoothing: pure, so tests can feed it probability vectors ----------------------------------

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_resnet.bundle import BundleMeta, read_model, write_bundle
-from edge_resnet.classify import Classifier, read_labels, resolve_labels
+from edge_resnet.classify import Classifier, read_labels, resolve_labels, to_probabilities
 from edge_resnet.engine import Engine
 from edge_resnet.errors import EdgeTpuUnavailable, LabelsError, ModelError
 from edge_resnet.images import load_image
@@ -149,3 +149,13 @@ def test_coral_style_labels(tmp_path: Path) -> None:
     p = tmp_path / "l.txt"
     p.write_text("0  background\n2 cat\n1 dog\n")
     assert read_labels(p) == ["background", "dog", "cat"]
+
+
+def test_quantized_softmax_output_is_never_softmaxed_again(mobilenet_quant: Path) -> None:
+    """An unsure frame's uint8 probabilities can round to almost all zeros; they are still probabilities."""
+    clf = Classifier(Engine.load(mobilenet_quant))
+    assert clf.output_kind == "probabilities"
+    raw = np.zeros(1001, np.uint8)
+    raw[[5, 9]] = (30, 20)  # sums to 50/256: a per-frame guess would call this logits
+    probs = to_probabilities(raw, clf.engine.output, clf.output_kind)
+    assert probs[5] == pytest.approx(30 / 256) and probs[0] == 0.0
