@@ -27,14 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_resnet.bench import (  # noqa: E402
-    BenchOptions,
-    machine,
-    onnx_input,
-    run_benchmark,
-    stderr_progress,
-    write_json,
-)
+from edge_resnet.bench import machine, onnx_input, stderr_progress, write_json  # noqa: E402
 from edge_resnet.preprocess import PRESETS, PreprocessSpec  # noqa: E402
 
 DATA = Path(os.environ.get("EDGE_RESNET_DATA", REPO.parent / "shared" / "data"))
@@ -143,6 +136,25 @@ def _video(work: Path) -> Path:
     if not path.exists():
         write_video(path, pick_samples(SAMPLES, 8), seconds_each=2.0, fps=30, size=(1280, 720))
     return path
+
+
+def bench_cli(
+    tflite: Path, src: Path, preset: str, threads: tuple[int, ...], runs: int, video: Path, work: Path
+) -> dict[str, Any]:
+    """One model through `edge-resnet bench` in a fresh process (memory figures are its own);
+    its progress streams to our stderr, its JSON comes back."""
+    out = work / f"{tflite.stem}.bench.json"
+    args = [
+        *(sys.executable, "-m", "edge_resnet", "bench", str(tflite), "--onnx", str(src), "--preset", preset),
+        *("--calib", str(SAMPLES), "--threads", ",".join(map(str, threads)), "--runs", str(runs)),
+        *("--warmup", "10", "--video", str(video), "--video-seconds", "15", "--cache-dir", str(work)),
+        *("--json", str(out)),
+    ]
+    proc = subprocess.run(args, cwd=REPO, stdout=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise SystemExit(f"edge-resnet bench {tflite} failed with exit code {proc.returncode}")
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
 
 
 def _row(bench: dict[str, Any], backend: str, threads: int) -> dict[str, Any] | None:
@@ -303,21 +315,8 @@ def main() -> int:
     for name in names:
         spec = PRESETS[MODELS[name]["preset"]]
         src, tflite, report, how = converted[name]
-        opts = BenchOptions(
-            model=tflite,
-            onnx=src,
-            calib=SAMPLES,
-            calib_count=args.calib_count,
-            threads=threads,
-            runs=args.runs,
-            warmup=10,
-            preprocess=spec,
-            video=video,
-            video_seconds=15.0,
-            cache_dir=args.work,
-        )
-        log(f"== {MODELS[name]['title']}: benchmarking")
-        bench = run_benchmark(opts, log)
+        log(f"== {MODELS[name]['title']}: edge-resnet bench")
+        bench = bench_cli(tflite, src, MODELS[name]["preset"], threads, args.runs, video, args.work)
         log(f"== {MODELS[name]['title']}: onnxruntime INT8 fidelity on {args.eval_count} evaluation images")
         offset = 1 if "labels" in MODELS[name] else 0
         fid = fidelity(src, Path(bench["onnx"]["int8"]), spec, args.eval_count, offset)

@@ -542,15 +542,16 @@ def run_benchmark(opts: BenchOptions, progress: Progress = stderr_progress) -> d
 
     contenders: list[Contender] = []
     engines: dict[int, Engine] = {}
+    peak_tflite = 0.0
     for t in opts.threads:
         progress(f"loading {opts.model.name} (TFLite, {t} thread{'s' * (t > 1)})")
         c, engine = tflite_contender(opts.model, t, opts.device)
         contenders.append(c)
         engines[t] = engine
+        peak_tflite = peak_tflite or peak_rss_mb()  # the process with one interpreter, before any other
     engine = engines[opts.threads[0]]
     meta = engine.model.meta
     spec = meta.preprocess if meta else (opts.preprocess or default_preprocess(engine.input))
-    peak_tflite = peak_rss_mb()
     result["model"] = {
         "path": str(opts.model),
         "sha256": engine.model.sha256,
