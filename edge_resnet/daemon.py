@@ -3,8 +3,9 @@
 Lifecycle
 - start: load the model (fatal if it does not load), open the source on the capture thread
   (a missing camera is retried with backoff unless `[source] retry = false`), start the sinks.
-- READY=1 once the model is loaded and the first frame is classified.
-- WATCHDOG=1 every half `watchdog_interval` while the daemon does its job: frames are being
+- READY=1 once the model is loaded and the first frame is classified (or the camera is missing
+  and being retried, so systemd does not time the start out).
+- WATCHDOG=1 every quarter of WatchdogSec while the daemon does its job: frames are being
   classified, or the camera is lost and the capture thread is alive and retrying (restarting the
   process would not bring a camera back; a capture thread stuck in a driver call stops the pings).
 - STATUS= with label and fps every few seconds.
@@ -224,14 +225,18 @@ class Daemon:
             if self.duration_s is not None and now - t_start >= self.duration_s:
                 self._stop_reason = f"{self.duration_s:g} s elapsed"
                 break
-            if not ready and pipeline.wait_first(0):
+            # READY also when the camera is missing at start and being retried: otherwise systemd
+            # times the start out and restarts us in a loop, which cannot bring a camera back.
+            if not ready and (pipeline.wait_first(0) or capture.state() is CaptureState.LOST):
                 ready = True
                 line = pipeline.status_line()
                 self.notifier.ready(line)
                 log.info("ready: %s", line)
+            # wd is already half of WatchdogSec (notify.Notifier): ping twice per wd so the loop's
+            # tick never stretches a gap past WatchdogSec/2; "alive" means a frame within wd.
             if wd and now >= next_ping:
                 next_ping = now + wd / 2
-                if self._alive(wd / 2):
+                if self._alive(wd):
                     self.notifier.watchdog()
             if now >= next_status:
                 next_status = now + STATUS_EVERY_S

@@ -116,7 +116,7 @@ def test_camera_index_that_does_not_exist_is_retried_not_fatal(
     )
     assert r.returncode == 0, r.stderr
     assert time.monotonic() - t0 >= 3
-    lost = [ln for ln in r.stderr.splitlines() if "camera lost" in ln]
+    lost = [ln for ln in r.stderr.splitlines() if "camera lost" in ln and "edge_resnet.capture" in ln]
     print(lost)
     assert len(lost) == 1  # one line per outage, not one per retry
     assert "/dev/video47 does not exist" in lost[0] and "retrying" in lost[0]
