@@ -588,7 +588,7 @@ def test_pipeline_crash_stops_the_daemon_with_an_error(
 ) -> None:
     """A bug in the pipeline thread must not leave a zombie daemon that looks alive."""
     from edge_resnet.errors import EdgeResnetError
-    from edge_resnet.pipeline import Smoother
+    from edge_resnet.smoothing import Smoother
 
     def boom(*_a: object, **_k: object) -> None:
         raise ZeroDivisionError("injected")
