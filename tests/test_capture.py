@@ -536,3 +536,19 @@ def test_real_v4l2_camera_mjpg_size_and_rate() -> None:
         assert st.fps >= 10
     finally:
         cap.stop(2.0)
+
+
+def test_folder_warns_once_per_unreadable_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SD-card and journal care: a broken file in a looped folder is reported once, not every pass."""
+    import cv2
+    import numpy as np
+
+    from edge_resnet.sources.folder import FolderFrames
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "b.jpg").write_bytes(b"not an image")
+    src = FolderFrames(str(tmp_path), interval_s=0, loop=True)
+    src.open()
+    frames = [src.read() for _ in range(10)]
+    assert sum(f is not None for f in frames) == 5
+    assert sum("b.jpg" in r.getMessage() for r in caplog.records) == 1

@@ -27,6 +27,7 @@ class FolderFrames:
         self._files: list[Path] = []
         self._i = 0
         self._next_due = 0.0
+        self._warned: set[Path] = set()  # log each unreadable file once, not once per pass
 
     def open(self) -> None:
         if not self.path.is_dir():
@@ -57,7 +58,9 @@ class FolderFrames:
         try:
             return load_image(f)
         except InputError as e:
-            log.warning("skipping %s", e)
+            if f not in self._warned:
+                self._warned.add(f)
+                log.warning("skipping %s", e)
             return None
 
     def close(self) -> None:
