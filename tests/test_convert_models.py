@@ -144,7 +144,9 @@ def test_resnet18_v1_int8_loads_with_xnnpack_and_agrees(r18v1: tuple[ConvertResu
     assert result.report["float_tflite_vs_onnx_max_abs_diff"] < 1e-3
     meta = engine.model.meta
     assert meta is not None and meta.preprocess.mean == (0.0, 0.0, 0.0) and meta.preprocess.std == (1.0, 1.0, 1.0)
-    assert meta.source["onnx_sha256"] and meta.source["quantization"]["bias_correction"]["layers"] > 0
+    assert meta.source["onnx_sha256"]
+    tried = [c["method"] for c in meta.source["quantization"]["candidates"]]
+    assert "mse ranges" in tried and any("bias correction" in m for m in tried)
     assert result.report_md.read_text().startswith("# Conversion report")
 
 
