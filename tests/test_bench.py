@@ -87,3 +87,37 @@ def test_bench_cli_rejects_a_missing_onnx(mobilenet_quant: Path, tmp_path: Path)
     proc = run_cli("bench", str(mobilenet_quant), "--onnx", str(tmp_path / "nope.onnx"))
     assert proc.returncode == 5
     assert "nope.onnx" in proc.stderr and "not found" in proc.stderr
+
+
+def test_bench_cli_with_onnx_and_video(
+    mobilenet_quant: Path, models_dir: Path, samples_dir: Path, tmp_path: Path
+) -> None:
+    """onnxruntime FP32 and INT8 (quantized on 4 calibration images) beside TFLite, and the daemon's
+    pipeline on a short real video; numbers only checked for shape and sanity."""
+    from tests.helpers.video import pick_samples, write_video
+
+    video = tmp_path / "v.avi"
+    write_video(video, pick_samples(samples_dir, 2), seconds_each=1.0, fps=10, size=(320, 240))
+    out = tmp_path / "bench.json"
+    proc = run_cli(
+        "bench", str(mobilenet_quant), "--onnx", str(models_dir / "mobilenet_v2_1.0_224.onnx"),
+        "--preset", "inception", "--calib", str(samples_dir), "--calib-count", "4", "--threads", "1",
+        "--runs", "3", "--warmup", "1", "--preprocess-runs", "2", "--video", str(video), "--video-seconds", "2",
+        "--cache-dir", str(tmp_path / "cache"), "--json", str(out), "--plot", str(tmp_path / "bench.png"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    assert [(row["backend"], row["threads"]) for row in r["invoke"]] == [
+        ("tflite", 1), ("ort-fp32", 1), ("ort-int8", 1),
+    ]  # fmt: skip
+    for row in r["invoke"]:
+        assert all(_positive(row[k]) for k in STATS)
+    assert r["onnx"]["preprocess"]["preset"] == "inception"
+    assert Path(r["onnx"]["int8"]).exists()
+    same = r["ratios"]["same_threads"]["1"]
+    assert _positive(same["tflite/ort-fp32"]) and _positive(same["tflite/ort-int8"])
+    assert _positive(r["ratios"]["best"]["tflite/ort-int8"])
+    [daemon] = r["daemon"]
+    assert daemon["threads"] == 1 and daemon["frames_classified"] > 0
+    assert all(_positive(daemon[k]) for k in ("fps", "raw_invoke_fps", "fps_over_raw_invoke", "frame_age_p50_ms"))
+    assert (tmp_path / "bench.png").stat().st_size > 0
