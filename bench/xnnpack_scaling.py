@@ -298,6 +298,22 @@ def main() -> int:
         for t in (1, 2):
             tfl_stage[t][name] = max(0.0, med[(name, t)] - prev[t])
             prev[t] = med[(name, t)]
+    # 4. op by op through the stem (until the first residual ADD), 1 thread: prefix differences
+    first_add = next((i for i, o in enumerate(ops) if o["op_name"] == "ADD"), min(len(ops), 12))
+    stem_ops: list[Contender] = []
+    for k in range(1, min(first_add, 16) + 1):
+        p = tmp / f"op{k}.tflite"
+        cut(args.tflite, k, p)
+        label = f"{k - 1:02d} {ops[k - 1]['op_name']} -> {list(shapes[int(ops[k - 1]['outputs'][0])])}"
+        stem_ops.append(Contender(label, 1, _interpreter(p, 1), 0.0, 0.0, 0.0))
+    log(f"stem op by op: {len(stem_ops)} prefix models x {args.runs} runs, interleaved")
+    measure_interleaved(stem_ops, args.runs, 3, 10, log)
+    prev_ms, per_op = 0.0, []
+    for c in stem_ops:
+        m = float(np.median(c.samples_ms))
+        per_op.append({"op": c.backend, "ms": m - prev_ms})
+        prev_ms = m
+    result["stem_ops_1thread_ms"] = per_op
     log("onnxruntime per-node profile")
     ort_stage = ort_stage_profile(args.ort_int8, (1, 2), max(10, args.runs // 3))
     result["stages"] = {"tflite_xnnpack_ms": tfl_stage, "ort_int8_ms": ort_stage}
@@ -350,6 +366,8 @@ def markdown(r: dict[str, Any], order: list[str]) -> str:
         o1, o2 = os_[1].get(n, 0.0), os_[2].get(n, 0.0)
         x1, x2 = (a1 / a2 if a2 else 0.0), (o1 / o2 if o2 else 0.0)
         lines.append(f"| {n} | {a1:.2f} | {a2:.2f} | {x1:.2f} | {o1:.2f} | {o2:.2f} | {x2:.2f} |")
+    lines += ["", "Stem op by op, 1 thread (ms, median of prefix-model differences):", ""]
+    lines += [f"- {o['op']}: {o['ms']:.2f}" for o in r.get("stem_ops_1thread_ms", [])]
     return "\n".join(lines) + "\n"
 
 
