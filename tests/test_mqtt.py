@@ -97,8 +97,8 @@ def test_event_queue_bounded_and_persistent(tmp_path: Path) -> None:
     q.delete([4, 5])
     q.close()
     q = EventQueue(tmp_path / "events.sqlite", max_len=5)  # reopened: the queue, the counter and seq survive
-    assert len(q) == 3 and q.dropped == 3
-    assert q.put({"i": 8}) == 9
+    assert len(q) == 3 and q.dropped == 3 and q.last_seq == 8
+    assert q.put({"i": 8}) == 9 and q.last_seq == 9
     q.close()
 
 

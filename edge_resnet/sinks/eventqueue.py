@@ -56,11 +56,13 @@ class EventQueue:
             ) from None
         self._len = 0
         self.dropped = 0
+        self.last_seq = 0  # the newest seq still on disk (0: empty)
         self.refresh()
 
     def refresh(self) -> None:
         """Re-read the length and the dropped counter (another process or sink may have written since)."""
-        self._len = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        n, last = self._db.execute("SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM events").fetchone()
+        self._len, self.last_seq = int(n), int(last)
         self.dropped = self._counter("dropped")
 
     def __len__(self) -> int:
@@ -91,6 +93,7 @@ class EventQueue:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self.last_seq = seq
         if excess > 0:
             self.dropped += excess
             self._len = self.max_len

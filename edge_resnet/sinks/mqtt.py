@@ -388,7 +388,7 @@ class MqttSink:
                 self._changes.put_nowait(obs)
             except queue.Full:
                 self.stats["changes_dropped"] += 1
-        self._wake.set()
+            self._wake.set()  # other frames only update the newest observation (the heartbeat reads it)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Write pending changes to disk, publish `offline` (retained) if connected, disconnect."""
@@ -531,8 +531,8 @@ class MqttSink:
             self._handed_at.clear()
             self._resend_barrier.clear()
         room = EVENT_WINDOW - len(self._inflight)
-        if room <= 0:
-            return
+        if room <= 0 or self._handed_seq >= self.queue.last_seq:
+            return  # window full, or nothing new on disk (no query per wake-up)
         for ev in self.queue.after(self._handed_seq, room):
             doc = {
                 "seq": ev.seq,
