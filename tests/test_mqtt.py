@@ -18,7 +18,7 @@ from edge_resnet.errors import ConfigError
 from edge_resnet.observation import Status
 from edge_resnet.sinks.eventqueue import EventQueue
 from edge_resnet.sinks.mqtt import MqttConfig, MqttSink
-from tests.helpers.broker import Broker, Message, Subscriber, broker, retained
+from tests.helpers.broker import Broker, Message, Subscriber, broker, free_port, retained
 from tests.helpers.observations import Classified, classify_samples, observation, to_json
 
 __all__ = ["broker"]  # the fixture
@@ -423,3 +423,22 @@ def test_log_rate_limit() -> None:
     assert lim("other")[0]
     time.sleep(0.25)
     assert lim("lost") == (True, " (2 more since the last such message)")
+
+
+def test_sink_thread_failure_is_reported(
+    photos: list[Classified], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = MqttSink(MqttConfig(url=f"mqtt://127.0.0.1:{free_port()}"), "boom", ok_status, tmp_path)
+
+    def disk_full(body: object) -> int:
+        raise OSError("database or disk is full")
+
+    monkeypatch.setattr(sink.queue, "put", disk_full)
+    sink.start()
+    sink.publish(observation(photos[0], 1, changed=True))
+    end = time.monotonic() + 5
+    while sink.healthy()[0] and time.monotonic() < end:
+        time.sleep(0.05)
+    ok, reason = sink.healthy()
+    assert not ok and "disk is full" in reason and "report" in reason
+    sink.stop()

@@ -250,6 +250,7 @@ class MqttSink:
         self._previous_label: str | None = None
         self._discovery_model: str | None = None  # the model named in the last discovery config
         self._thread: threading.Thread | None = None
+        self._failed: str | None = None
         self._log_limit = _RateLimit(LOG_EVERY_S)
         self.stats = {
             "connects": 0,
@@ -413,6 +414,8 @@ class MqttSink:
             link, reason, since = self._link, self._link_reason, self._link_since
         where = f"{self.host}:{self.port}"
         queued = len(self.queue)
+        if self._failed is not None:
+            return False, self._failed
         waiting = self._waiting_since
         if link is Link.CONNECTED and waiting is not None and time.monotonic() - waiting > self.cfg.keepalive:
             return True, (
@@ -471,8 +474,9 @@ class MqttSink:
                     state_due = False
                     next_heartbeat = time.monotonic() + self.cfg.heartbeat_s
                 self._send_events()
-        except Exception:
+        except Exception as e:
             log.exception("mqtt: sink thread failed; MQTT output stops (please report this)")
+            self._failed = f"mqtt sink thread failed ({e}); MQTT output stopped, restart the daemon and report this"
         finally:
             self._shutdown()
 
