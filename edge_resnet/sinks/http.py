@@ -337,6 +337,14 @@ class HttpSink:
     # -- Sink protocol --
 
     def start(self) -> None:
+        if self._auth is None and self.host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning(
+                "http: the overlay on %s:%d is open to the network without a password; set [http] username "
+                "and the password in %s",
+                self.host,
+                self.port,
+                self.cfg.password_env,
+            )
         self.stopping.clear()
         self._thread = threading.Thread(target=self._serve, name="http-sink", daemon=True)
         self._thread.start()
