@@ -217,7 +217,7 @@ def test_publish_never_blocks_on_slow_clients(served: tuple[HttpSink, str], phot
         time.sleep(0.002)
     med, worst = sorted(took)[len(took) // 2], max(took)
     print(f"\npublish with 3 stuck viewers: median {med * 1e3:.3f} ms, worst {worst * 1e3:.3f} ms")
-    assert med < 0.001 and worst < 0.05  # a blocking write would take SEND_TIMEOUT_S (10 s)
+    assert med < 0.001 and worst < 0.2  # a blocking write would take SEND_TIMEOUT_S (10 s); GIL jitter is not that
     code, _, body = get(url + "api/state")  # the server still answers others
     assert code == 200 and json.loads(body)["frame_seq"] == 301
     t0 = time.monotonic()
