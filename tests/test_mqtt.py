@@ -442,3 +442,28 @@ def test_sink_thread_failure_is_reported(
     ok, reason = sink.healthy()
     assert not ok and "disk is full" in reason and "report" in reason
     sink.stop()
+
+
+def test_state_follows_pipeline_health_without_waiting_for_heartbeat(
+    broker: Broker, photos: list[Classified], tmp_path: Path
+) -> None:
+    health = {"ok": True}
+
+    def status() -> Status:
+        return Status(True, "ok") if health["ok"] else Status(False, "camera lost: no frame for 5.0 s from /dev/video0")
+
+    sub = Subscriber(broker.port, ["edge-resnet/health/state"]).start()
+    sink = MqttSink(MqttConfig(url=broker.url, heartbeat_s=600.0), "health", status, tmp_path)
+    sink.start()
+    sink.publish(observation(photos[0], 1, changed=True))
+    assert sub.wait_for(lambda ms: any(m.json()["healthy"] is True for m in ms), 10)
+    t0 = time.monotonic()
+    health["ok"] = False  # the camera goes away: no new observation, only the status changes
+    assert sub.wait_for(lambda ms: ms[-1].json()["healthy"] is False, 5)
+    lost = sub.on("edge-resnet/health/state")[-1].json()
+    print(f"\nstate says {lost['reason']!r} {time.monotonic() - t0:.1f} s after the camera went away")
+    assert "camera lost" in lost["reason"] and lost["label"] == photos[0].top_k[0].label
+    health["ok"] = True
+    assert sub.wait_for(lambda ms: ms[-1].json()["healthy"] is True, 5)
+    sink.stop()
+    sub.stop()

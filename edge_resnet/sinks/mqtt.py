@@ -38,6 +38,7 @@ SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our session (and in-flight 
 EVENT_WINDOW = 50  # events handed to paho and not yet acknowledged
 PAHO_INFLIGHT = 20  # paho's own in-flight window (max_inflight_messages)
 PAHO_QUEUE_MAX = 500  # paho's outgoing queue (unbounded by default); > EVENT_WINDOW + a few retained messages
+HEALTH_CHECK_S = 1.0  # how often the sink thread looks for a change of the pipeline's health
 CHANGES_MAX = 1000  # label changes waiting for the sink thread to write them to SQLite
 
 
@@ -251,6 +252,8 @@ class MqttSink:
         self._discovery_model: str | None = None  # the model named in the last discovery config
         self._thread: threading.Thread | None = None
         self._failed: str | None = None
+        self._health_checked = 0.0
+        self._published_healthy: bool | None = None  # Status.healthy in the last published state
         self._log_limit = _RateLimit(LOG_EVERY_S)
         self.stats = {
             "connects": 0,
@@ -469,7 +472,7 @@ class MqttSink:
                 if announce or (model_changed and self.cfg.discovery):
                     self._announce_online()  # on every (re)connect, and when the model is swapped (SIGHUP)
                     state_due = True
-                if state_due or time.monotonic() >= next_heartbeat:
+                if state_due or time.monotonic() >= next_heartbeat or self._health_changed():
                     self._publish_state()
                     state_due = False
                     next_heartbeat = time.monotonic() + self.cfg.heartbeat_s
@@ -561,12 +564,27 @@ class MqttSink:
             doc = discovery_payload(self.cfg, self.device_id, self._discovery_model)
             self._client.publish(self.discovery_topic, json.dumps(doc), qos=1, retain=True)
 
-    def _publish_state(self) -> None:
+    def _status_now(self) -> Status | None:
         try:
-            status: Status | None = self._status()
+            return self._status()
         except Exception as e:  # the status callback is someone else's code; never let it stop MQTT
             log.debug("mqtt: status callback failed: %s", e)
-            status = None
+            return None
+
+    def _health_changed(self) -> bool:
+        """At most once a second: has the pipeline's health flipped since the last state? (camera lost
+        or back is news, not something for the next heartbeat)"""
+        now = time.monotonic()
+        if now - self._health_checked < HEALTH_CHECK_S:
+            return False
+        self._health_checked = now
+        st = self._status_now()
+        return st is not None and st.healthy != self._published_healthy
+
+    def _publish_state(self) -> None:
+        status = self._status_now()
+        if status is not None:
+            self._published_healthy = status.healthy
         doc = state_payload(self._latest, status, self.device_id, self.queue.dropped + self.stats["changes_dropped"])
         self._client.publish(self.state_topic, json.dumps(doc), qos=0, retain=True)
         self.stats["state_published"] += 1
