@@ -46,8 +46,11 @@ ACCELERATOR_RETRY_S = 60.0  # while running on the CPU twin, try the Edge TPU ag
 Overrides = Callable[[Config], Config]
 
 
-def build_sinks(cfg: Config, status: StatusFn) -> list[Sink]:
-    """One sink per configured table; explicit, imported only when configured."""
+def build_sinks(
+    cfg: Config, status: StatusFn, sink_health: Callable[[], dict[str, str]] | None = None
+) -> list[Sink]:
+    """One sink per configured table; explicit, imported only when configured. `sink_health` lets
+    the overlay's /healthz list every sink's own state (a broker that is away, say)."""
     sinks: list[Sink] = []
     if cfg.mqtt is not None:
         from .sinks.mqtt import MqttSink
@@ -56,7 +59,7 @@ def build_sinks(cfg: Config, status: StatusFn) -> list[Sink]:
     if cfg.http is not None:
         from .sinks.http import HttpSink
 
-        sinks.append(HttpSink(cfg.http, status))
+        sinks.append(HttpSink(cfg.http, status, sink_health))
     if cfg.video is not None:
         from .sinks.video import VideoSink
 
@@ -179,7 +182,7 @@ class Daemon:
         )
         failure: EdgeResnetError | None = None
         try:
-            self.sinks = build_sinks(cfg, pipeline.status)
+            self.sinks = build_sinks(cfg, pipeline.status, pipeline.sink_health)
             pipeline.set_sinks(self.sinks)
             for s in self.sinks:
                 s.start()
@@ -355,7 +358,7 @@ class Daemon:
     def _swap_sinks(self, new: Config) -> None:
         assert self.pipeline is not None
         try:
-            sinks = build_sinks(new, self.pipeline.status)
+            sinks = build_sinks(new, self.pipeline.status, self.pipeline.sink_health)
         except EdgeResnetError as e:
             log.error("new sink configuration refused, keeping the running sinks: %s", e)
             return
