@@ -200,8 +200,8 @@ def test_edgetpu_with_compiler_parses_mapping(
     "name,size,kw",
     [
         ("resnet18-v2", SIZE, {"depth": 18, "version": 2}),
-        # 32x32 keeps ResNet-50 cheap (final map 1x1); the 224 run is bench/convert_resnets.py
-        ("resnet50-v1-torchvision", 32, {"depth": 50, "version": 1, "style": "torchvision"}),
+        # the 224 runs of every depth are bench/convert_resnets.py
+        ("resnet50-v1-torchvision", SIZE, {"depth": 50, "version": 1, "style": "torchvision"}),
     ],
 )
 def test_generated_resnet_converts_with_sqnr(
