@@ -32,7 +32,8 @@ venv() {
   echo "== preparing $dir"
   rm -rf "$dir"
   "$PY" -m venv "$dir"
-  "$dir/bin/pip" install -q "$@"
+  # pip's output goes to a log shown only on failure (this machine's index prints a warning per package)
+  "$dir/bin/pip" install -q "$@" > "$dir.pip.log" 2>&1 || { cat "$dir.pip.log"; return 1; }
   echo "$key" > "$stamp"
 }
 key=$(cat pyproject.toml tests/run.sh | sha256sum | cut -c1-16)
@@ -41,7 +42,7 @@ venv .venv "$key" -e ".[convert,dev]"
 venv .venv-device "$key" "$ROOT" pytest hypothesis
 venv .venv-old "$key" "numpy<2" "tflite-runtime==2.14.0" "opencv-python-headless<4.12" "paho-mqtt>=2,<3" pytest hypothesis
 # the old environment gets our code without its dependency resolution (tflite-runtime instead of ai-edge-litert)
-.venv-old/bin/pip install -q --no-deps --force-reinstall "$ROOT" >/dev/null
+.venv-old/bin/pip install -q --no-deps --force-reinstall "$ROOT" > .venv-old.pip.log 2>&1 || { cat .venv-old.pip.log; exit 1; }
 
 echo "== ruff"
 .venv/bin/ruff check edge_resnet convert tests bench
