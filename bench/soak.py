@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             if s.t >= total_s:
                 break
         drained = wait_until(lambda: all_delivered(sub, topic, work / "state"), 30, 0.2)
+        if viewer is not None:
+            viewer.stop()  # before the daemon goes: its end of the stream is not a viewer error
         rc, took = d.terminate()
         time.sleep(1.0)
         dv = delivery(sub, topic, work / "state")
