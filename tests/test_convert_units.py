@@ -241,7 +241,8 @@ def test_offline_guard_blocks_inet_but_not_local_sockets() -> None:
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
     port = srv.getsockname()[1]
-    threading.Thread(target=lambda: srv.accept()[0].close(), daemon=True).start()
+    acceptor = threading.Thread(target=lambda: srv.accept()[0].close(), daemon=True)
+    acceptor.start()
     with offline():
         with pytest.raises(NetworkAccessError, match="offline"):
             socket.create_connection(("127.0.0.1", port), timeout=2)
@@ -251,4 +252,5 @@ def test_offline_guard_blocks_inet_but_not_local_sockets() -> None:
         a.close()
         b.close()
     socket.create_connection(("127.0.0.1", port), timeout=2).close()  # restored afterwards
+    acceptor.join(timeout=5)
     srv.close()
