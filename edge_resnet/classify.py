@@ -123,8 +123,8 @@ def output_kind_of(t: TensorInfo) -> OutputKind | None:
 
 def top_k(probs: npt.NDArray[np.float32], k: int, labels: list[str], label_offset: int) -> list[Prediction]:
     k = max(1, min(k, probs.size))
-    idx = np.argpartition(-probs, k - 1)[:k]
-    idx = idx[np.argsort(-probs[idx], kind="stable")]
+    # a full stable sort: ties (common in uint8 outputs) go to the lower index whatever k is
+    idx = np.argsort(-probs, kind="stable")[:k]
     return [Prediction(labels[i], int(i) - label_offset, float(probs[i])) for i in idx]
 
 

@@ -159,3 +159,12 @@ def test_quantized_softmax_output_is_never_softmaxed_again(mobilenet_quant: Path
     raw[[5, 9]] = (30, 20)  # sums to 50/256: a per-frame guess would call this logits
     probs = to_probabilities(raw, clf.engine.output, clf.output_kind)
     assert probs[5] == pytest.approx(30 / 256) and probs[0] == 0.0
+
+
+def test_top_k_ties_do_not_depend_on_k() -> None:
+    from edge_resnet.classify import top_k
+
+    probs = np.zeros(1001, np.float32)
+    probs[[700, 40, 3]] = (0.4, 0.4, 0.2)
+    labels = [str(i) for i in range(1001)]
+    assert top_k(probs, 1, labels, 0)[0].class_index == top_k(probs, 5, labels, 0)[0].class_index == 40

@@ -282,3 +282,13 @@ def test_mobilenet_v2_bundle_alone_through_classify(mobilenet: Path, models_dir:
     assert got[evals[0]["file"]]["label"] != str(got[evals[0]["file"]]["class_index"])  # labels from the bundle
     assert agree / n >= 0.97
     assert (correct_fp32 - correct_int8) / n <= 0.01
+
+
+def test_export_bundle_for_device_runtimes(mobilenet: Path, samples_dir: Path) -> None:
+    """Hands the converted bundle to tests/test_compat.py, which tests/run.sh runs under the device
+    runtimes (newest ai-edge-litert + numpy 2, tflite-runtime 2.14 + numpy < 2)."""
+    from .test_compat import export_for_device_runtimes
+
+    entries = json.loads((samples_dir / "labels.json").read_text())
+    photos = [samples_dir / e["file"] for i, e in enumerate(entries) if i % 5 != 0][:40]
+    export_for_device_runtimes(mobilenet / "mobilenet_v2_1.0_224_int8.tflite", photos)
