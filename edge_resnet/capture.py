@@ -77,7 +77,7 @@ class Capture:
         watchdog_s: float = 5.0,
         retry: bool = True,
         backoff_initial_s: float = 0.5,
-        backoff_max_s: float = 4.0,
+        backoff_max_s: float = 2.0,
     ) -> None:
         self.source = source
         # a folder that holds each image for 10 s is not a lost camera after 5 s

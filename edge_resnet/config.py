@@ -92,7 +92,7 @@ class SourceCommon:
 
     watchdog_s: float = 5.0  # no frame for this long -> "camera lost", reopen
     retry: bool = True  # false: a source that cannot be opened stops the daemon (exit 6)
-    backoff_max_s: float = 4.0  # reopen delay doubles from 0.5 s up to this: a returning camera is seen within it
+    backoff_max_s: float = 2.0  # reopen delay doubles from 0.5 s up to this: a returning camera is seen within it
 
     def __post_init__(self) -> None:
         if not self.watchdog_s > 0:

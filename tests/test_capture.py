@@ -259,11 +259,15 @@ def test_folder_interval_paces_and_is_not_a_lost_camera(tmp_path: Path, samples_
     try:
         t0 = time.monotonic()
         seqs = []
+        shown: list[bytes] = []  # a new image every 0.4 s; the still image repeats in between
         while time.monotonic() - t0 < 1.3:
             f = cap.get(timeout=0.5)
             if f is not None:
                 seqs.append(f.seq)
-        assert 3 <= len(seqs) <= 5, seqs
+                if not shown or shown[-1] != f.image.tobytes():
+                    shown.append(f.image.tobytes())
+        assert 3 <= len(shown) <= 5, shown
+        assert len(seqs) > len(shown) + 3, seqs  # repeats keep frames coming like a camera
         assert cap.stats().state is CaptureState.RUNNING
     finally:
         cap.stop(1.0)

@@ -17,7 +17,14 @@ log = logging.getLogger(__name__)
 
 
 class FolderFrames:
-    """Images are listed again on every pass, so files added or removed while running count."""
+    """Images are listed again on every pass, so files added or removed while running count.
+
+    Between images the current one is delivered again (about 10 times a second), as a camera
+    watching a still scene would: label smoothing that needs a few frames in a row then works
+    the same on a folder as on a camera.
+    """
+
+    REPEAT_S = 0.1
 
     def __init__(self, path: str, interval_s: float = 1.0, loop: bool = False) -> None:
         self.path = Path(path)
@@ -27,6 +34,7 @@ class FolderFrames:
         self._files: list[Path] = []
         self._i = 0
         self._next_due = 0.0
+        self._last: npt.NDArray[np.uint8] | None = None
         self._warned: set[Path] = set()  # log each unreadable file once, not once per pass
 
     def open(self) -> None:
@@ -42,26 +50,28 @@ class FolderFrames:
         self._next_due = max(self._next_due, time.monotonic())  # looping keeps the pace
 
     def read(self) -> npt.NDArray[np.uint8] | None:
+        if self.interval_s > 0:
+            delay = self._next_due - time.monotonic()
+            if delay > 0:
+                time.sleep(min(delay, self.REPEAT_S))
+                if self._next_due - time.monotonic() > 0:
+                    return self._last  # not due yet: the still image again (None before the first)
         if self._i >= len(self._files):
             if not self.loop:
                 raise EndOfStream(self.description)
             self.open()
         if self.interval_s > 0:
-            delay = self._next_due - time.monotonic()
-            if delay > 0:
-                time.sleep(min(delay, 0.25))
-                if self._next_due - time.monotonic() > 0:
-                    return None  # not due yet: the capture thread comes back (and can be stopped)
             self._next_due = max(self._next_due + self.interval_s, time.monotonic() - self.interval_s)
         f = self._files[self._i]
         self._i += 1
         try:
-            return load_image(f)
+            self._last = load_image(f)
         except InputError as e:
+            self._last = None  # a broken image shows nothing, not the one before it
             if f not in self._warned:
                 self._warned.add(f)
                 log.warning("skipping %s", e)
-            return None
+        return self._last
 
     def close(self) -> None:
         self._files = []
