@@ -11,7 +11,7 @@ from typing import Any
 from ..bench import BenchOptions, run_benchmark, stderr_progress, write_json
 from ..engine import DEVICES
 from ..errors import DependencyError, InputError
-from .modelargs import preprocess_override
+from .modelargs import add_preprocess_args, preprocess_override
 
 DESCRIPTION = """\
 Time the TFLite model's invoke (p50/p90/p99, throughput) at each thread count through the runtime's
@@ -49,12 +49,7 @@ def register(sub: Any, name: str, helptext: str) -> None:
     p.add_argument("--json", dest="json_out", help="write the full results as JSON to FILE (- for stdout)")
     p.add_argument("--plot", type=Path, help="write a latency chart PNG (needs matplotlib)")
     p.add_argument("--cache-dir", type=Path, help="where quantized onnxruntime models are kept")
-    g = p.add_argument_group("preprocessing when the model carries none (must match the ONNX model's)")
-    g.add_argument("--preset", help="imagenet, inception, caffe or raw")
-    g.add_argument("--mean", type=_triple, help="R,G,B mean in 0..255 pixel units")
-    g.add_argument("--std", type=_triple, help="R,G,B std in 0..255 pixel units")
-    g.add_argument("--channel-order", choices=("RGB", "BGR"), help="the model's channel order")
-    g.add_argument("--crop-fraction", type=float, help="centre crop share of the shorter side (0.875)")
+    add_preprocess_args(p, "preprocessing when the model carries none (must match the ONNX model's)")
     p.set_defaults(func=run)
 
 
@@ -76,12 +71,6 @@ def _positive(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
     return v
-
-
-def _triple(text: str) -> tuple[float, float, float]:
-    from .modelargs import _triple as triple
-
-    return triple(text)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,13 +16,19 @@ def add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> N
     p.add_argument("--labels", help="labels file, one per line (a bundle carries its own)")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu, edgetpu, or auto (Edge TPU if present)")
     p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: the runtime's)")
-    g = p.add_argument_group("preprocessing for models without edge-resnet metadata")
+    g = add_preprocess_args(p, "preprocessing for models without edge-resnet metadata")
+    g.add_argument("--label-offset", type=int, help="leading outputs that are not classes (1 for background)")
+
+
+def add_preprocess_args(p: argparse.ArgumentParser, title: str) -> argparse._ArgumentGroup:
+    """The options `preprocess_override` reads, in one group."""
+    g = p.add_argument_group(title)
     g.add_argument("--preset", help="imagenet, inception, caffe or raw")
     g.add_argument("--mean", type=_triple, help="R,G,B mean in 0..255 pixel units")
     g.add_argument("--std", type=_triple, help="R,G,B std in 0..255 pixel units")
     g.add_argument("--channel-order", choices=("RGB", "BGR"), help="the model's channel order")
     g.add_argument("--crop-fraction", type=float, help="centre crop share of the shorter side (0.875)")
-    g.add_argument("--label-offset", type=int, help="leading outputs that are not classes (1 for background)")
+    return g
 
 
 def _triple(text: str) -> tuple[float, float, float]:
