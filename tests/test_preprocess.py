@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -107,3 +110,29 @@ def test_spec_validation_and_round_trip() -> None:
         PreprocessSpec.from_dict({"mean": [0, 0, 0], "colour": "RGB"})
     spec = PRESETS["imagenet"]
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_area_fast_is_a_box_filter_close_to_area_on_a_720p_photo(data_dir: Path) -> None:
+    """The default resize takes its two-step path on a 720p frame and stays within a fraction of a
+    pixel level of INTER_AREA; a spec (an older bundle) that says "area" still gets exactly INTER_AREA."""
+    frame = cv2.imread(str(data_dir / "images" / "cat_720p.jpg"))
+    assert frame is not None and frame.shape[:2] == (720, 1280)
+    x0, y0, x1, y1 = crop_box(720, 1280, 224, 224, 0.875)
+    exact = cv2.resize(frame[y0:y1, x0:x1], (224, 224), interpolation=cv2.INTER_AREA)
+    assert PreprocessSpec().interpolation == "area_fast" == PRESETS["imagenet"].interpolation
+    fast = crop_resize(frame, (224, 224), 0.875, "area_fast")
+    diff = np.abs(fast.astype(np.int16) - exact.astype(np.int16))
+    assert 0.0 < diff.mean() < 1.0, diff.mean()  # not INTER_AREA itself, but the same filter
+    assert np.percentile(diff, 99) <= 4
+    assert np.array_equal(crop_resize(frame, (224, 224), 0.875, "area"), exact)
+    old = PreprocessSpec.from_dict({**PRESETS["imagenet"].to_dict(), "interpolation": "area"})
+    t = _t(np.uint8, 1.0, 0, (1, 224, 224, 3))
+    assert np.array_equal(prepare(frame, old, t)[0], to_input(exact, "BGR", old, t)[0])
+
+
+def test_area_fast_matches_area_where_no_two_step_is_possible() -> None:
+    """Regions under twice the output size (e.g. 256-px ImageNet samples) resize as "area" does."""
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    for out in ((224, 224), (160, 160)):
+        assert np.array_equal(crop_resize(frame, out, 0.875, "area_fast"), crop_resize(frame, out, 0.875, "area"))
