@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ import pytest
 
 from edge_resnet.bundle import BundleMeta, read_model, write_bundle
 from edge_resnet.classify import Classifier, read_labels, resolve_labels, to_probabilities
-from edge_resnet.engine import Engine
+from edge_resnet.engine import Engine, usable_cores
 from edge_resnet.errors import EdgeTpuUnavailable, LabelsError, ModelError
 from edge_resnet.images import load_image
 from edge_resnet.preprocess import PRESETS
@@ -168,3 +171,17 @@ def test_top_k_ties_do_not_depend_on_k() -> None:
     probs[[700, 40, 3]] = (0.4, 0.4, 0.2)
     labels = [str(i) for i in range(1001)]
     assert top_k(probs, 1, labels, 0)[0].class_index == top_k(probs, 5, labels, 0)[0].class_index == 40
+
+
+def test_default_threads_are_the_usable_cores(mobilenet_quant: Path) -> None:
+    """Unset, the runtime would run one thread; the engine asks for every core it may use."""
+    cores = len(os.sched_getaffinity(0))
+    assert usable_cores() == cores
+    e = Engine.load(mobilenet_quant)
+    assert e.threads == cores and f"threads={cores}" in e.describe()
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from edge_resnet.engine import usable_cores; print(usable_cores())"
+    )
+    one = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert one.stdout.strip() == "1"  # taskset / CPUAffinity= narrow it

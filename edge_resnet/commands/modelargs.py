@@ -15,7 +15,7 @@ def add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> N
     p.add_argument("--model", "-m", required=model_required, help="a .tflite model or edge-resnet bundle")
     p.add_argument("--labels", help="labels file, one per line (a bundle carries its own)")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu, edgetpu, or auto (Edge TPU if present)")
-    p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: the runtime's)")
+    p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all usable cores)")
     g = add_preprocess_args(p, "preprocessing for models without edge-resnet metadata")
     g.add_argument("--label-offset", type=int, help="leading outputs that are not classes (1 for background)")
 
