@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 from edge_resnet.errors import ConfigError
 from edge_resnet.observation import Status
 from edge_resnet.sinks.eventqueue import EventQueue
-from edge_resnet.sinks.mqtt import MqttConfig, MqttSink
+from edge_resnet.sinks.mqtt import MqttConfig, MqttSink, tls_problem
 from tests.helpers.broker import Broker, Message, Subscriber, broker, free_port, retained
 from tests.helpers.observations import Classified, classify_samples, observation, to_json
 
@@ -467,3 +468,32 @@ def test_state_follows_pipeline_health_without_waiting_for_heartbeat(
     assert sub.wait_for(lambda ms: ms[-1].json()["healthy"] is True, 5)
     sink.stop()
     sub.stop()
+
+
+def test_tls_failures_name_the_fix(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """paho only says that a TLS connection failed; the sink says why: no CA for a private broker,
+    or mqtts:// pointed at a plain listener."""
+    b = Broker(tmp_path / "tls-broker", tls=True, users={"test": "t"}).start()
+    try:
+        assert tls_problem("127.0.0.1", b.port, str(b.ca_file)) is None
+        untrusted = tls_problem("127.0.0.1", b.port, None)
+        assert untrusted is not None and "ca_file" in untrusted, untrusted
+        plain = tls_problem("127.0.0.1", b.plain_port, str(b.ca_file))
+        assert plain is not None and "mqtt://" in plain, plain
+        assert tls_problem("127.0.0.1", free_port(), None) is None  # nothing listening: not a TLS problem
+
+        caplog.set_level(logging.WARNING, logger="edge_resnet")
+        sink = MqttSink(MqttConfig(url=b.url), "noca", ok_status, tmp_path / "s")  # no ca_file
+        sink.start()
+        deadline = time.monotonic() + 10
+        while "ca_file" not in sink.healthy()[1] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ok, reason = sink.healthy()
+        print(f"\nno CA: {reason}")
+        assert ok and "TLS certificate not accepted" in reason and "ca_file" in reason
+        time.sleep(1.0)  # retries keep the diagnosis and do not log it again
+        assert "ca_file" in sink.healthy()[1]
+        assert sum("ca_file" in r.getMessage() for r in caplog.records) == 1
+        sink.stop()
+    finally:
+        b.stop()

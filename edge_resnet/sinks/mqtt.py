@@ -19,6 +19,7 @@ import os
 import queue
 import random
 import re
+import socket
 import ssl
 import threading
 import time
@@ -214,6 +215,29 @@ def discovery_payload(cfg: MqttConfig, device_id: str, model: str | None) -> dic
     }
 
 
+def tls_problem(host: str, port: int, ca_file: str | None, timeout: float = 3.0) -> str | None:
+    """Why a TLS connection to host:port fails, phrased as the fix; None when TLS is not the problem
+    (a plain network failure, or the handshake works)."""
+    ctx = ssl.create_default_context(cafile=ca_file)  # what paho's tls_set(cert_reqs=REQUIRED) checks
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError:
+        return None  # not reachable at all: the plain "cannot connect" says it
+    try:
+        with ctx.wrap_socket(sock, server_hostname=host):
+            return None
+    except ssl.SSLCertVerificationError as e:
+        fix = "set [mqtt] ca_file to the CA that signed the broker's certificate"
+        if "hostname" in str(e.verify_message) or "IP address mismatch" in str(e.verify_message):
+            fix = f"use the host name the broker's certificate names instead of {host}"
+        return f"TLS certificate not accepted ({e.verify_message}); {fix}"
+    except OSError as e:  # SSLError, or a plain listener resetting the connection at our ClientHello
+        why = e.reason if isinstance(e, ssl.SSLError) and e.reason else (e.strerror or str(e))
+        return f"TLS handshake failed ({why}); is port {port} a TLS listener? use mqtt:// for a plain one"
+    finally:
+        sock.close()
+
+
 class MqttSink:
     """Publishes observations to MQTT. `publish` only hands over; the sink's thread does all I/O.
 
@@ -351,13 +375,23 @@ class MqttSink:
         self._set_link(Link.CONNECTED, "connected")
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        if self._link is not Link.DISCONNECTED or self._link_reason == "connecting":
+        """paho swallows why a connection failed; for TLS the why is the fix, so ask once per outage."""
+        first = self._link is not Link.DISCONNECTED or self._link_reason == "connecting"
+        reason = "cannot connect"
+        if not first and self._link_reason.startswith(reason):
+            reason = self._link_reason  # keep the diagnosis made at the start of this outage
+        if first and self.tls:
+            problem = tls_problem(self.host, self.port, self.cfg.ca_file)
+            if problem is not None:
+                reason = f"cannot connect: {problem}"
+        if first:
             log.warning(
-                "mqtt: cannot reach broker %s:%d; classification goes on, retrying every few seconds",
+                "mqtt: %s broker %s:%d; classification goes on, retrying every few seconds",
+                reason,
                 self.host,
                 self.port,
             )
-        self._set_link(Link.DISCONNECTED, "cannot connect")
+        self._set_link(Link.DISCONNECTED, reason)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         if self._stopping.is_set():
