@@ -1,10 +1,14 @@
 """The capture thread: latest-frame semantics and a camera watchdog, over any `FrameSource`.
 
-One thread owns the source. It keeps only the newest frame in a one-slot mailbox: a frame the
-pipeline has not taken yet is overwritten (and counted as dropped), so frames never queue and
-the pipeline always classifies the freshest picture. When the source fails to open, stops
-delivering frames for `watchdog_s`, or errors, the thread closes it and reopens it with a
-doubling, capped backoff; `state()` says "camera lost" meanwhile, and it recovers by itself.
+One thread owns the source and hands frames over in a one-slot mailbox. A live source (a camera,
+a stream, a video file played at its own frame rate) does not wait for us: a frame the pipeline
+has not taken yet is overwritten (and counted as dropped), so frames never queue and the pipeline
+always classifies the freshest picture. A source that is not live (a video file read as fast as
+it decodes, an image folder) waits instead: the next frame is read only once the pipeline took
+the previous one, so every frame is classified and no core is spent decoding frames that would be
+thrown away. When the source fails to open, stops delivering frames for `watchdog_s`, or errors,
+the thread closes it and reopens it with a doubling, capped backoff; `state()` says "camera lost"
+meanwhile (logged once per outage), and it recovers by itself.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ class FrameSource(Protocol):
     `read` returns one BGR uint8 frame, None when no frame came within its own timeout, and
     raises EndOfStream when a finite source is done (OSError/EdgeResnetError mean "reopen me").
     Every call returns within a few seconds; only the capture thread calls them.
+
+    A source may set `live = False` when its frames do not go stale while it waits (files,
+    folders): the capture thread then reads the next frame only when the pipeline took the last
+    one. Without the attribute a source is live.
     """
 
     description: str
@@ -67,8 +75,18 @@ class CaptureStats:
     fps: float  # frames read per second over the last few seconds
 
 
+def is_live(source: object) -> bool:
+    """A source is live (frames go stale if not read at once) unless it says `live = False`."""
+    return bool(getattr(source, "live", True))
+
+
 class Capture:
-    """Runs a FrameSource on its own thread; `get()` hands out the newest frame exactly once."""
+    """Runs a FrameSource on its own thread; `get()` hands out the newest frame exactly once.
+
+    `read_ahead` (non-live sources only): True reads the next frame while the pipeline works on
+    the last one (the frame is ready when it asks); False reads it only once the pipeline waits
+    in `get()`, so decoding never runs alongside inference (for interpreters that use every core).
+    """
 
     def __init__(
         self,
@@ -78,8 +96,11 @@ class Capture:
         retry: bool = True,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 2.0,
+        read_ahead: bool = True,
     ) -> None:
         self.source = source
+        self.live = is_live(source)
+        self.read_ahead = read_ahead
         # a folder that holds each image for 10 s is not a lost camera after 5 s
         self.watchdog_s = max(watchdog_s, 2.0 * float(getattr(source, "interval_s", 0.0)) + 1.0)
         self.retry = retry
@@ -87,6 +108,8 @@ class Capture:
         self.backoff_max_s = backoff_max_s
         self._cond = threading.Condition()
         self._slot: Frame | None = None
+        self._waiting = 0  # pipeline threads waiting in get() (read_ahead = False reads for them)
+        self._taken_mono: float | None = None  # when the pipeline last took a frame
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._state = CaptureState.STARTING
@@ -123,12 +146,25 @@ class Capture:
         """The newest frame not handed out yet, waiting up to `timeout` s; None if none came."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._slot is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._stop.is_set() or self._state in (CaptureState.ENDED, CaptureState.FAILED):
-                    return None
-                self._cond.wait(remaining)
+            self._waiting += 1
+            try:
+                if self._slot is None:
+                    self._cond.notify_all()  # a non-live source without read-ahead reads now
+                while self._slot is None:
+                    remaining = deadline - time.monotonic()
+                    if (
+                        remaining <= 0
+                        or self._stop.is_set()
+                        or self._state in (CaptureState.ENDED, CaptureState.FAILED)
+                    ):
+                        return None
+                    self._cond.wait(remaining)
+            finally:
+                self._waiting -= 1
             frame, self._slot = self._slot, None
+            self._taken_mono = time.monotonic()
+            if not self.live:
+                self._cond.notify_all()  # the capture thread waits for the slot to empty
             return frame
 
     def thread_alive(self, within_s: float = 15.0) -> bool:
@@ -156,7 +192,11 @@ class Capture:
             fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) >= 2 and recent[-1] > recent[0] else 0.0
             age = now - self._last_mono if self._last_mono is not None else None
             state, reason = self._state, self._reason
-            if state is CaptureState.RUNNING and age is not None and age > self.watchdog_s:
+            # a non-live source waiting for the pipeline is not lost: count from when it could read
+            since = age
+            if not self.live and since is not None:
+                since = 0.0 if self._slot is not None else min(since, now - (self._taken_mono or now))
+            if state is CaptureState.RUNNING and since is not None and since > self.watchdog_s:
                 state = CaptureState.LOST
                 reason = f"camera lost: no frame for {age:.1f} s from {self.source.description}"
             return CaptureStats(state, reason, self._seq, self._dropped, self._reconnects, age, fps)
@@ -209,6 +249,7 @@ class Capture:
             lost_logged = False
             self._set_state(CaptureState.RUNNING, "ok")
             outcome = self._read_loop()
+            lost_logged = outcome is CaptureState.LOST  # _read_loop logged this outage already
             self._safe_close()
             if outcome is CaptureState.ENDED:
                 self._set_state(CaptureState.ENDED, f"{self.source.description} has no more frames")
@@ -220,9 +261,25 @@ class Capture:
             if not self._stop.wait(backoff):
                 backoff = min(backoff * 2, self.backoff_max_s)
 
+    def _wait_for_pipeline(self) -> bool:
+        """Non-live sources: block until the pipeline took the last frame (and, without read-ahead,
+        is waiting for the next one). Wakes every 0.25 s to check stop and to show it is alive, so a
+        stalled pipeline never deadlocks this thread. False when asked to stop."""
+        with self._cond:
+            while not self._stop.is_set():
+                if self._slot is None and (self.read_ahead or self._waiting > 0):
+                    return True
+                self._cond.wait(0.25)
+                self._beat = time.monotonic()
+        return False
+
     def _read_loop(self) -> CaptureState:
         last_ok = time.monotonic()
         while not self._stop.is_set():
+            if not self.live:
+                if not self._wait_for_pipeline():
+                    break
+                last_ok = max(last_ok, self._taken_mono or last_ok)  # waiting for us is not a lost source
             try:
                 image = self.source.read()
                 self._beat = time.monotonic()

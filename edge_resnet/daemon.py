@@ -234,7 +234,10 @@ class Daemon:
                 ready = True
                 line = pipeline.status_line()
                 self.notifier.ready(line)
-                log.info("ready: %s", line)
+                if pipeline.wait_first(0):
+                    log.info("ready: %s", line)
+                else:  # the capture thread logged the loss already: one line per outage
+                    log.info("ready; waiting for %s", capture.source.description)
             # wd is already half of WatchdogSec (notify.Notifier): ping twice per wd so the loop's
             # tick never stretches a gap past WatchdogSec/2; "alive" means a frame within wd.
             if wd and now >= next_ping:

@@ -91,6 +91,78 @@ def test_latest_frame_semantics_frames_never_queue() -> None:
     assert cap.state() is CaptureState.STOPPED
 
 
+class FileLikeSource(FakeSource):
+    """A FakeSource that is not live (as a file read at full speed): it can wait for the consumer."""
+
+    live = False
+
+
+def test_non_live_source_waits_for_the_consumer_and_drops_nothing() -> None:
+    src = FileLikeSource(period_s=0.001)
+    cap = Capture(src, watchdog_s=0.3)
+    cap.start()
+    try:
+        seqs = []
+        for _ in range(10):
+            time.sleep(0.05)  # the same slow consumer that makes a live source drop ~50 frames a take
+            f = cap.get(timeout=1.0)
+            assert f is not None
+            seqs.append(f.seq)
+        assert seqs == list(range(10))  # every frame, in order
+        time.sleep(0.6)  # the consumer stalls for twice the watchdog: the source is not to blame
+        st = cap.stats()
+        assert st.state is CaptureState.RUNNING and st.reason == "ok"
+        assert st.dropped == 0 and src.opens == 1 and src.n <= 11  # read ahead by at most one frame
+        assert cap.thread_alive()  # waiting for the pipeline is a sign of life, not a stuck driver
+    finally:
+        cap.stop(1.0)
+    assert cap._thread is not None and not cap._thread.is_alive()  # stop ends the wait
+    assert cap.state() is CaptureState.STOPPED
+
+
+def test_non_live_source_without_read_ahead_reads_only_for_a_waiting_consumer() -> None:
+    src = FileLikeSource(period_s=0.001)
+    cap = Capture(src, read_ahead=False)
+    cap.start()
+    try:
+        seqs = [f.seq for f in (cap.get(timeout=1.0) for _ in range(5)) if f is not None]
+        time.sleep(0.2)
+        assert seqs == list(range(5)) and src.n == 5  # nothing read while nobody asked
+        assert cap.get(timeout=1.0) is not None and src.n == 6
+    finally:
+        cap.stop(1.0)
+    assert cap._thread is not None and not cap._thread.is_alive()
+
+
+def test_camera_lost_is_logged_once_per_outage(caplog: pytest.LogCaptureFixture) -> None:
+    """A source that fails mid-stream and then does not reopen for a while: one "camera lost" line
+    (the read failure), not a second one from the reopen attempts, and one "is back"."""
+
+    class Flaky(FakeSource):
+        def read(self) -> npt.NDArray[np.uint8] | None:
+            if self.fail_open.is_set():
+                raise OSError("unplugged")
+            return super().read()
+
+    src = Flaky(period_s=0.005)
+    cap = Capture(src, watchdog_s=1.0, backoff_initial_s=0.02, backoff_max_s=0.05)
+    caplog.set_level("INFO", logger="edge_resnet.capture")
+    cap.start()
+    try:
+        assert cap.get(timeout=1.0) is not None
+        src.fail_open.set()  # reads fail, then reopening fails
+        assert wait_for(lambda: src.opens >= 5, 3.0)
+        src.fail_open.clear()
+        assert wait_for(lambda: cap.stats().reconnects == 1, 3.0)
+    finally:
+        cap.stop(1.0)
+    lost = [r.getMessage() for r in caplog.records if "camera lost" in r.getMessage()]
+    back = [r.getMessage() for r in caplog.records if "is back" in r.getMessage()]
+    print(lost, back)
+    assert len(lost) == 1 and "unplugged" in lost[0]
+    assert len(back) == 1
+
+
 def test_watchdog_reopens_stalled_source_and_recovers() -> None:
     src = FakeSource(period_s=0.005)
     cap = Capture(src, watchdog_s=0.3, backoff_initial_s=0.05, backoff_max_s=0.2)
@@ -250,6 +322,23 @@ def test_folder_source(tmp_path: Path, samples_dir: Path) -> None:
         FolderFrames(str(tmp_path)).open()
     with pytest.raises(HardwareError, match="does not exist"):
         FolderFrames(str(tmp_path / "nope")).open()
+
+
+def test_folder_at_full_speed_gives_every_image_to_a_slow_consumer(tmp_path: Path, samples_dir: Path) -> None:
+    d = write_folder(tmp_path / "imgs", pick_samples(samples_dir, 6), size=(64, 48))
+    expected = [cv2.imread(str(f)) for f in sorted(d.iterdir())]
+    cap = Capture(FolderFrames(str(d), interval_s=0.0))
+    assert not cap.live
+    cap.start()
+    got = []
+    try:
+        while (f := cap.get(timeout=2.0)) is not None:
+            got.append(f)
+            time.sleep(0.03)  # slower than the folder reads
+    finally:
+        cap.stop(1.0)
+    assert [f.seq for f in got] == list(range(6)) and cap.stats().dropped == 0
+    assert all(np.array_equal(f.image, e) for f, e in zip(got, expected, strict=True))
 
 
 def test_folder_interval_paces_and_is_not_a_lost_camera(tmp_path: Path, samples_dir: Path) -> None:

@@ -115,11 +115,20 @@ def run_pipeline(pipe: Pipeline, seconds: float) -> None:
     pipe.capture.stop(2.0)
 
 
-def test_no_queue_growth_at_full_speed(video: tuple[Path, list[Any]], model_cfg: ModelConfig) -> None:
-    """Must-show: on a file source read as fast as it decodes, frame age at publish stays below
-    2x the invoke time plus one capture interval; the surplus frames are dropped, not queued."""
+class LiveFile(OpenCvFrames):
+    """A video file read at full speed but declared live: a camera faster than the model."""
+
+    live = True  # type: ignore[assignment]
+
+
+def test_live_source_at_full_speed_drops_and_never_queues(
+    video: tuple[Path, list[Any]], model_cfg: ModelConfig
+) -> None:
+    """Must-show: on a live source that outpaces the model, frame age at publish stays below 2x the
+    invoke time plus one capture interval; the surplus frames are dropped, not queued."""
     path, _ = video
-    cap = Capture(OpenCvFrames(str(path), "file", realtime=False, loop=True))
+    cap = Capture(LiveFile(str(path), "file", realtime=False, loop=True))
+    assert cap.live
     sink = RecordingSink()
     pipe = Pipeline(cap, load_classifier(model_cfg), [sink], PipelineConfig(smoothing="none"))
     run_pipeline(pipe, 4.0)
@@ -129,7 +138,7 @@ def test_no_queue_growth_at_full_speed(video: tuple[Path, list[Any]], model_cfg:
     inv50, inv99 = pipe.invoke_ms()
     interval_ms = 1000.0 / c["capture_fps"] if c["capture_fps"] else 0.0
     print(
-        f"\nfull speed: capture {c['capture_fps']:.0f} fps (interval {interval_ms:.2f} ms), inference "
+        f"\nlive, full speed: capture {c['capture_fps']:.0f} fps (interval {interval_ms:.2f} ms), inference "
         f"{c['inference_fps']:.1f} fps, {int(c['frames_classified_total'])} classified, "
         f"{int(c['frames_dropped_total'])} dropped\n"
         f"frame age at publish p50 {age50:.1f} ms / p99 {age99:.1f} ms; "
@@ -143,6 +152,33 @@ def test_no_queue_growth_at_full_speed(video: tuple[Path, list[Any]], model_cfg:
     # ages do not grow over the run: the last frames are as fresh as the first
     ages = [(o.classified_at - o.frame.captured_at) * 1000 for o in sink.obs]
     assert np.median(ages[-10:]) < 2 * inv99 + interval_ms
+
+
+@pytest.mark.parametrize("read_ahead", [True, False])
+def test_file_at_full_speed_classifies_every_frame(
+    video: tuple[Path, list[Any]], model_cfg: ModelConfig, read_ahead: bool
+) -> None:
+    """A file read as fast as it decodes is not live: capture waits for the pipeline, so every frame
+    of the file reaches it in order, none is decoded in vain, and frames still do not queue (at most
+    the one being read ahead)."""
+    path, _ = video
+    cap = Capture(OpenCvFrames(str(path), "file", realtime=False), read_ahead=read_ahead)
+    assert not cap.live
+    sink = RecordingSink()
+    pipe = Pipeline(cap, load_classifier(model_cfg), [sink], PipelineConfig(smoothing="none"))
+    run_pipeline(pipe, 30.0)  # returns when the file ended
+    c = pipe.status().counters
+    age50, age99 = pipe.frame_age_ms()
+    inv50, inv99 = pipe.invoke_ms()
+    print(
+        f"\nnot live (read_ahead={read_ahead}): {int(c['frames_captured_total'])} decoded, "
+        f"{int(c['frames_classified_total'])} classified, {int(c['frames_dropped_total'])} dropped; "
+        f"frame age p50 {age50:.1f} ms / p99 {age99:.1f} ms, invoke p50 {inv50:.1f} ms"
+    )
+    assert pipe.ended
+    assert [o.frame.seq for o in sink.obs] == list(range(100))  # 5 photos x 1 s x 20 fps: all of them
+    assert c["frames_captured_total"] == 100 and c["frames_dropped_total"] == 0
+    assert age99 < 3 * inv99 + 50.0  # no queue: a frame waits for at most the one before it
 
 
 def test_realtime_video_fan_out_status_and_labels(

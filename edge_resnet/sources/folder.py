@@ -25,6 +25,7 @@ class FolderFrames:
     """
 
     REPEAT_S = 0.1
+    live = False  # images do not go stale: each is read when the pipeline is ready for it
 
     def __init__(self, path: str, interval_s: float = 1.0, loop: bool = False) -> None:
         self.path = Path(path)

@@ -79,6 +79,13 @@ class OpenCvFrames:
             "gstreamer": "gstreamer pipeline",
         }[kind]
 
+    @property
+    def live(self) -> bool:
+        """A file read as fast as it decodes is not live: the capture thread reads its next frame
+        only when the pipeline is ready for it (every frame classified, none decoded in vain). A
+        file played at its own frame rate stands in for a camera and keeps latest-frame semantics."""
+        return not (self.kind == "file" and not self.realtime)
+
     @classmethod
     def from_config(cls, cfg: SourceConfig) -> OpenCvFrames:
         if cfg.type == "opencv":
