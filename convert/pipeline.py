@@ -18,6 +18,7 @@ from edge_resnet.preprocess import PreprocessSpec
 from . import calibration, edgetpu, onnx_model, verify
 from .calibration import Split
 from .quantize import RangeMethod, quantize
+from .stem import rewrite as rewrite_stem
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class ConvertJob:
     max_top1_drop: float | None = 1.0
     range_method: RangeMethod = "auto"
     bias_correction: bool = True
+    stem_rewrite: bool = True  # space-to-depth stem (convert/stem.py); off to compare
     edgetpu: bool = False
     seed: int = 0
     keep_workdir: bool = False
@@ -126,7 +128,13 @@ def run(job: ConvertJob) -> ConvertResult:
         log.warning("labels.json class indices exceed the model's %d classes; reporting agreement only", classes)
         eval_items = [calibration.Item(i.path, i.group) for i in eval_items]
 
-    prepared = onnx_model.with_pixel_input(model, info, job.preprocess)
+    if job.stem_rewrite:
+        rewritten = rewrite_stem(model, info.input_name, info.hw, info.layout)
+        stem_report, graph = rewritten.summary(), rewritten.model
+    else:
+        log.info("stem rewrite: not applied (disabled by --no-stem-rewrite)")
+        stem_report, graph = {"applied": False, "reason": "disabled (--no-stem-rewrite)"}, model
+    prepared = onnx_model.with_pixel_input(graph, info, job.preprocess)
     work = Path(tempfile.mkdtemp(prefix="edge-resnet-convert-"))
     try:
         q = quantize(prepared, info, calib.images, work, job.range_method, job.bias_correction)
@@ -155,6 +163,7 @@ def run(job: ConvertJob) -> ConvertResult:
             "seed": job.seed,
         },
         "quantization": q.details,
+        "stem_rewrite": stem_report,
         **job.extra_source,
     }
     meta = BundleMeta(
