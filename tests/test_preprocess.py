@@ -130,9 +130,15 @@ def test_area_fast_is_a_box_filter_close_to_area_on_a_720p_photo(data_dir: Path)
     assert np.array_equal(prepare(frame, old, t)[0], to_input(exact, "BGR", old, t)[0])
 
 
-def test_area_fast_matches_area_where_no_two_step_is_possible() -> None:
-    """Regions under twice the output size (e.g. 256-px ImageNet samples) resize as "area" does."""
+def test_area_fast_is_area_at_integer_factors_and_two_step_otherwise() -> None:
+    """A 224 crop of a 256-px ImageNet sample (factor 1) or a 2x/3x region is exactly "area";
+    a fractional factor, shrinking by less than 2 included (640x480 frames), takes the two-step path."""
     rng = np.random.default_rng(1)
-    frame = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
-    for out in ((224, 224), (160, 160)):
-        assert np.array_equal(crop_resize(frame, out, 0.875, "area_fast"), crop_resize(frame, out, 0.875, "area"))
+    for side in (224, 448, 672):
+        frame = rng.integers(0, 256, (side, side + 40, 3), dtype=np.uint8)
+        a = crop_resize(frame, (224, 224), 1.0, "area_fast")
+        assert np.array_equal(a, crop_resize(frame, (224, 224), 1.0, "area")), side
+    frame = cv2.resize(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC)
+    fast, exact = crop_resize(frame, (224, 224), 0.875, "area_fast"), crop_resize(frame, (224, 224), 0.875, "area")
+    diff = np.abs(fast.astype(np.int16) - exact.astype(np.int16))
+    assert 0.0 < diff.mean() < 1.0, diff.mean()
