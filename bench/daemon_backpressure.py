@@ -1,104 +1,175 @@
-"""Daemon throughput on a file at full speed: today's latest-frame capture vs capture with backpressure.
+"""Daemon throughput on a file at full speed against the raw invoke rate: capture modes and CPU levers.
 
-    .venv/bin/python bench/daemon_backpressure.py MODEL.tflite VIDEO [--seconds 8] [--repeats 2]
+    .venv/bin/python bench/daemon_backpressure.py VIDEO MODEL.tflite [MODEL2.tflite ...] \
+        [--threads 1,2] [--seconds 5] [--repeats 2] [--variants before,after,...]
 
-With a file source and no real-time pacing, the capture thread decodes as fast as it can and the
-one-slot mailbox drops every frame the pipeline has not taken yet: most decoded frames are thrown
-away, and the decoding competes with inference for the cores. The variant here wraps the source so
-`read()` waits until the pipeline took the previous frame (no decode-ahead); everything else is the
-daemon's own Capture and Pipeline. Runs alternate A, B, A, B; each also measures the raw invoke rate
-just before, so the ratio is taken under the same machine load. An experiment for the daemon (it
-reads Capture's private slot); nothing depends on it.
+Everything runs the daemon's own code (`edge_resnet.bench.bench_daemon`: Capture + Pipeline on a
+looped file read as fast as it decodes, no sinks). Variants:
+
+- before:       latest-frame capture forced on the file (decode ahead, drop what the pipeline missed)
+- after:        the daemon's behaviour now: the file is not live, capture waits for the pipeline
+                and reads the next frame while the current one is classified (read-ahead)
+- no-ahead:     as after, but the next frame is read only once the pipeline asks for it
+                (decoding never overlaps inference)
+- cv1:          as after, with cv2.setNumThreads(1) (OpenCV's own pool off in resize/cvtColor)
+
+For each model and thread count the variants run back to back in one process, in an order that
+rotates every repeat; each daemon run measures the raw invoke rate of the same engine just before
+and after it, so every ratio is taken under the machine load of its own run. Before the daemon
+runs, each model's stage costs are printed: decode, preprocess and invoke ms per frame, and whether
+invoke() lets another Python thread run (the GIL).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_resnet.capture import Capture
+from edge_resnet.bench import bench_daemon
 from edge_resnet.classify import Classifier
 from edge_resnet.engine import Engine
-from edge_resnet.pipeline import Pipeline
-from edge_resnet.sources.opencv import OpenCvFrames
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "before": {"live": True, "read_ahead": True, "cv_threads": None},
+    "after": {"live": None, "read_ahead": True, "cv_threads": None},
+    "no-ahead": {"live": None, "read_ahead": False, "cv_threads": None},
+    "cv1": {"live": None, "read_ahead": True, "cv_threads": 1},
+}
 
 
-class Backpressure:
-    """A FrameSource whose read() first waits (up to 1 s) until the capture slot is empty."""
-
-    def __init__(self, src: OpenCvFrames) -> None:
-        self.src = src
-        self.description = src.description
-        self.capture: Capture | None = None
-
-    def open(self) -> None:
-        self.src.open()
-
-    def close(self) -> None:
-        self.src.close()
-
-    def read(self) -> Any:
-        t0 = time.monotonic()
-        while self.capture is not None and self.capture._slot is not None and time.monotonic() - t0 < 1.0:
-            time.sleep(0.0005)
-        return self.src.read()
+def _median_ms(fn: Any, n: int) -> float:
+    t = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        t.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(t)
 
 
-def run(model: Path, video: Path, threads: int, backpressure: bool, seconds: float) -> dict[str, float]:
-    engine = Engine.load(model, threads=threads)
+def stage_costs(video: Path, clf: Classifier, engines: dict[int, Engine]) -> str:
+    """Decode, preprocess and invoke ms per frame, each on its own (no other work running)."""
+    cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
+    frames: list[Any] = []
+
+    def decode() -> None:
+        ok, f = cap.read()
+        if not ok:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, f = cap.read()
+        frames.append(f)
+
+    dec = _median_ms(decode, 60)
+    threads = cap.get(cv2.CAP_PROP_N_THREADS)
+    cap.release()
+    prep = _median_ms(lambda: clf.prepare(frames[len(frames) // 2]), 60)
+    inv = {t: _median_ms(lambda e=e: e.invoke(np.zeros(e.input.shape, e.input.dtype)), 15) for t, e in engines.items()}
+    return (
+        f"decode {dec:.2f} ms/frame (FFmpeg decoder threads: {threads:g}), preprocess {prep:.2f} ms/frame, "
+        + ", ".join(f"invoke @{t}T {ms:.2f} ms" for t, ms in inv.items())
+    )
+
+
+def longest_stall(work: Any, calls: int) -> tuple[float, float]:
+    """A pure-Python thread notes the time on every loop while the main thread calls `work`: the
+    longest gap in its progress is ~ one call's time when `work` holds the GIL, and a few ms
+    (scheduling, the 5 ms switch interval) when it releases it. Returns (longest gap, ms per call)."""
+    stop, gap = threading.Event(), [0.0]
+
+    def spin() -> None:
+        last = time.perf_counter()
+        while not stop.is_set():
+            now = time.perf_counter()
+            gap[0] = max(gap[0], now - last)
+            last = now
+
+    th = threading.Thread(target=spin)
+    th.start()
+    time.sleep(0.05)
+    gap[0] = 0.0
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        work()
+    ms = (time.perf_counter() - t0) / calls * 1000
+    stop.set()
+    th.join()
+    return gap[0] * 1000, ms
+
+
+def gil_check(engine: Engine) -> str:
+    """invoke() beside a reference C call that holds the GIL (sum over a range) of similar length."""
     x = np.zeros(engine.input.shape, engine.input.dtype)
-    t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < 3.0:
-        engine.invoke(x)
-        n += 1
-    raw = n / (time.perf_counter() - t0)
-    src: Any = OpenCvFrames(str(video), "file", realtime=False, loop=True)
-    if backpressure:
-        src = Backpressure(src)
-    capture = Capture(src, retry=False)
-    if backpressure:
-        src.capture = capture
-    pipe = Pipeline(capture, Classifier(engine), sinks=[])
-    capture.start()
-    pipe.start()
-    try:
-        pipe.wait_first(30.0)
-        n0, m0 = pipe.classified, pipe.last_classified_mono or time.monotonic()
-        time.sleep(seconds)
-        n1, m1 = pipe.classified, pipe.last_classified_mono or time.monotonic()
-        stats, (age50, _) = capture.stats(), pipe.frame_age_ms()
-    finally:
-        pipe.stop()
-        capture.stop()
-    fps = (n1 - n0) / (m1 - m0) if m1 > m0 else 0.0
-    return {"fps": fps, "raw": raw, "decoded": stats.captured, "dropped": stats.dropped, "age50": age50}
+    gap, ms = longest_stall(lambda: engine.invoke(x), 10)
+    n = int(ms * 60_000)  # ~ms of pure C work under the GIL (about 60 k additions per ms)
+    ref_gap, ref_ms = longest_stall(lambda: sum(range(n)), 5)
+    return (
+        f"a Python thread's longest stall: {gap:.1f} ms during invoke() ({ms:.1f} ms each); "
+        f"{ref_gap:.1f} ms during a GIL-holding C call ({ref_ms:.1f} ms each)"
+    )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", type=Path)
     ap.add_argument("video", type=Path)
+    ap.add_argument("models", type=Path, nargs="+")
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--seconds", type=float, default=5.0, help="daemon run length per cell")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
     args = ap.parse_args()
-    for _ in range(args.repeats):
-        for t in (int(v) for v in args.threads.split(",")):
-            for bp in (False, True):
-                r = run(args.model, args.video, t, bp, args.seconds)
-                print(
-                    f"{t} thread(s), {'backpressure' if bp else 'latest-frame'}: {r['fps']:5.1f} frames/s = "
-                    f"{r['fps'] / r['raw']:.2f} x raw invoke ({r['raw']:.1f}/s); decoded {r['decoded']:.0f}, "
-                    f"dropped {r['dropped']:.0f}, frame age p50 {r['age50']:.0f} ms",
-                    flush=True,
-                )
+    threads = [int(v) for v in args.threads.split(",")]
+    variants = [v.strip() for v in args.variants.split(",")]
+    cv_default = cv2.getNumThreads()
+    print(f"cv2 {cv2.__version__} with {cv_default} threads by default; {len(variants)} variants interleaved\n")
+    rows: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for model in args.models:
+        engines = {t: Engine.load(model, threads=t) for t in threads}
+        clf = {t: Classifier(e) for t, e in engines.items()}
+        print(f"{model.name}: {stage_costs(args.video, clf[threads[0]], engines)}")
+        for t, e in engines.items():
+            print(f"  GIL @{t}T: {gil_check(e)}")
+        for rep in range(args.repeats):
+            for t in threads:
+                shift = (rep + t) % len(variants)
+                for name in variants[shift:] + variants[:shift]:
+                    v = VARIANTS[name]
+                    cv2.setNumThreads(v["cv_threads"] if v["cv_threads"] is not None else cv_default)
+                    try:
+                        r = bench_daemon(
+                            clf[t], args.video, 10**6, args.seconds, live=v["live"], read_ahead=v["read_ahead"]
+                        )
+                    finally:
+                        cv2.setNumThreads(cv_default)
+                    rows.setdefault((model.name, t, name), []).append(r)
+                    print(
+                        f"  @{t}T {name:9s}: {r['fps']:6.1f} frames/s = {r['fps_over_raw_invoke']:.2f} x raw "
+                        f"{r['raw_invoke_fps']:6.1f}/s | invoke in daemon {r['invoke_p50_ms']:6.2f} ms | "
+                        f"decoded {r['frames_decoded']}, dropped {r['frames_dropped']} | "
+                        f"age p50 {r['frame_age_p50_ms']:5.0f} ms | cores busy {r['cpu_cores_busy']:.2f}",
+                        flush=True,
+                    )
+        print()
+    print("median over repeats (ratio = daemon frames/s over raw invokes/s measured beside it):")
+    print("| model | threads | variant | raw invoke fps | daemon fps | ratio | invoke ms in daemon | cores busy |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for (m, t, name), rs in rows.items():
+        med = {
+            k: statistics.median(r[k] for r in rs) for k in ("raw_invoke_fps", "fps", "invoke_p50_ms", "cpu_cores_busy")
+        }
+        ratio = statistics.median(r["fps_over_raw_invoke"] for r in rs)
+        print(
+            f"| {m} | {t} | {name} | {med['raw_invoke_fps']:.1f} | {med['fps']:.1f} | {ratio:.2f} | "
+            f"{med['invoke_p50_ms']:.2f} | {med['cpu_cores_busy']:.2f} |"
+        )
     return 0
 
 
