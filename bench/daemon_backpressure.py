@@ -9,8 +9,8 @@ looped file read as fast as it decodes, no sinks). Variants:
 - before:       latest-frame capture forced on the file (decode ahead, drop what the pipeline missed)
 - after:        the daemon's behaviour now: the file is not live, capture waits for the pipeline
                 and reads the next frame while the current one is classified (read-ahead)
-- no-ahead:     as after, but the next frame is read only once the pipeline asks for it
-                (decoding never overlaps inference)
+  (reading only once the pipeline asks, so decoding never overlaps inference, was measured at
+  commit eb66ccb7 as variant no-ahead: no better for ResNets, 0.53-0.68 vs 0.65-0.99 for MobileNet v2)
 - cv1:          as after, with cv2.setNumThreads(1) (OpenCV's own pool off in resize/cvtColor)
 
 For each model and thread count the variants run back to back in one process, in an order that
@@ -40,10 +40,9 @@ from edge_resnet.classify import Classifier
 from edge_resnet.engine import Engine
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "before": {"live": True, "read_ahead": True, "cv_threads": None},
-    "after": {"live": None, "read_ahead": True, "cv_threads": None},
-    "no-ahead": {"live": None, "read_ahead": False, "cv_threads": None},
-    "cv1": {"live": None, "read_ahead": True, "cv_threads": 1},
+    "before": {"live": True, "cv_threads": None},
+    "after": {"live": None, "cv_threads": None},
+    "cv1": {"live": None, "cv_threads": 1},
 }
 
 
@@ -144,9 +143,7 @@ def main() -> int:
                     v = VARIANTS[name]
                     cv2.setNumThreads(v["cv_threads"] if v["cv_threads"] is not None else cv_default)
                     try:
-                        r = bench_daemon(
-                            clf[t], args.video, 10**6, args.seconds, live=v["live"], read_ahead=v["read_ahead"]
-                        )
+                        r = bench_daemon(clf[t], args.video, 10**6, args.seconds, live=v["live"])
                     finally:
                         cv2.setNumThreads(cv_default)
                     rows.setdefault((model.name, t, name), []).append(r)

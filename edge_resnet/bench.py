@@ -484,7 +484,6 @@ def bench_daemon(
     progress: Progress = _quiet,
     *,
     live: bool | None = None,
-    read_ahead: bool = True,
     raw_seconds: float = 1.5,
 ) -> dict[str, Any]:
     """The daemon's own capture thread and pipeline thread on a video file read at full speed
@@ -503,7 +502,7 @@ def bench_daemon(
     if live is not None:
         src = _AsLive(src, live)  # type: ignore[assignment]
     raw_before = raw_invoke_fps(classifier.engine, raw_seconds)
-    capture = Capture(src, retry=False, read_ahead=read_ahead)
+    capture = Capture(src, retry=False)
     pipe = Pipeline(capture, classifier, sinks=[])
     capture.start()
     pipe.start()
@@ -531,7 +530,7 @@ def bench_daemon(
     return {
         "method": "edge_resnet.pipeline (capture thread + pipeline thread), looped file source, no real-time pacing",
         "video": str(video),
-        "capture": ("latest-frame" if capture.live else "backpressure") + ("" if read_ahead else ", no read-ahead"),
+        "capture": "latest-frame" if capture.live else "backpressure",
         "frames_classified": n1,
         "frames_decoded": stats.captured,
         "frames_dropped": stats.dropped,

@@ -120,20 +120,6 @@ def test_non_live_source_waits_for_the_consumer_and_drops_nothing() -> None:
     assert cap.state() is CaptureState.STOPPED
 
 
-def test_non_live_source_without_read_ahead_reads_only_for_a_waiting_consumer() -> None:
-    src = FileLikeSource(period_s=0.001)
-    cap = Capture(src, read_ahead=False)
-    cap.start()
-    try:
-        seqs = [f.seq for f in (cap.get(timeout=1.0) for _ in range(5)) if f is not None]
-        time.sleep(0.2)
-        assert seqs == list(range(5)) and src.n == 5  # nothing read while nobody asked
-        assert cap.get(timeout=1.0) is not None and src.n == 6
-    finally:
-        cap.stop(1.0)
-    assert cap._thread is not None and not cap._thread.is_alive()
-
-
 def test_camera_lost_is_logged_once_per_outage(caplog: pytest.LogCaptureFixture) -> None:
     """A source that fails mid-stream and then does not reopen for a while: one "camera lost" line
     (the read failure), not a second one from the reopen attempts, and one "is back"."""

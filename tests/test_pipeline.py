@@ -154,15 +154,12 @@ def test_live_source_at_full_speed_drops_and_never_queues(
     assert np.median(ages[-10:]) < 2 * inv99 + interval_ms
 
 
-@pytest.mark.parametrize("read_ahead", [True, False])
-def test_file_at_full_speed_classifies_every_frame(
-    video: tuple[Path, list[Any]], model_cfg: ModelConfig, read_ahead: bool
-) -> None:
+def test_file_at_full_speed_classifies_every_frame(video: tuple[Path, list[Any]], model_cfg: ModelConfig) -> None:
     """A file read as fast as it decodes is not live: capture waits for the pipeline, so every frame
     of the file reaches it in order, none is decoded in vain, and frames still do not queue (at most
     the one being read ahead)."""
     path, _ = video
-    cap = Capture(OpenCvFrames(str(path), "file", realtime=False), read_ahead=read_ahead)
+    cap = Capture(OpenCvFrames(str(path), "file", realtime=False))
     assert not cap.live
     sink = RecordingSink()
     pipe = Pipeline(cap, load_classifier(model_cfg), [sink], PipelineConfig(smoothing="none"))
@@ -171,7 +168,7 @@ def test_file_at_full_speed_classifies_every_frame(
     age50, age99 = pipe.frame_age_ms()
     inv50, inv99 = pipe.invoke_ms()
     print(
-        f"\nnot live (read_ahead={read_ahead}): {int(c['frames_captured_total'])} decoded, "
+        f"\nnot live: {int(c['frames_captured_total'])} decoded, "
         f"{int(c['frames_classified_total'])} classified, {int(c['frames_dropped_total'])} dropped; "
         f"frame age p50 {age50:.1f} ms / p99 {age99:.1f} ms, invoke p50 {inv50:.1f} ms"
     )
