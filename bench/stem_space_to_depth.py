@@ -1,17 +1,24 @@
 """The ResNet stem under XNNPACK INT8: 7x7/2 convolution on 3 channels vs its space-to-depth twin.
 
     .venv/bin/python bench/stem_space_to_depth.py        # needs TensorFlow (the convert extra)
+    .venv/bin/python bench/stem_space_to_depth.py --models s2d/m_int8.tflite plain/m_int8.tflite
+
+The second form times two converted bundles (`edge-resnet convert` with and without
+--no-stem-rewrite) interleaved at 1 and 2 threads and prints each one's report numbers; the
+ResNet-50 result and the commands are in bench/results/stem_rewrite.md.
 
 XNNPACK's int8 convolution kernels on x86 work on input channels in groups of 8, so a 3-channel
 stem convolution does ~2.7x the useful work. The same convolution rewritten as
 SpaceToDepth(2) -> Conv 4x4/1 on 12 channels (weights zero-padded to 8x8 and rearranged) is
 mathematically identical (checked here in float) and keeps XNNPACK's kernels busy. Both are built
 as full-int8 TFLite models with TensorFlow's converter and timed interleaved at 1 and 2 threads.
-A recommendation for the converter, measured; nothing in edge_resnet depends on this script.
+The converter now does this rewrite on the ONNX graph (convert/stem.py).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -58,7 +65,48 @@ def build(out: Path) -> dict[str, Path]:
     return paths
 
 
+def compare_bundles(paths: list[Path], runs: int) -> None:
+    """Two (or more) converted bundles: report numbers, delegation, then interleaved invoke latency."""
+    contenders = []
+    names = []
+    for p in paths:
+        rep_path = p.with_name(p.name.removesuffix(".tflite") + ".report.json")
+        rep = json.loads(rep_path.read_text()) if rep_path.is_file() else {}
+        engine = Engine.load(p, threads=1)
+        meta = engine.model.meta
+        applied = bool(meta and meta.source.get("stem_rewrite", {}).get("applied"))
+        name = f"{'s2d-stem' if applied else 'plain-stem'}:{p.parent.name}"
+        names.append(name)
+        ev = rep.get("evaluation", {})
+        d = delegation(engine)
+        print(
+            f"{name}: stem rewrite {applied}, agreement {ev.get('top1_agreement_pct')}% on {ev.get('images')} images, "
+            f"SQNR {ev.get('logit_sqnr_db')} dB, fp32 tflite vs onnx {rep.get('float_tflite_vs_onnx_max_abs_diff')}, "
+            f"quantization {rep.get('source', {}).get('quantization', {}).get('method')}, "
+            f"outside XNNPACK {[o['op'] for o in d['outside']] or 'none'}"
+        )
+        for t in (1, 2):
+            e = Engine.load(p, threads=t)
+            x = np.random.default_rng(0).integers(0, 256, e.input.shape).astype(e.input.dtype)
+            contenders.append(Contender(name, t, lambda e=e, x=x: e.invoke(x), 0.0, 0.0, 0.0))
+    measure_interleaved(contenders, runs, 5, 10)
+    med = {c.key: float(np.median(c.samples_ms)) for c in contenders}
+    for c in contenders:
+        print(f"{c.key:40s} p50 {med[c.key]:7.2f} ms   min {min(c.samples_ms):7.2f} ms")
+    for t in (1, 2):
+        base = med[f"{names[-1]}@{t}"]
+        for n in names[:-1]:
+            print(f"@{t} thread(s): {n} vs {names[-1]}: x{base / med[f'{n}@{t}']:.2f} faster")
+
+
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", type=Path, nargs="+", help="converted bundles to compare (baseline last)")
+    ap.add_argument("--runs", type=int, default=100, help="timed invokes per model and thread count")
+    args = ap.parse_args()
+    if args.models:
+        compare_bundles(args.models, args.runs)
+        return 0
     paths = build(Path(tempfile.mkdtemp(prefix="stem_")))
     contenders = []
     for name, p in paths.items():
