@@ -27,7 +27,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_resnet.bench import machine, onnx_input, stderr_progress, write_json  # noqa: E402
+from edge_resnet.bench import machine, write_json  # noqa: E402
+from edge_resnet.measure import stderr_progress  # noqa: E402
+from edge_resnet.ort_reference import onnx_input  # noqa: E402
 from edge_resnet.preprocess import PRESETS, PreprocessSpec  # noqa: E402
 
 DATA = Path(os.environ.get("EDGE_RESNET_DATA", REPO.parent / "shared" / "data"))

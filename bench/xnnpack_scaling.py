@@ -31,8 +31,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_resnet.bench import Contender, LatencyStats, delegation, machine, measure_interleaved  # noqa: E402
+from edge_resnet.bench import delegation, machine  # noqa: E402
 from edge_resnet.engine import Engine  # noqa: E402
+from edge_resnet.measure import Contender, LatencyStats, measure_interleaved  # noqa: E402
 
 
 def log(msg: str) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from edge_resnet.bench import LatencyStats, ratios
+from edge_resnet.bench import ratios
+from edge_resnet.measure import LatencyStats
 from tests.conftest import run_cli
 
 STATS = ("runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "fps")

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..bench import BenchOptions, run_benchmark, stderr_progress, write_json
+from ..bench import BenchOptions, run_benchmark, write_json
 from ..engine import DEVICES
 from ..errors import DependencyError, InputError
+from ..measure import stderr_progress
 from .modelargs import add_preprocess_args, preprocess_override
 
 DESCRIPTION = """\
