@@ -161,6 +161,8 @@ def run(job: ConvertJob) -> ConvertResult:
             "folder": str(job.calib),
             "split": calib_split,
             "seed": job.seed,
+            # which images exactly, so a comparison (edge-resnet bench's onnxruntime INT8) can use the same ones
+            "files": [_relative(it.path, job.calib) for it in calib.items],
         },
         "quantization": q.details,
         "stem_rewrite": stem_report,
@@ -205,3 +207,10 @@ def run(job: ConvertJob) -> ConvertResult:
     if job.edgetpu:
         edgetpu.require_compiled(report.data["edgetpu"])
     return ConvertResult(bundle, float_model, json_path, md_path, report.data)
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return path.resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return str(path)

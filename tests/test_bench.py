@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from edge_resnet.bench import ratios
+from edge_resnet.bench import BenchOptions, _calibration, ratios
 from edge_resnet.measure import LatencyStats
 from tests.conftest import run_cli
 
@@ -122,3 +123,14 @@ def test_bench_cli_with_onnx_and_video(
     assert daemon["threads"] == 1 and daemon["frames_classified"] > 0
     assert all(_positive(daemon[k]) for k in ("fps", "raw_invoke_fps", "fps_over_raw_invoke", "frame_age_p50_ms"))
     assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_onnxruntime_int8_calibrates_on_the_bundles_own_images(tmp_path: Path) -> None:
+    """A bundle names its calibration images (source.calibration.files); the onnxruntime INT8
+    contender is calibrated on exactly those, not on a fresh pick from the folder."""
+    for name in ("a/x.jpg", "y.png", "z.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    cal = {"folder": str(tmp_path), "files": ["a/x.jpg", "y.png"], "images": 2}
+    engine = SimpleNamespace(model=SimpleNamespace(meta=SimpleNamespace(source={"calibration": cal})))
+    assert _calibration(BenchOptions(model=Path("m.tflite")), engine) == [tmp_path / "a/x.jpg", tmp_path / "y.png"]  # type: ignore[arg-type]

@@ -129,6 +129,8 @@ def test_conversion_opens_no_network_connection(r18v1: tuple[ConvertResult, list
 def test_corrupt_calibration_images_are_skipped_and_counted(r18v1: tuple[ConvertResult, list[str]]) -> None:
     cal = r18v1[0].report["source"]["calibration"]
     assert (cal["images"], cal["unreadable_skipped"]) == (60, 2)
+    files = [Path(cal["folder"]) / f for f in cal["files"]]  # the bundle names the images it was calibrated on
+    assert len(files) == 60 and all(f.is_file() and load_image(f) is not None for f in files)
 
 
 def test_resnet18_v1_int8_loads_with_xnnpack_and_agrees(r18v1: tuple[ConvertResult, list[str]]) -> None:
@@ -245,11 +247,15 @@ def mobilenet(models_dir: Path, samples_dir: Path, labels_1001: Path, work: Path
     return out
 
 
-def test_mobilenet_v2_report_meets_the_fidelity_goal(mobilenet: Path) -> None:
+def test_mobilenet_v2_report_meets_the_fidelity_goal(mobilenet: Path, samples_dir: Path) -> None:
     rep = json.loads((mobilenet / "mobilenet_v2_1.0_224_int8.report.json").read_text())
     ev = rep["evaluation"]
     assert ev["images"] == 800 and ev["labelled"] == 800
-    assert rep["source"]["calibration"]["images"] == 200 and rep["source"]["calibration"]["split"] == "calib"
+    cal = rep["source"]["calibration"]
+    assert cal["images"] == 200 and cal["split"] == "calib"
+    entries = json.loads((samples_dir / "labels.json").read_text())
+    calib_split = {e["file"] for i, e in enumerate(entries) if i % 5 == 0}
+    assert len(set(cal["files"])) == 200 and set(cal["files"]) <= calib_split
     assert ev["top1_agreement_pct"] >= 97.0
     assert ev["top1_drop_pts"] <= 1.0
     assert rep["runtime"]["delegate"] == "xnnpack"
