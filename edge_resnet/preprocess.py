@@ -18,6 +18,7 @@ from .errors import ConfigError
 
 ChannelOrder = Literal["RGB", "BGR"]
 Interpolation = Literal["area_fast", "area", "linear", "cubic", "nearest"]
+INTERPOLATIONS: tuple[str, ...] = ("area_fast", "area", "linear", "cubic", "nearest")
 _CV2_INTERP = {
     "area_fast": cv2.INTER_AREA,  # see _area_fast
     "area": cv2.INTER_AREA,

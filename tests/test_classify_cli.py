@@ -28,6 +28,18 @@ def test_parrot_is_a_macaw(data_dir: Path, mobilenet_quant: Path, labels_1001: P
     assert first == "macaw", r.stdout
 
 
+def test_one_preprocessing_option_goes_on_top_of_a_foreign_models_default(
+    data_dir: Path, mobilenet_quant: Path, labels_1001: Path
+) -> None:
+    """A model without metadata gets the preprocessing its quantization implies; --interpolation or
+    --crop-fraction alone changes just that (no need to restate mean and std)."""
+    photo = str(data_dir / "images" / "parrot.jpg")
+    for extra in (["--interpolation", "area"], ["--crop-fraction", "1.0"]):
+        r = run_cli("classify", photo, "--model", str(mobilenet_quant), "--labels", str(labels_1001), *extra)
+        assert r.returncode == 0, (extra, r.stderr)
+        assert r.stdout.split(":", 1)[1].split("(")[0].strip() == "macaw", (extra, r.stdout)
+
+
 def test_runtime_never_imports_tensorflow(data_dir: Path, mobilenet_quant: Path, labels_1001: Path) -> None:
     """TensorFlow is installed in the dev environment, so this would catch an accidental import."""
     code = (

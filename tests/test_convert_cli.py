@@ -86,3 +86,17 @@ def test_without_the_convert_extra(tmp_path: Path, tiny_onnx: Path) -> None:
 def test_fetch_unknown_name() -> None:
     proc = run_cli("fetch", "resnet99-v3")
     _one_line_error(proc, ExitCode.INPUT, "resnet99-v3", "resnet50-v1-7")
+
+
+def test_interpolation_choice_reaches_the_bundle_spec(tmp_path: Path, tiny_onnx: Path) -> None:
+    """`--interpolation area` converts for devices older than area_fast; the default is area_fast."""
+    from edge_resnet.cli import build_parser
+    from edge_resnet.commands.convert import spec_from_args
+
+    base = ["convert", str(tiny_onnx), "--calib", str(tmp_path), "--out", str(tmp_path)]
+    args = build_parser(base).parse_args(base)
+    assert spec_from_args(args).interpolation == "area_fast"
+    args = build_parser(base).parse_args([*base, "--interpolation", "area"])
+    assert spec_from_args(args).interpolation == "area"
+    proc = run_cli(*base, "--interpolation", "bicubic")
+    assert proc.returncode == int(ExitCode.USAGE) and "--interpolation" in proc.stderr

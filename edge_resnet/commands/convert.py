@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DependencyError, ExitCode
-from ..preprocess import PRESETS, PreprocessSpec
+from ..preprocess import INTERPOLATIONS, PRESETS, PreprocessSpec
 
 DESCRIPTION = """\
 Convert an ONNX image classifier to a full-INT8 TFLite bundle (uint8 pixel input with the
@@ -50,6 +50,11 @@ def register(sub: Any, name: str, helptext: str) -> None:
     p.add_argument("--std", type=_triple, metavar="R,G,B", help="pixel-unit std in model channel order")
     p.add_argument("--bgr", action="store_true", help="the model expects BGR channel order")
     p.add_argument("--crop-fraction", type=float, metavar="F", help="centre crop share of the shorter side")
+    p.add_argument(
+        "--interpolation",
+        choices=INTERPOLATIONS,
+        help="resize filter, recorded in the bundle (default area_fast; 'area' for devices older than area_fast)",
+    )
     p.add_argument("--calib-count", type=int, default=200, metavar="N", help="calibration images (default 200)")
     p.add_argument(
         "--calib-split", choices=["auto", "all", "calib", "eval"], default="auto",
@@ -93,7 +98,7 @@ def spec_from_args(args: argparse.Namespace) -> PreprocessSpec:
         std=args.std or base.std,
         channel_order="BGR" if args.bgr else base.channel_order,
         crop_fraction=args.crop_fraction or base.crop_fraction,
-        interpolation=base.interpolation,
+        interpolation=args.interpolation or base.interpolation,
         preset="custom" if args.mean else base.preset,
     )
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from ..classify import Classifier, read_labels
+from ..classify import Classifier, default_preprocess, read_labels
 from ..engine import DEVICES, Engine
 from ..errors import ConfigError
-from ..preprocess import PreprocessSpec, preset
+from ..preprocess import INTERPOLATIONS, PreprocessSpec, preset
 
 
 def add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
@@ -28,6 +28,7 @@ def add_preprocess_args(p: argparse.ArgumentParser, title: str) -> argparse._Arg
     g.add_argument("--std", type=_triple, help="R,G,B std in 0..255 pixel units")
     g.add_argument("--channel-order", choices=("RGB", "BGR"), help="the model's channel order")
     g.add_argument("--crop-fraction", type=float, help="centre crop share of the shorter side (0.875)")
+    g.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize filter (area_fast)")
     return g
 
 
@@ -49,6 +50,7 @@ def preprocess_override(args: argparse.Namespace, base: PreprocessSpec | None) -
             ("std", args.std),
             ("channel_order", args.channel_order),
             ("crop_fraction", args.crop_fraction),
+            ("interpolation", args.interpolation),
         )
         if v is not None
     }
@@ -64,5 +66,6 @@ def preprocess_override(args: argparse.Namespace, base: PreprocessSpec | None) -
 def load_classifier(args: argparse.Namespace) -> Classifier:
     engine = Engine.load(args.model, device=args.device, threads=args.threads)
     labels = read_labels(args.labels) if args.labels else None
-    meta_spec = engine.model.meta.preprocess if engine.model.meta else None
-    return Classifier(engine, labels, preprocess_override(args, meta_spec), args.label_offset)
+    # a foreign model's default is what its quantization implies: --crop-fraction alone goes on top of it
+    base = engine.model.meta.preprocess if engine.model.meta else default_preprocess(engine.input)
+    return Classifier(engine, labels, preprocess_override(args, base), args.label_offset)
