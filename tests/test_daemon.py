@@ -23,6 +23,7 @@ from edge_resnet.config import FileSource, ModelConfig, StdoutConfig
 from edge_resnet.daemon import Daemon
 
 from .conftest import REPO, run_cli
+from .helpers.notify_socket import NotifySocket
 from .helpers.video import pick_samples, write_video
 
 
@@ -140,38 +141,6 @@ def test_camera_index_fatal_when_retry_is_off(
 # -- signals and systemd notifications, with a real process ---------------------------------------
 
 
-class NotifySocket:
-    """A stand-in for systemd's notify socket: collects the datagrams the daemon sends."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.messages.append((time.monotonic(), data.decode()))
-
-    def has(self, text: str) -> bool:
-        return any(text in m for _, m in self.messages)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._t.join(1)
-        self.sock.close()
-
-
 class Proc:
     """`edge-resnet run` as a child process, with its stdout and stderr read on threads."""
 
@@ -232,15 +201,14 @@ def test_sigterm_exits_0_within_5s_with_systemd_notifications(
     state_env: dict[str, str],
     procs: list[Proc],
 ) -> None:
-    ns = NotifySocket(tmp_path / "notify.sock")
-    env = {**state_env, "NOTIFY_SOCKET": str(ns.path), "WATCHDOG_USEC": "2000000"}
-    try:
+    with NotifySocket() as ns:
+        env = {**state_env, "NOTIFY_SOCKET": ns.path, "WATCHDOG_USEC": "2000000"}
         proc = Proc(["-m", str(mobilenet_quant), "--labels", str(labels_1001), "--source", str(video), "--loop"], env)
         procs.append(proc)
         assert proc.wait_for(lambda: ns.has("READY=1"), 30), "\n".join(proc.err)
-        t_ready = next(t for t, m in ns.messages if "READY=1" in m)
+        t_ready = ns.times("READY=1")[0]
         assert proc.json_lines(), "READY=1 comes after the first frame was classified"
-        assert proc.wait_for(lambda: sum("WATCHDOG=1" in m for _, m in ns.messages) >= 3, 5)
+        assert proc.wait_for(lambda: len(ns.times("WATCHDOG=1")) >= 3, 5)
         assert ns.has("STATUS=")
         t0 = time.monotonic()
         proc.p.send_signal(signal.SIGTERM)
@@ -249,11 +217,9 @@ def test_sigterm_exits_0_within_5s_with_systemd_notifications(
         print(f"SIGTERM -> exit {rc} in {took:.2f} s; READY=1 came {t0 - t_ready:.1f} s before the signal")
         assert rc == 0 and took < 5.0
         assert ns.has("STOPPING=1")
-        status = [m for _, m in ns.messages if m.startswith("STATUS=")]
-        print(status[-1])
-        assert "fps" in status[-1]
-    finally:
-        ns.close()
+        status = ns.lines("STATUS=")
+        print(status[-2:])
+        assert "fps" in status[-2] and "stopping" in status[-1]  # the running status, then the last word
 
 
 def test_sigint_exits_0(

@@ -15,76 +15,25 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from .conftest import REPO
+from .helpers.notify_socket import NotifySocket
 from .helpers.video import pick_samples, write_folder
 
 WATCHDOG_SEC = 3.0
 
 
-@dataclass
-class NotifyListener:
-    """A datagram socket like systemd's NOTIFY_SOCKET; records (monotonic time, lines) per message."""
-
-    path: str
-    sock: socket.socket
-    messages: list[tuple[float, list[str]]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def start(self) -> None:
-        self.sock.settimeout(0.1)
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.messages.append((time.monotonic(), data.decode().split("\n")))
-
-    def times(self, key: str) -> list[float]:
-        return [t for t, lines in list(self.messages) if key in lines]
-
-    def first(self, key: str, timeout: float) -> tuple[float, list[str]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for t, lines in list(self.messages):
-                if key in lines:
-                    return t, lines
-            time.sleep(0.02)
-        raise AssertionError(f"no {key} within {timeout} s; got {self.messages}")
-
-    def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
-
-
 @pytest.fixture
-def listener() -> Iterator[NotifyListener]:
-    d = tempfile.mkdtemp(prefix="er-notify-", dir="/tmp")  # AF_UNIX paths are limited to 108 bytes
-    path = os.path.join(d, "notify.sock")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.bind(path)
-    nl = NotifyListener(path, s)
-    nl.start()
-    yield nl
-    nl.close()
-    os.unlink(path)
-    os.rmdir(d)
+def listener() -> Iterator[NotifySocket]:
+    with NotifySocket() as ns:
+        yield ns
 
 
 def _config(tmp_path: Path, model: Path, labels: Path, folder: Path, watchdog_s: float) -> Path:
@@ -101,7 +50,7 @@ def _config(tmp_path: Path, model: Path, labels: Path, folder: Path, watchdog_s:
 
 
 def _start(
-    cfg: Path, listener: NotifyListener, log: Path, extra_env: dict[str, str] | None = None
+    cfg: Path, listener: NotifySocket, log: Path, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.update({"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": str(int(WATCHDOG_SEC * 1e6))})
@@ -117,7 +66,7 @@ def _start(
         )
 
 
-def _stop(proc: subprocess.Popen[bytes], listener: NotifyListener, log: Path) -> float:
+def _stop(proc: subprocess.Popen[bytes], listener: NotifySocket, log: Path) -> float:
     """SIGTERM; returns seconds to exit. Asserts STOPPING=1 and exit code 0."""
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -146,7 +95,7 @@ def _corrupt(folder: Path) -> dict[Path, bytes]:
 
 
 def test_ready_watchdog_stall_and_stopping(
-    tmp_path: Path, listener: NotifyListener, mobilenet_quant: Path, labels_1001: Path, samples_dir: Path
+    tmp_path: Path, listener: NotifySocket, mobilenet_quant: Path, labels_1001: Path, samples_dir: Path
 ) -> None:
     folder = write_folder(tmp_path / "frames", pick_samples(samples_dir, 4), size=(320, 240))
     cfg = _config(tmp_path, mobilenet_quant, labels_1001, folder, watchdog_s=60)
@@ -211,7 +160,7 @@ def test_ready_watchdog_stall_and_stopping(
 
 
 def test_camera_lost_keeps_the_watchdog_fed(
-    tmp_path: Path, listener: NotifyListener, mobilenet_quant: Path, labels_1001: Path, samples_dir: Path
+    tmp_path: Path, listener: NotifySocket, mobilenet_quant: Path, labels_1001: Path, samples_dir: Path
 ) -> None:
     """The daemon's documented choice (issue 7, self-healing cameras): once the camera watchdog
     declares the source lost and the capture thread is retrying, pings continue, so systemd does
@@ -275,7 +224,7 @@ def test_without_systemd_nothing_is_sent(tmp_path: Path, mobilenet_quant: Path, 
 
 
 def test_watchdog_abort_logs_every_threads_stack(
-    tmp_path: Path, listener: NotifyListener, mobilenet_quant: Path, labels_1001: Path, samples_dir: Path
+    tmp_path: Path, listener: NotifySocket, mobilenet_quant: Path, labels_1001: Path, samples_dir: Path
 ) -> None:
     """When the watchdog fires, systemd sends SIGABRT (WatchdogSignal's default). With the unit's
     Environment= (PYTHONFAULTHANDLER=1) the daemon leaves each thread's Python stack in the journal,
