@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError, DependencyError, ExitCode
 from ..preprocess import INTERPOLATIONS, PRESETS, PreprocessSpec
+from .modelargs import rgb_triple
 
 DESCRIPTION = """\
 Convert an ONNX image classifier to a full-INT8 TFLite bundle (uint8 pixel input with the
@@ -26,16 +27,6 @@ entries at positions divisible by 5 are the calibration part, the rest the evalu
 """
 
 
-def _triple(text: str) -> tuple[float, float, float]:
-    try:
-        vals = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three numbers like 123.7,116.3,103.5, got {text!r}") from None
-    if len(vals) != 3:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers (R,G,B), got {text!r}")
-    return vals[0], vals[1], vals[2]
-
-
 def register(sub: Any, name: str, helptext: str) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         name, help=helptext, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -46,8 +37,8 @@ def register(sub: Any, name: str, helptext: str) -> None:
     p.add_argument("--labels", type=Path, metavar="FILE", help="class labels, one per line, stored in the bundle")
     p.add_argument("--label-offset", type=int, metavar="N", help="leading non-class outputs (1 for background)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="imagenet", help="preprocessing (default imagenet)")
-    p.add_argument("--mean", type=_triple, metavar="R,G,B", help="pixel-unit mean in model channel order")
-    p.add_argument("--std", type=_triple, metavar="R,G,B", help="pixel-unit std in model channel order")
+    p.add_argument("--mean", type=rgb_triple, metavar="R,G,B", help="pixel-unit mean in model channel order")
+    p.add_argument("--std", type=rgb_triple, metavar="R,G,B", help="pixel-unit std in model channel order")
     p.add_argument("--bgr", action="store_true", help="the model expects BGR channel order")
     p.add_argument("--crop-fraction", type=float, metavar="F", help="centre crop share of the shorter side")
     p.add_argument(

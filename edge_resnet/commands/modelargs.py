@@ -24,20 +24,23 @@ def add_preprocess_args(p: argparse.ArgumentParser, title: str) -> argparse._Arg
     """The options `preprocess_override` reads, in one group."""
     g = p.add_argument_group(title)
     g.add_argument("--preset", help="imagenet, inception, caffe or raw")
-    g.add_argument("--mean", type=_triple, help="R,G,B mean in 0..255 pixel units")
-    g.add_argument("--std", type=_triple, help="R,G,B std in 0..255 pixel units")
+    g.add_argument("--mean", type=rgb_triple, help="R,G,B mean in 0..255 pixel units")
+    g.add_argument("--std", type=rgb_triple, help="R,G,B std in 0..255 pixel units")
     g.add_argument("--channel-order", choices=("RGB", "BGR"), help="the model's channel order")
     g.add_argument("--crop-fraction", type=float, help="centre crop share of the shorter side (0.875)")
     g.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize filter (area_fast)")
     return g
 
 
-def _triple(text: str) -> tuple[float, float, float]:
+def rgb_triple(text: str) -> tuple[float, float, float]:
+    """argparse type for R,G,B values (--mean, --std)."""
     try:
-        a, b, c = (float(v) for v in text.split(","))
+        vals = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three numbers like 127.5,127.5,127.5, got {text!r}") from None
-    return a, b, c
+        raise argparse.ArgumentTypeError(f"expected three numbers like 123.7,116.3,103.5, got {text!r}") from None
+    if len(vals) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers (R,G,B), got {text!r}")
+    return vals[0], vals[1], vals[2]
 
 
 def preprocess_override(args: argparse.Namespace, base: PreprocessSpec | None) -> PreprocessSpec | None:
