@@ -234,7 +234,6 @@ class Capture:
                 self._reconnects += 1
                 log.info("%s is back", self.source.description)
             ever_opened = True
-            lost_logged = False
             self._set_state(CaptureState.RUNNING, "ok")
             outcome = self._read_loop()
             lost_logged = outcome is CaptureState.LOST  # _read_loop logged this outage already

@@ -380,16 +380,15 @@ class MqttSink:
         reason = "cannot connect"
         if not first and self._link_reason.startswith(reason):
             reason = self._link_reason  # keep the diagnosis made at the start of this outage
-        if first and self.tls:
-            problem = tls_problem(self.host, self.port, self.cfg.ca_file)
-            if problem is not None:
-                reason = f"cannot connect: {problem}"
+        problem = tls_problem(self.host, self.port, self.cfg.ca_file) if first and self.tls else None
+        if problem is not None:
+            reason = f"cannot connect: {problem}"
         if first:
             log.warning(
-                "mqtt: %s broker %s:%d; classification goes on, retrying every few seconds",
-                reason,
+                "mqtt: cannot reach broker %s:%d%s; classification goes on, retrying every few seconds",
                 self.host,
                 self.port,
+                f" ({problem})" if problem else "",
             )
         self._set_link(Link.DISCONNECTED, reason)
 
