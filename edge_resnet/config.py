@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .configtools import from_dict
+from .configtools import check_range, from_dict
 from .errors import ConfigError
 from .preprocess import PRESETS, ChannelOrder, Interpolation, PreprocessSpec
 from .sinks.http import HttpConfig
-from .sinks.mqtt import MqttConfig
+from .sinks.mqtt import DEVICE_ID, MqttConfig
 from .sinks.video import VideoConfig
 
 DEFAULT_STATE_DIR = "/var/lib/edge-resnet"
@@ -95,10 +95,8 @@ class SourceCommon:
     backoff_max_s: float = 2.0  # reopen delay doubles from 0.5 s up to this: a returning camera is seen within it
 
     def __post_init__(self) -> None:
-        if not self.watchdog_s > 0:
-            raise ConfigError(f"[source] watchdog_s: {self.watchdog_s} must be > 0 seconds; e.g. 5")
-        if not self.backoff_max_s >= 0.5:
-            raise ConfigError(f"[source] backoff_max_s: {self.backoff_max_s} must be >= 0.5 seconds; e.g. 4")
+        check_range("[source] watchdog_s", self.watchdog_s, 0.1, 3600, "seconds, e.g. 5")
+        check_range("[source] backoff_max_s", self.backoff_max_s, 0.5, 3600, "seconds, e.g. 4")
 
 
 @dataclass(kw_only=True)
@@ -116,6 +114,14 @@ class OpenCvSource(SourceCommon):
         super().__post_init__()
         if isinstance(self.device, int) and self.device < 0:
             raise ConfigError(f"[source] device: {self.device} is not a camera index; use 0, 1, ... or /dev/videoN")
+        if isinstance(self.device, int):
+            check_range("[source] device", self.device, 0, 255, "a camera index such as 0")
+        if self.width is not None:
+            check_range("[source] width", self.width, 16, 8192, "pixels, e.g. 640")
+        if self.height is not None:
+            check_range("[source] height", self.height, 16, 8192, "pixels, e.g. 480")
+        if self.fps is not None:
+            check_range("[source] fps", self.fps, 0.1, 1000, "frames per second, e.g. 30; or leave it out")
         if self.fourcc is not None and len(self.fourcc) != 4:
             raise ConfigError(f"[source] fourcc: {self.fourcc!r} must be four characters, e.g. MJPG or YUYV")
         if (self.width is None) != (self.height is None):
@@ -143,6 +149,7 @@ class UrlSource(SourceCommon):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_range("[source] timeout_s", self.timeout_s, 0.5, 300, "seconds, e.g. 5")
         scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else ""
         if scheme not in ("rtsp", "rtsps", "http", "https"):
             raise ConfigError(f"[source] url: {self.url!r} is not an rtsp:// or http(s):// URL")
@@ -172,8 +179,7 @@ class FolderSource(SourceCommon):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.interval_s < 0:
-            raise ConfigError(f"[source] interval_s: {self.interval_s} must be >= 0 seconds")
+        check_range("[source] interval_s", self.interval_s, 0, 86400, "seconds, e.g. 1 (0 = as fast as possible)")
 
 
 @dataclass(kw_only=True)
@@ -187,6 +193,20 @@ class Picamera2Source(SourceCommon):
     lores_format: Literal["YUV420", "RGB888"] = "YUV420"  # Pi 4 and older support only YUV420 for lores
     use_lores: bool = True
     fps: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("[source] camera", self.camera, 0, 15, "a camera number such as 0")
+        for key, (w, h) in (("main_size", self.main_size), ("lores_size", self.lores_size)):
+            check_range(f"[source] {key}[0]", w, 16, 8192, "pixels, e.g. [640, 480]")
+            check_range(f"[source] {key}[1]", h, 16, 8192, "pixels, e.g. [640, 480]")
+        if self.use_lores and (self.lores_size[0] > self.main_size[0] or self.lores_size[1] > self.main_size[1]):
+            raise ConfigError(
+                f"[source] lores_size: {list(self.lores_size)} is larger than main_size {list(self.main_size)}; "
+                "make lores_size the smaller one, e.g. [320, 240]"
+            )
+        if self.fps is not None:
+            check_range("[source] fps", self.fps, 0.1, 1000, "frames per second, e.g. 30; or leave it out")
 
 
 SourceConfig = OpenCvSource | FileSource | UrlSource | GstreamerSource | FolderSource | Picamera2Source
@@ -215,16 +235,17 @@ class PipelineConfig:
     heartbeat_s: float = 30.0  # re-publish the unchanged state this often (stdout)
 
     def __post_init__(self) -> None:
-        if self.max_fps is not None and not self.max_fps > 0:
-            raise ConfigError(f"[pipeline] max_fps: {self.max_fps} must be > 0; leave it out for no limit")
+        if self.max_fps is not None:
+            check_range("[pipeline] max_fps", self.max_fps, 0.01, 1000, "frames per second; leave it out for no limit")
         if not 1 <= self.window <= 1000:
             raise ConfigError(f"[pipeline] window: {self.window} is out of range; use 1..1000, e.g. 3")
         if not 0.0 <= self.min_score <= 1.0:
             raise ConfigError(f"[pipeline] min_score: {self.min_score} must be in 0..1")
-        if not self.heartbeat_s > 0:
-            raise ConfigError(f"[pipeline] heartbeat_s: {self.heartbeat_s} must be > 0 seconds")
+        check_range("[pipeline] heartbeat_s", self.heartbeat_s, 0.1, 86400, "seconds, e.g. 30")
         if self.roi is not None:
             x0, y0, x1, y1 = self.roi
+            for i, v in enumerate(self.roi):
+                check_range(f"[pipeline] roi[{i}]", v, 0, 65535, "frame pixels")
             if x0 < 0 or y0 < 0 or x1 <= x0 or y1 <= y0:
                 raise ConfigError(f"[pipeline] roi: {list(self.roi)} must be [x0, y0, x1, y1] with x1 > x0 >= 0")
 
@@ -261,10 +282,10 @@ class Config:
 
 
 def check_device_id(device_id: str) -> None:
-    ok = device_id and all(c.isalnum() or c in "-_" for c in device_id)
-    if not ok or len(device_id) > 64:
+    """The one device_id check (config check, run, flags and the MQTT sink all use DEVICE_ID)."""
+    if not DEVICE_ID.fullmatch(device_id):
         raise ConfigError(
-            f"device_id: {device_id!r} is not usable in MQTT topics; use 1..64 letters, digits, '-' or '_'"
+            f"device_id: {device_id!r} is not usable in MQTT topics; use 1..64 ASCII letters, digits, '-' or '_'"
         )
 
 
@@ -345,9 +366,21 @@ def load(path: str | os.PathLike[str]) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p} is not valid TOML: {e}") from None
     try:
-        return config_from_dict(data)
+        return validate(config_from_dict(data))
     except ConfigError as e:
         raise ConfigError(f"{p}: {_with_hint(str(e))}") from None
+
+
+def validate(cfg: Config) -> Config:
+    """The one validation path: `config check` (through load) and `run` (after its flags) both end
+    here, so a value `config check` accepts cannot fail at `run`. Rebuilding each table re-runs its
+    checks on the final, merged values."""
+    tables: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            tables[f.name] = dataclasses.replace(value)
+    return dataclasses.replace(cfg, **tables)
 
 
 def _with_hint(msg: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -91,3 +92,10 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise ConfigError(f"{key}: unsupported value {value!r} for {tp}")
+
+
+def check_range(key: str, value: float, lo: float, hi: float, unit: str) -> None:
+    """Every numeric key is range-checked here: a finite number in [lo, hi], or one line naming it."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or not lo <= value <= hi:
+        raise ConfigError(f"{key}: {value!r} is out of range; use {lo:g}..{hi:g} ({unit})")

@@ -189,3 +189,48 @@ def test_example_documents_every_key() -> None:
         {f"{cls.__name__}.{f.name}" for cls in tables for f in dataclasses.fields(cls) if f.name not in keys | nested}
     )
     assert not missing, f"document these keys in {EXAMPLE.name}: {missing}"
+
+
+# -- issue 13: one validation path, every numeric key range-checked -------------------------------
+
+HOSTILE_CONFIGS = [
+    ("[pipeline]\nmax_fps = 1e-300\n", "[pipeline] max_fps"),
+    ('device_id = "caméra-ü"\n', "device_id"),
+    ('[source]\ntype = "opencv"\nfps = -30.0\n', "[source] fps"),
+    ('[source]\ntype = "opencv"\nwidth = -640\nheight = 480\n', "[source] width"),
+    ('[source]\ntype = "opencv"\nwidth = 640\nheight = -480\n', "[source] height"),
+    ('[source]\ntype = "picamera2"\nlores_size = [0, 0]\n', "[source] lores_size[0]"),
+    ("[pipeline]\nheartbeat_s = nan\n", "[pipeline] heartbeat_s"),
+    ("[mqtt]\nqueue_max = 0\n", "[mqtt] queue_max"),
+    ('[source]\ntype = "url"\nurl = "rtsp://cam/s"\ntimeout_s = inf\n', "[source] timeout_s"),
+]
+
+
+@pytest.mark.parametrize(("text", "key"), HOSTILE_CONFIGS)
+def test_config_check_and_run_reject_alike(tmp_path: Path, text: str, key: str) -> None:
+    """`config check` and `run` give the same single line and exit 3 (before, several of these
+    passed the check and crashed or failed differently at run time)."""
+    p = write(tmp_path, text)
+    outs = []
+    for argv in (("config", "check", str(p)), ("run", "--config", str(p), "--model", "m.tflite")):
+        r = run_cli(*argv, timeout=60)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 3, (argv, r.stderr)
+        assert len(lines) == 1 and lines[0].startswith("edge-resnet: error:"), r.stderr
+        assert key in lines[0], lines[0]
+        outs.append(lines[0])
+    assert outs[0] == outs[1]
+
+
+def test_run_flags_go_through_the_same_checks() -> None:
+    r = run_cli("run", "--model", "m.tflite", "--source", "0", "--max-fps", "1e-300", timeout=60)
+    assert r.returncode == 3 and "[pipeline] max_fps" in r.stderr, r.stderr
+    r = run_cli("run", "--model", "m.tflite", "--source", "0", "--device-id", "caméra", timeout=60)
+    assert r.returncode == 3 and "device_id" in r.stderr, r.stderr
+
+
+def test_validate_rechecks_merged_values() -> None:
+    cfg = configmod.Config()
+    object.__setattr__(cfg.pipeline, "max_fps", 1e-300)  # as a flag or a reload could leave it
+    with pytest.raises(ConfigError, match="max_fps"):
+        configmod.validate(cfg)

@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     if args.duration is not None and args.duration <= 0:
         raise ConfigError("--duration must be > 0 seconds")
     cfg = configmod.load(args.config) if args.config else Config()
-    cfg = apply_overrides(cfg, args)
+    cfg = configmod.validate(apply_overrides(cfg, args))  # the same checks as `config check`
     if not cfg.model.path:
         raise ConfigError("no model given; pass --model FILE.tflite or set [model] path in the config")
     if cfg.log_level != "info" and not getattr(args, "verbose", False):

@@ -37,6 +37,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from .. import __version__
 from ..classify import Prediction
+from ..configtools import check_range
 from ..errors import ConfigError
 from ..observation import Observation, Status
 from .base import StatusFn
@@ -81,10 +82,8 @@ class MqttConfig:
                 )
         if not 5 <= self.keepalive <= 3600:
             raise ConfigError(f"[mqtt] keepalive: {self.keepalive} s is out of range; use 5..3600 (15 is a good value)")
-        if not self.heartbeat_s > 0:
-            raise ConfigError(f"[mqtt] heartbeat_s: {self.heartbeat_s} must be > 0 seconds; e.g. 30")
-        if self.queue_max < 1:
-            raise ConfigError(f"[mqtt] queue_max: {self.queue_max} must be >= 1; e.g. 10000")
+        check_range("[mqtt] heartbeat_s", self.heartbeat_s, 0.1, 86400, "seconds, e.g. 30")
+        check_range("[mqtt] queue_max", self.queue_max, 1, 1_000_000, "events, e.g. 10000")
         if not self.password_env:
             raise ConfigError("[mqtt] password_env: must name an environment variable, e.g. EDGE_RESNET_MQTT_PASSWORD")
         if self.client_id is not None and not 1 <= len(self.client_id) <= 128:
@@ -250,7 +249,7 @@ class MqttSink:
     name = "mqtt"
 
     def __init__(self, cfg: MqttConfig, device_id: str, status: StatusFn, state_dir: Path) -> None:
-        if not DEVICE_ID.match(device_id):
+        if not DEVICE_ID.fullmatch(device_id):
             raise ConfigError(
                 f"device id {device_id!r} cannot be used in MQTT topics and Home Assistant ids; "
                 "use 1..64 letters, digits, '-' or '_' (--device-id)"
