@@ -160,8 +160,19 @@ def _check_sidecar_digest(p: Path, data: bytes) -> None:
         raise ModelError(f"{p} does not match {side.name}; the copy is corrupt, copy it again")
 
 
+def current_umask() -> int:
+    """The process umask (os.umask can only be read by setting it, so it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_bundle(flatbuffer: bytes, meta: BundleMeta, out: str | os.PathLike[str]) -> Path:
-    """Write flatbuffer + metadata atomically (temp file + rename), so a reader never sees half a model."""
+    """Write flatbuffer + metadata atomically (temp file + rename), so a reader never sees half a model.
+
+    The file gets the mode a plain `open()` would give it (0644 under umask 022): mkstemp's 0600
+    would leave a model copied with `sudo cp` unreadable to the service user.
+    """
     if flatbuffer[4:8] != TFLITE_IDENT:
         raise ModelError("refusing to bundle bytes that are not a TFLite flatbuffer")
     meta.model_sha256 = hashlib.sha256(flatbuffer).hexdigest()
@@ -174,6 +185,7 @@ def write_bundle(flatbuffer: bytes, meta: BundleMeta, out: str | os.PathLike[str
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tflite", dir=out_path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(flatbuffer)
             f.write(_shift_zip(buf.getvalue(), len(flatbuffer)))

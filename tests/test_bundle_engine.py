@@ -185,3 +185,16 @@ def test_default_threads_are_the_usable_cores(mobilenet_quant: Path) -> None:
     )
     one = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert one.stdout.strip() == "1"  # taskset / CPUAffinity= narrow it
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_bundle_gets_the_umask_mode(tmp_path: Path, mobilenet_quant: Path, umask: int, mode: int) -> None:
+    """A model copied with `sudo cp` keeps its mode: 0600 would hide it from the service user."""
+    old = os.umask(umask)
+    try:
+        meta = BundleMeta(preprocess=PRESETS["inception"])
+        out = write_bundle(mobilenet_quant.read_bytes(), meta, tmp_path / "m.tflite")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tflite"]  # no temp file left behind
