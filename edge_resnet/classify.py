@@ -20,6 +20,8 @@ from .preprocess import PRESETS, Box, ChannelOrder, PreprocessSpec, TensorInfo, 
 
 log = logging.getLogger(__name__)
 
+IMAGENET_WITH_BACKGROUND = 1001  # TensorFlow/Coral ImageNet models: output 0 is "background"
+
 
 class Prediction(NamedTuple):
     """One class: `class_index` counts dataset classes (background slots excluded); score in 0..1."""
@@ -64,11 +66,19 @@ def resolve_labels(
     """Labels indexed by output slot, and how many leading slots are not dataset classes.
 
     A 1001-output model with 1000 labels, or 1001 labels starting with "background", gets
-    offset 1 without being told.
+    offset 1 without being told; without labels it gets offset 1 too, with a warning, because an
+    unexplained off-by-one (class 89 for the macaw, ImageNet's 88) is worse than a stated guess.
     """
     if labels is None:
+        if label_offset is None and num_outputs == IMAGENET_WITH_BACKGROUND:
+            log.warning(
+                "%s: the model has 1001 outputs and no labels; reading output 0 as background and output k+1 "
+                "as ImageNet class k (pass --labels FILE, or --label-offset 0 if output 0 is a real class)",
+                where,
+            )
+            label_offset = 1
         offset = label_offset or 0
-        return [str(i - offset) for i in range(num_outputs)], offset
+        return ["background"] * offset + [str(i) for i in range(num_outputs - offset)], offset
     n = len(labels)
     if label_offset is None:
         if n == num_outputs:
@@ -122,10 +132,12 @@ def output_kind_of(t: TensorInfo) -> OutputKind | None:
 
 
 def top_k(probs: npt.NDArray[np.float32], k: int, labels: list[str], label_offset: int) -> list[Prediction]:
-    k = max(1, min(k, probs.size))
+    """The k best dataset classes; the `label_offset` leading slots (background) are never among them."""
+    classes = probs[label_offset:]
+    k = max(1, min(k, classes.size))
     # a full stable sort: ties (common in uint8 outputs) go to the lower index whatever k is
-    idx = np.argsort(-probs, kind="stable")[:k]
-    return [Prediction(labels[i], int(i) - label_offset, float(probs[i])) for i in idx]
+    idx = np.argsort(-classes, kind="stable")[:k]
+    return [Prediction(labels[int(i) + label_offset], int(i), float(classes[i])) for i in idx]
 
 
 def default_preprocess(t: TensorInfo) -> PreprocessSpec:
@@ -166,7 +178,7 @@ class Classifier:
         self.preprocess = preprocess
         self.output_kind = output_kind
         num_outputs = int(np.prod(engine.output.shape[1:])) if len(engine.output.shape) > 1 else engine.output.shape[0]
-        self.labels, self.label_offset = resolve_labels(labels, num_outputs, label_offset)
+        self.labels, self.label_offset = resolve_labels(labels, num_outputs, label_offset, engine.model.path.name)
 
     def prepare(
         self, frame: npt.NDArray[np.uint8], frame_order: ChannelOrder = "BGR", roi: Box | None = None

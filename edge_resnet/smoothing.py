@@ -44,7 +44,7 @@ class Smoother:
             scores = np.mean(np.stack(self._history), axis=0) if len(self._history) > 1 else probs
         else:
             scores = probs
-        best = int(np.argmax(scores))
+        best = label_offset + int(np.argmax(scores[label_offset:]))  # background is never a label
 
         def pred(i: int) -> Prediction:
             return Prediction(labels[i], i - label_offset, float(scores[i]))

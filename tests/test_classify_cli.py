@@ -194,3 +194,33 @@ def test_journal_log_lines_carry_priority(data_dir: Path, models_dir: Path, labe
     )
     assert r.returncode == 0, r.stderr
     assert any(ln.startswith("<4>WARNING edge_resnet.engine:") for ln in r.stderr.splitlines()), r.stderr
+
+
+def test_1001_outputs_without_labels_warn_and_count_imagenet_classes(
+    data_dir: Path, mobilenet_quant: Path, labels_1001: Path
+) -> None:
+    """Issue 14 case 5: without --labels the macaw is ImageNet class 88 (as with labels), not slot 89, and
+    the guess is said once."""
+    photo = str(data_dir / "images" / "parrot.jpg")
+    bare = run_cli("classify", photo, "--model", str(mobilenet_quant), "--json", "-k", "1")
+    labelled = run_cli("classify", photo, "--model", str(mobilenet_quant), "--labels", str(labels_1001), "--json")
+    assert bare.returncode == labelled.returncode == 0, bare.stderr + labelled.stderr
+    top = json.loads(bare.stdout)["top_k"][0]
+    assert top == {**top, "class_index": 88, "label": "88"}
+    assert json.loads(labelled.stdout)["top_k"][0]["class_index"] == 88
+    warnings = [ln for ln in bare.stderr.splitlines() if "1001 outputs" in ln]
+    assert len(warnings) == 1 and "--labels" in warnings[0] and "background" in warnings[0], bare.stderr
+    assert "1001 outputs" not in labelled.stderr
+
+
+def test_background_never_shows_in_top_k(data_dir: Path, mobilenet_quant: Path, labels_1001: Path) -> None:
+    """Issue 14 case 6: asking for every class gives the 1000 ImageNet classes, never `background` / -1."""
+    r = run_cli(
+        "classify", str(data_dir / "images" / "owl.jpg"), "--model", str(mobilenet_quant),
+        "--labels", str(labels_1001), "--json", "-k", "1001",
+    )
+    assert r.returncode == 0, r.stderr
+    top = json.loads(r.stdout)["top_k"]
+    assert len(top) == 1000
+    assert sorted(p["class_index"] for p in top) == list(range(1000))
+    assert "background" not in {p["label"] for p in top}

@@ -63,6 +63,14 @@ def test_smoothing_average_and_min_score() -> None:
     assert got2 == [("cat", True), ("cat", False), ("dog", True)]
 
 
+def test_smoothing_never_publishes_background() -> None:
+    """Issue 14 case 6: an empty scene where `background` wins still publishes a real class."""
+    empty = probs(0.7, 0.1, 0.15, 0.05)
+    for mode in ("none", "average", "hysteresis"):
+        got = run_smoother(Smoother(mode, window=1), [empty, empty])  # type: ignore[arg-type]
+        assert got == [("dog", True), ("dog", False)], mode
+
+
 # -- components on a real video with the real model --------------------------------------------
 
 
