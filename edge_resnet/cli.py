@@ -44,7 +44,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         description="Classify what a camera sees with INT8 TFLite ResNets, offline.",
     )
     parser.add_argument("--version", action="version", version=f"edge-resnet {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    _add_verbosity(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     available = _available()
     # Register only the command being run (plus help text for all): importing every command
@@ -54,9 +54,19 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         if name == wanted:
             mod = importlib.import_module(f"edge_resnet.commands.{module}")
             mod.register(sub, name, helptext)
+            # after the sub-command too (`classify ... -v`): SUPPRESS keeps a value given before it
+            _add_verbosity(sub.choices[name], argparse.SUPPRESS)
         else:
             sub.add_parser(name, help=helptext, add_help=False)
     return parser
+
+
+def _add_verbosity(p: argparse.ArgumentParser, default: object) -> None:
+    """-v / -q, accepted before or after the sub-command."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="log debug detail, including TensorFlow's and the interpreter's own messages")
+    g.add_argument("-q", "--quiet", action="store_true", default=default, help="warnings and errors only")
 
 
 class JournalFormatter(logging.Formatter):
@@ -76,18 +86,19 @@ class JournalFormatter(logging.Formatter):
         return f"<{self.PRIORITY.get(record.levelno, 6)}>{text}"
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     fmt = "%(levelname)s %(name)s: %(message)s"
     handler.setFormatter(JournalFormatter(fmt) if os.environ.get("JOURNAL_STREAM") else logging.Formatter(fmt))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(args_list)
     args = parser.parse_args(args_list)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.quiet)
     if not getattr(args, "func", None):
         parser.print_help()
         return int(ExitCode.USAGE)

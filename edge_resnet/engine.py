@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from .bundle import ModelFile, read_model
 from .errors import DependencyError, EdgeTpuUnavailable, ModelError
+from .nativelog import filtered_stderr
 from .preprocess import TensorInfo
 
 log = logging.getLogger(__name__)
@@ -341,8 +342,9 @@ def _make_interpreter(rt: Runtime, mf: ModelFile, threads: int | None, delegates
     if mf.meta is None and rt.name != "ai_edge_litert" and not delegates:
         _probe_in_child(rt, mf)
     try:
-        it = rt.interpreter_cls(model_content=mf.flatbuffer, experimental_delegates=delegates, num_threads=threads)
-        it.allocate_tensors()
+        with filtered_stderr():  # drops the "Created TensorFlow Lite XNNPACK delegate" line (shown with -v)
+            it = rt.interpreter_cls(model_content=mf.flatbuffer, experimental_delegates=delegates, num_threads=threads)
+            it.allocate_tensors()
     except Exception as e:
         raise ModelError(
             f"{mf.path} cannot be loaded ({_first_line(e)}); it is truncated, corrupt or needs ops this "

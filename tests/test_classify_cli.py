@@ -224,3 +224,21 @@ def test_background_never_shows_in_top_k(data_dir: Path, mobilenet_quant: Path, 
     assert len(top) == 1000
     assert sorted(p["class_index"] for p in top) == list(range(1000))
     assert "background" not in {p["label"] for p in top}
+
+
+def test_verbosity_before_or_after_the_sub_command(data_dir: Path, mobilenet_quant: Path, labels_1001: Path) -> None:
+    """Issue 14 cases 4 and 9: a plain run prints nothing on stderr (no interpreter banner); -v works on
+    either side of the sub-command and shows debug records and the banner; -q keeps warnings only."""
+    base = ["classify", str(data_dir / "images" / "parrot.jpg"), "--model", str(mobilenet_quant), "-k", "1"]
+    plain = run_cli(*base, "--labels", str(labels_1001))
+    assert plain.returncode == 0 and plain.stderr == "", plain.stderr
+    for argv in (["-v", *base], [*base, "-v"], [*base, "--verbose"]):
+        r = run_cli(*argv, "--labels", str(labels_1001))
+        assert r.returncode == 0, (argv, r.stderr)
+        assert "DEBUG edge_resnet" in r.stderr and "XNNPACK delegate" in r.stderr, (argv, r.stderr)
+    quiet = run_cli(*base, "-q")  # no labels: the 1001-output warning still shows, nothing else
+    assert quiet.returncode == 0 and [ln.split(":")[0] for ln in quiet.stderr.splitlines()] == [
+        "WARNING edge_resnet.classify"
+    ], quiet.stderr
+    both = run_cli(*base, "-v", "-q")
+    assert both.returncode == int(ExitCode.USAGE) and "not allowed with" in both.stderr
