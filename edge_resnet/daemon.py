@@ -30,7 +30,7 @@ from typing import Any
 from . import config as configmod
 from .capture import Capture, CaptureState
 from .config import Config, ModelConfig
-from .errors import ConfigError, EdgeResnetError, HardwareError
+from .errors import EdgeResnetError, HardwareError
 from .notify import Notifier
 from .pipeline import Pipeline, load_classifier
 from .sinks.base import Sink, StatusFn
@@ -92,10 +92,14 @@ def prepare_state_dir(cfg: Config) -> Config:
         alt.mkdir(parents=True, exist_ok=True)
         log.info("%s is not writable; keeping state in %s", p, alt)
         return dataclasses.replace(cfg, state_dir=str(alt))
-    raise ConfigError(
-        f"state_dir: {p} cannot be created or written; set state_dir to a writable folder "
-        "(systemd: StateDirectory=edge-resnet)"
+    # Not fatal: a full or read-only SD card is a runtime problem, and exit 3 is never restarted by
+    # systemd. The MQTT queue reports itself degraded (/healthz, STATUS, metrics) and retries.
+    log.warning(
+        "state_dir: %s cannot be created or written; the MQTT event queue runs degraded until it can "
+        "(check the disk, or set state_dir to a writable folder; systemd: StateDirectory=edge-resnet)",
+        p,
     )
+    return cfg
 
 
 def _model_stamp(path: str) -> tuple[float, int] | None:

@@ -347,6 +347,10 @@ class Pipeline:
             healthy, reason = True, "ok"
         if healthy and self._degraded:
             reason = f"degraded: {self._degraded}"
+        if healthy:  # a sink that cannot do its job (e.g. the MQTT event queue on a full disk) says so here
+            sick = [why for ok, why in self._sink_states() if not ok]
+            if sick:
+                healthy, reason = False, sick[0]
         obs = self.last_observation
         eng = self._clf.engine
         counters = {
@@ -386,6 +390,15 @@ class Pipeline:
             "source": self.capture.source.description,
         }
         return Status(healthy=healthy, reason=reason, counters=counters, labels=labels)
+
+    def _sink_states(self) -> list[tuple[bool, str]]:
+        out = []
+        for sink in self._sinks:
+            try:
+                out.append(sink.healthy())
+            except Exception as e:
+                out.append((False, f"{sink.name}: {e}"))
+        return out
 
     def sink_health(self) -> dict[str, str]:
         """name -> the sink's own words about its health (e.g. "mqtt broker ... down for 12 s")."""

@@ -296,6 +296,7 @@ class MqttSink:
             "events_acked": 0,
             "events_rejected": 0,
             "changes_dropped": 0,  # the in-memory hand-over was full (the sink thread is stuck)
+            "events_unstored": 0,  # the queue was degraded: not stored, counted in queue.dropped
             "state_published": 0,
         }
         self._client = self._make_client()
@@ -462,6 +463,12 @@ class MqttSink:
         queued = len(self.queue)
         if self._failed is not None:
             return False, self._failed
+        problem = self.queue.problem
+        if problem is not None:
+            return False, (
+                f"mqtt event queue degraded ({problem}); live state goes on, {self.queue.dropped} events "
+                "dropped; retrying"
+            )
         waiting = self._waiting_since
         if link is Link.CONNECTED and waiting is not None and time.monotonic() - waiting > self.cfg.keepalive:
             return True, (
@@ -488,6 +495,7 @@ class MqttSink:
             "mqtt_events_acked_total": self.stats["events_acked"],
             "mqtt_events_rejected_total": self.stats["events_rejected"],
             "mqtt_events_dropped_total": self.queue.dropped + self.stats["changes_dropped"],
+            "mqtt_queue_degraded": 1.0 if self.queue.problem is not None else 0.0,
             "mqtt_state_published_total": self.stats["state_published"],
         }
 
@@ -500,6 +508,7 @@ class MqttSink:
             while not self._stopping.is_set():
                 self._wake.wait(timeout=0.25)
                 self._wake.clear()
+                self.queue.poll()  # a degraded queue retries its writes every few seconds
                 state_due |= self._drain_changes()
                 self._drain_acks()
                 with self._lock:
@@ -538,9 +547,12 @@ class MqttSink:
             if not obs.changed:  # the first observation, not a change: it only sets the state
                 self._previous_label = obs.label.label
                 continue
-            self.queue.put(event_body(obs, self._previous_label, self.device_id))
-            self.stats["events_queued"] += 1
+            body = event_body(obs, self._previous_label, self.device_id)
             self._previous_label = obs.label.label
+            if self.queue.put(body) is not None:
+                self.stats["events_queued"] += 1
+            else:  # degraded queue (disk full, read-only, I/O error): counted as dropped by the queue
+                self.stats["events_unstored"] += 1
 
     def _drain_acks(self) -> None:
         done: list[int] = []
