@@ -73,6 +73,10 @@ if [ "$PURGE" = 1 ] && [ "$UNINSTALL" = 0 ]; then
     exit 2
 fi
 
+# chmod/chown without following links needs O_NOFOLLOW: python3 is on every target (the venv needs it)
+PY_ATTRS="$(command -v python3 || true)"
+[ -n "$PY_ATTRS" ] || PY_ATTRS="$PYTHON"
+
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SRC="$(cd "$HERE/.." && pwd)"
 
@@ -154,12 +158,53 @@ unit_disable() {
     fi
 }
 
-# ensure_owner USER:GROUP PATH: chown only when it differs (a re-run changes nothing).
+# is_link PATH: true (with a warning) when PATH is a symbolic link. The service user owns
+# /var/lib/edge-resnet and may plant links there; a root chmod/chown through one would change the
+# link's target (/etc/shadow, say), so the installer never follows them.
+is_link() {
+    if [ -L "$ROOT$1" ]; then
+        say "warning: $1 is a symbolic link (to $(readlink -- "$ROOT$1")); not following it. Remove it and run the installer again" >&2
+        return 0
+    fi
+    return 1
+}
+
+# set_attrs PATH MODE [USER:GROUP]: chmod/chown a directory through a handle opened with O_NOFOLLOW,
+# so a link swapped in after the check above is refused too (no window between check and change).
+set_attrs() {
+    local path="$1" mode="$2" owner="${3:-}"
+    if [ -n "$owner" ] && [ "$SYSTEM" = 0 ]; then
+        say "skip (--no-system): chown $owner $path"
+        owner=""
+    fi
+    say "+ set $path mode $mode${owner:+ owner $owner} (not following links)"
+    [ "$DRY_RUN" = 1 ] && return 0
+    "$PY_ATTRS" - "$ROOT$path" "$mode" "$owner" <<'PYEOF'
+import grp, os, pwd, sys
+path, mode, owner = sys.argv[1], int(sys.argv[2], 8), sys.argv[3]
+try:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+except OSError as e:
+    sys.exit(f"install.sh: {path}: {e.strerror}; not changing it (a symbolic link? remove it and run again)")
+try:
+    if owner:
+        user, group = owner.split(":")
+        os.fchown(fd, pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid)
+    os.fchmod(fd, mode)
+finally:
+    os.close(fd)
+PYEOF
+}
+
+# ensure_owner USER:GROUP PATH: chown only when it differs (a re-run changes nothing); never
+# through a symbolic link.
 ensure_owner() {
     if [ "$SYSTEM" = 0 ]; then
         say "skip (--no-system): chown $1 $2"
+    elif is_link "$2"; then
+        return 0
     elif [ ! -e "$ROOT$2" ] || [ "$(stat -c %U:%G "$ROOT$2" 2>/dev/null)" != "$1" ]; then
-        run chown "$1" "$ROOT$2"
+        if [ -d "$ROOT$2" ]; then set_attrs "$2" "$(stat -c %a "$ROOT$2")" "$1"; else run chown -h "$1" "$ROOT$2"; fi
     fi
 }
 
@@ -206,10 +251,12 @@ install_file() {
 # one created it (a directory that was there before is not ours to remove).
 make_dir() {
     local dir="$1" mode="$2" kind="$3" owner="${4:-}"
-    if [ -d "$ROOT$dir" ]; then
+    if is_link "$dir"; then
+        return 0
+    elif [ -d "$ROOT$dir" ]; then
         if manifest_has "$kind" "$dir"; then note "$kind" "$dir"; fi
         say "exists $dir"
-        if [ "$(stat -c %a "$ROOT$dir")" != "${mode#0}" ]; then run chmod "$mode" "$ROOT$dir"; fi
+        if [ "$(stat -c %a "$ROOT$dir")" != "${mode#0}" ]; then set_attrs "$dir" "$mode"; fi
     else
         make_parents "$dir"
         run install -d -m "$mode" "$ROOT$dir"
@@ -413,8 +460,13 @@ do_uninstall() {
                 if [ "$PURGE" = 1 ]; then kept+=("$path"); else say "kept $path (use --purge to remove)"; fi ;;
         esac
     done
+    # /etc/edge-resnet is shared with the admin (secrets.env, NAME.toml, a CA file): only the files
+    # the manifest lists go, and the directory only when nothing else is left in it.
+    local purge_etc=0
     if [ "${#kept[@]}" -gt 0 ]; then
-        while IFS= read -r path; do remove_path "$path"; done < <(printf '%s\n' "${kept[@]}" | sort -r)
+        while IFS= read -r path; do
+            if [ "$path" = "$ETC" ]; then purge_etc=1; else remove_path "$path"; fi
+        done < <(printf '%s\n' "${kept[@]}" | sort -r)
     fi
 
     if [ "$PURGE" = 1 ]; then
@@ -432,6 +484,15 @@ do_uninstall() {
         done
     fi
     if [ "$PURGE" = 1 ]; then remove_path "$MANIFEST"; fi
+    if [ "$purge_etc" = 1 ] && [ -d "$ROOT$ETC" ] && ! [ -L "$ROOT$ETC" ]; then
+        local others
+        others="$(find "$ROOT$ETC" -mindepth 1 -maxdepth 1 -printf '%f ')"
+        if [ -z "$others" ]; then
+            run rmdir -- "$ROOT$ETC"
+        else
+            say "kept $ETC: it holds files the installer did not create: ${others% }"
+        fi
+    fi
     # parent directories the installer created, deepest first, when they are empty
     local dirs=()
     for e in "${entries[@]}"; do

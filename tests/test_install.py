@@ -276,3 +276,58 @@ def test_system_install_for_real_in_an_overlay(tmp_path: Path, mobilenet_quant: 
     assert rows["model"]["result"] == "ok", rows["model"]
     assert rows["state dir"]["result"] == "ok", rows["state dir"]  # the service user can write it
     assert "user gone" in out and "left:" not in out
+
+
+# -- issue 13: symbolic links in paths the service user owns, and a purge that keeps what is not ours --
+
+
+def test_rerun_does_not_follow_a_planted_symlink(checkout: Path, tmp_path: Path) -> None:
+    """The service user owns /var/lib/edge-resnet: it can replace `models` with a link to anything.
+    The documented upgrade (running the installer again) must not chmod/chown the link's target."""
+    root = tmp_path / "root"
+    r = install(checkout, "--prefix", str(root))
+    assert r.returncode == 0, r.stdout + r.stderr
+    victim = tmp_path / "victim"  # stands for /etc/ssl/private or any root-owned folder
+    victim.mkdir(mode=0o755)
+    os.chmod(victim, 0o755)
+    models = root / "var/lib/edge-resnet/models"
+    models.rmdir()
+    models.symlink_to(victim)
+    r = install(checkout, "--prefix", str(root))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert victim.stat().st_mode & 0o777 == 0o755, "the installer followed the link and changed its target"
+    assert models.is_symlink()
+    assert "/var/lib/edge-resnet/models is a symbolic link" in r.stderr and "not following it" in r.stderr
+
+
+def test_set_attrs_refuses_a_link_swapped_in_late(checkout: Path, tmp_path: Path) -> None:
+    """The chmod itself goes through an O_NOFOLLOW handle, so a link that appears after the check is refused."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    os.chmod(victim, 0o755)
+    link = tmp_path / "link"
+    link.symlink_to(victim)
+    script = f'source <(sed -n "/^set_attrs()/,/^}}/p" {checkout / "deploy/install.sh"}); ' + (
+        f'say() {{ echo "$@"; }}; ROOT=""; SYSTEM=1; DRY_RUN=0; PY_ATTRS=python3; set_attrs {link} 0700'
+    )
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "not changing it" in r.stderr, r.stdout + r.stderr
+    assert victim.stat().st_mode & 0o777 == 0o755
+
+
+def test_purge_keeps_files_the_installer_did_not_create(checkout: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    r = install(checkout, "--prefix", str(root))
+    assert r.returncode == 0, r.stdout + r.stderr
+    etc = root / "etc/edge-resnet"
+    (etc / "secrets.env").write_text("EDGE_RESNET_MQTT_PASSWORD=s3cret\n")  # the admin's, per deploy/README
+    (etc / "garage.toml").write_text('device_id = "garage"\n')
+    r = install(checkout, "--prefix", str(root), "--uninstall", "--purge")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (etc / "secrets.env").read_text() == "EDGE_RESNET_MQTT_PASSWORD=s3cret\n"
+    assert (etc / "garage.toml").exists()
+    assert not (etc / "config.toml").exists(), "the config the installer wrote is removed"
+    assert not (etc / ".install-manifest").exists()
+    assert not (root / "var/lib/edge-resnet").exists()
+    kept = [line for line in r.stdout.splitlines() if line.startswith("kept /etc/edge-resnet")]
+    assert kept and "secrets.env" in kept[0] and "garage.toml" in kept[0], r.stdout
