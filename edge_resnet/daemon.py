@@ -59,7 +59,7 @@ def build_sinks(
     if cfg.http is not None:
         from .sinks.http import HttpSink
 
-        sinks.append(HttpSink(cfg.http, status, sink_health))
+        sinks.append(HttpSink(cfg.http, status, sink_health, device_id=cfg.device_id))
     if cfg.video is not None:
         from .sinks.video import VideoSink
 

@@ -1,4 +1,8 @@
-"""HTTP overlay sink: live annotated MJPEG, snapshot, state JSON, /healthz and Prometheus /metrics."""
+"""HTTP overlay sink: live annotated MJPEG, snapshot, state JSON, /healthz and Prometheus /metrics.
+
+Served by `front.Front`, a bounded standard-library front (see there for the limits and why);
+routes are `_Handler` methods, so a new endpoint is one more entry in its route table.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,17 @@ import base64
 import contextlib
 import errno
 import hmac
+import io
 import json
 import logging
 import math
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,11 +31,12 @@ from ..annotate import annotate_observation
 from ..errors import ConfigError
 from ..observation import Observation, Status
 from .base import StatusFn
+from .front import Accepted, AuthFailures, Front, Limits, SocketWriter
 
 log = logging.getLogger(__name__)
 
-MAX_STREAM_CLIENTS = 8  # more viewers get 503: each one is a thread on a small device
-SEND_TIMEOUT_S = 10.0  # a client that takes no data for this long is dropped
+MAX_STREAM_CLIENTS = Limits().stream_workers  # more viewers get 503: each one holds a worker thread
+SEND_TIMEOUT_S = Limits().send_timeout_s  # a client that takes no data for this long is dropped
 BIND_RETRY_MAX_S = 10.0  # capped backoff while the port is in use
 
 
@@ -164,23 +169,28 @@ def state_document(obs: Observation | None, status: Status | None, fps: float | 
     return doc
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    sink: HttpSink
+class _Server:
+    """What a handler sees as `self.server`: the sink (the front owns the sockets)."""
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.warning("http: request from %s failed", client_address[0] if client_address else "?", exc_info=True)
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
+    def __init__(self, sink: HttpSink) -> None:
+        self.sink = sink
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    """One request, on a front worker thread; the head was read (and bounded) by the front."""
+
+    server: _Server  # type: ignore[assignment]
     server_version = "edge-resnet"
     protocol_version = "HTTP/1.0"
+
+    def setup(self) -> None:
+        job: Accepted = self.request
+        self.connection = job.sock
+        self.rfile = io.BytesIO(job.head)
+        self.wfile = SocketWriter(job.sock)
+
+    def finish(self) -> None:
+        self.rfile.close()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s %s", self.address_string(), format % args)
@@ -189,7 +199,19 @@ class _Handler(BaseHTTPRequestHandler):
         sink = self.server.sink
         sink.requests += 1
         path = urlsplit(self.path).path
-        if path != "/healthz" and not sink.authorized(self.headers.get("Authorization")):
+        self.authorised = True
+        if sink.auth_required:
+            source = self.client_address[0]
+            if sink.auth_failures.throttled(source):
+                self.send_response(429)
+                self.send_header("Retry-After", "60")
+                self._body(b"too many wrong passwords; try again in a minute\n", "text/plain; charset=utf-8", sent=True)
+                return
+            header = self.headers.get("Authorization")
+            self.authorised = sink.authorized(header)
+            if not self.authorised and header is not None:
+                sink.auth_failures.failed(source)
+        if path != "/healthz" and not self.authorised:
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="edge-resnet", charset="UTF-8"')
             self._body(b"authentication required\n", "text/plain; charset=utf-8", sent=True)
@@ -212,7 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
                 sent=True,
             )
             return
-        with contextlib.suppress(TimeoutError, BrokenPipeError, ConnectionResetError):  # the client went away
+        with contextlib.suppress(OSError):  # the client went away or stopped reading: counted, not logged
             handler()
 
     def do_HEAD(self) -> None:  # probes and link checkers
@@ -236,11 +258,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._body(json.dumps(doc).encode(), "application/json")
 
     def _healthz(self) -> None:
-        """200 "ok" when frames flow, else 503 and the reason; then one `sink: words` line per sink."""
+        """200 "ok" when frames flow, else 503 and the reason; then one `sink: words` line per sink
+        (only for an authorised client when basic auth is on: they name the broker)."""
         sink = self.server.sink
         st = sink.status()
         lines = ["ok" if st.healthy else st.reason]
-        lines += [f"{name}: {words}" for name, words in sink.sinks().items()]
+        if self.authorised:
+            lines += [f"{name}: {words}" for name, words in sink.sinks().items()]
         self._body(("\n".join(lines) + "\n").encode(), "text/plain; charset=utf-8", 200 if st.healthy else 503)
 
     def _metrics(self) -> None:
@@ -300,11 +324,20 @@ class HttpSink:
     name = "http"
 
     def __init__(
-        self, cfg: HttpConfig, status: StatusFn, sink_health: Callable[[], dict[str, str]] | None = None
+        self,
+        cfg: HttpConfig,
+        status: StatusFn,
+        sink_health: Callable[[], dict[str, str]] | None = None,
+        *,
+        limits: Limits | None = None,
+        device_id: str | None = None,
     ) -> None:
         """`sink_health` (optional, e.g. Pipeline.sink_health): name -> each sink's own words, shown by
-        /healthz under the first line and in /api/state; a broker that is away is reported there."""
+        /healthz under the first line and in /api/state; a broker that is away is reported there.
+        `limits`: the front's caps (tests make them small)."""
         self.cfg = cfg
+        self.limits = limits or Limits()
+        self.device_id = device_id
         self._status = status
         self._sink_health = sink_health
         self.host, self.port = parse_listen(cfg.listen)
@@ -318,8 +351,9 @@ class HttpSink:
                 )
             self._auth = b"Basic " + base64.b64encode(f"{cfg.username}:{password}".encode())
         self.index_html = resources.files("edge_resnet").joinpath("static/index.html").read_bytes()
+        self.auth_failures = AuthFailures(self.limits.auth_failures_per_min)
         self.stopping = threading.Event()
-        self._server: _Server | None = None
+        self._server: Front | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._new_frame = threading.Condition(self._lock)
@@ -367,13 +401,11 @@ class HttpSink:
             self._new_frame.notify_all()
         server = self._server
         if server is not None:
-            # shutdown() waits for serve_forever without a timeout: run it where we can bound the wait.
-            t = threading.Thread(target=server.shutdown, name="http-shutdown", daemon=True)
-            t.start()
-            t.join(max(0.1, deadline - time.monotonic()))
-            server.server_close()
+            server.stop()  # closes every socket; workers blocked in a send wake up
         if self._thread is not None:
             self._thread.join(max(0.1, deadline - time.monotonic()))
+        if server is not None:
+            server.join(max(0.1, deadline - time.monotonic()))
 
     def healthy(self) -> tuple[bool, str]:
         if self._bind_error is not None:
@@ -390,14 +422,25 @@ class HttpSink:
     @property
     def bound_port(self) -> int:
         """The real port (useful with port 0 in tests)."""
-        return int(self._server.server_address[1]) if self._server is not None else self.port
+        return self._server.port if self._server is not None else self.port
+
+    @property
+    def auth_required(self) -> bool:
+        return self._auth is not None
 
     def counters(self) -> dict[str, float]:
-        return {
+        out = {
             "http_stream_clients": float(self.clients),
             "http_frames_encoded_total": float(self.encoded),
             "http_requests_total": float(self.requests),
+            "http_auth_failures_total": float(self.auth_failures.failures),
+            "http_auth_throttled_total": float(self.auth_failures.refused),
         }
+        server = self._server
+        if server is not None:
+            out["http_open_connections"] = float(server.open_connections())
+            out.update({k: float(v) for k, v in server.stats.items()})
+        return out
 
     # -- used by the request handler (HTTP threads) --
 
@@ -411,6 +454,8 @@ class HttpSink:
         with self._lock:
             obs, fps = self._latest, self._fps
         doc = state_document(obs, self.status(), round(fps, 2) if fps is not None else None)
+        if self.device_id is not None:
+            doc["device_id"] = self.device_id
         doc["sinks"] = self.sinks()
         return doc
 
@@ -474,11 +519,13 @@ class HttpSink:
 
     # -- the server thread --
 
-    def _bind(self) -> _Server:
-        cls = _Server6 if ":" in self.host else _Server
-        server = cls((self.host, self.port), _Handler)
-        server.sink = self
-        return server
+    def _bind(self) -> Front:
+        shim = _Server(self)
+
+        def handle(job: Accepted) -> None:
+            _Handler(job, job.addr, shim)  # type: ignore[arg-type]
+
+        return Front(self.host, self.port, handle, self.limits, tick=self.auth_failures.tick)
 
     def _serve(self) -> None:
         delay = 1.0
@@ -509,5 +556,5 @@ class HttpSink:
             else:
                 log.info("http: overlay on %s", self.url)
             self._bind_error = None
-            self._server.serve_forever(poll_interval=0.25)
+            self._server.serve()
             return
