@@ -23,6 +23,8 @@ from edge_resnet.errors import InputError
 from edge_resnet.images import load_image
 from edge_resnet.preprocess import ChannelOrder, PreprocessSpec, crop_resize
 
+from .progress import Progress
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
@@ -175,16 +177,18 @@ def load(
     images: list[npt.NDArray[np.uint8]] = []
     used: list[Item] = []
     corrupt: list[Path] = []
-    for it in order:
-        if len(images) >= want:
-            break
-        bgr = read_image(it.path)
-        if bgr is None:
-            corrupt.append(it.path)
-            continue
-        img = crop_resize(bgr, hw, spec.crop_fraction, spec.interpolation)
-        images.append(_to_order(img, spec.channel_order))
-        used.append(it)
+    with Progress(f"loading {what} images", want) as bar:
+        for it in order:
+            if len(images) >= want:
+                break
+            bgr = read_image(it.path)
+            if bgr is None:
+                corrupt.append(it.path)
+                continue
+            img = crop_resize(bgr, hw, spec.crop_fraction, spec.interpolation)
+            images.append(_to_order(img, spec.channel_order))
+            used.append(it)
+            bar.update()
     if corrupt:
         log.warning("%s: skipped %d unreadable image(s), e.g. %s", what, len(corrupt), corrupt[0])
     if not images:

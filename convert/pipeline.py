@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CALIB_COUNT = 200
 DEFAULT_EVAL_LIMIT = 1000
+MIN_HELD_OUT = 20  # fewer held-out images measure agreement in 5-point steps: not worth a report
 
 
 @dataclass
@@ -98,31 +100,22 @@ def run(job: ConvertJob) -> ConvertResult:
     labels_by_slot, offset = resolve_labels(labels, info.num_classes, job.label_offset, str(job.labels))
     output_kind = job.output_kind or _guess_output_kind(model)
 
-    calib_split, eval_split = calibration.resolve_splits(job.calib, job.eval_dir, job.calib_split, job.eval_split)
-    pool = calibration.items(job.calib, calib_split)
-    calib = calibration.load(pool, job.calib_count, info.hw, job.preprocess, seed=job.seed)
+    plan = plan_evaluation(job)
+    # said once, before the long work: what the fidelity report will be measured on
+    (log.info if plan.items else log.warning)("evaluation: %s", plan.note)
+    calib = calibration.load(plan.calib_pool, job.calib_count, info.hw, job.preprocess, seed=job.seed)
     log.info(
         "calibration: %d images from %d classes (%d found, %d unreadable)",
         len(calib.images), calib.classes, calib.found, len(calib.corrupt),
     )
-    same_unsplit = job.eval_dir is not None and job.eval_dir.resolve() == job.calib.resolve()
-    same_unsplit = same_unsplit and calib_split == eval_split == "all"
-    if job.eval_dir is not None and not same_unsplit:
-        eval_items = calibration.items(job.eval_dir, eval_split)
-        eval_note = f"{job.eval_dir} ({eval_split})"
-    else:
-        used = {i.path for i in calib.items}
-        eval_items = [i for i in pool if i.path not in used]
-        eval_note = f"{job.calib} images not used for calibration"
+    calib_split = plan.calib_split
+    eval_items, eval_note = plan.items, plan.note
     overlap = {i.path.resolve() for i in calib.items} & {i.path.resolve() for i in eval_items}
     if overlap:
         raise InputError(
             f"{len(overlap)} evaluation images were also used for calibration (e.g. {sorted(overlap)[0]}); "
             "use disjoint folders or --calib-split calib --eval-split eval"
         )
-    if not eval_items:
-        log.warning("no images left for evaluation; pass --eval DIR for a fidelity report")
-    eval_items = eval_items[: job.eval_limit]
     classes = info.num_classes - offset
     if any(i.class_index is not None and i.class_index >= classes for i in eval_items):
         log.warning("labels.json class indices exceed the model's %d classes; reporting agreement only", classes)
@@ -175,38 +168,103 @@ def run(job: ConvertJob) -> ConvertResult:
         output_kind=output_kind,
         source=source,
     )
-    bundle = write_bundle(q.int8_tflite, meta, job.out / f"{stem}_int8.tflite")
-    fmeta = BundleMeta(
-        preprocess=meta.preprocess, labels=meta.labels, label_offset=offset, output_kind=output_kind,
-        source={**source, "quantization": {"method": "none (float32 reference)"}},
-    )
-    float_model = write_bundle(q.float_tflite, fmeta, job.out / f"{stem}_float32.tflite")
+    final = job.out / f"{stem}_int8.tflite"
+    rejected = job.out / f"{stem}_int8.rejected.tflite"
+    float_final = job.out / f"{stem}_float32.tflite"
+    # unverified models live under hidden names that do not end in .tflite until the gate passes;
+    # an interrupt or error removes them, so nothing that looks deployable is left behind
+    bundle = job.out / f".{stem}_int8.tflite.unverified"
+    float_model = job.out / f".{stem}_float32.tflite.unverified"
+    try:
+        write_bundle(q.int8_tflite, meta, bundle)
+        fmeta = BundleMeta(
+            preprocess=meta.preprocess, labels=meta.labels, label_offset=offset, output_kind=output_kind,
+            source={**source, "quantization": {"method": "none (float32 reference)"}},
+        )
+        write_bundle(q.float_tflite, fmeta, float_model)
 
-    ref = verify.OnnxReference(job.onnx, info, job.preprocess)
-    extra: dict[str, Any] = {
-        "model": bundle.name,
-        "source": source,
-        "evaluation_set": eval_note,
-        "sizes_bytes": {
-            "onnx": job.onnx.stat().st_size,
-            "float_tflite": len(q.float_tflite),
-            "int8_tflite": len(q.int8_tflite),
-        },
-    }
-    if eval_items:
-        report = verify.evaluate(bundle, float_model, ref, eval_items, offset, job.max_top1_drop, extra)
-    else:
-        report = verify.Report(extra)
+        ref = verify.OnnxReference(job.onnx, info, job.preprocess)
+        extra: dict[str, Any] = {
+            "model": final.name,
+            "source": source,
+            "evaluation_set": eval_note,
+            "sizes_bytes": {
+                "onnx": job.onnx.stat().st_size,
+                "float_tflite": len(q.float_tflite),
+                "int8_tflite": len(q.int8_tflite),
+            },
+        }
+        if eval_items:
+            report = verify.evaluate(bundle, float_model, ref, eval_items, offset, job.max_top1_drop, extra)
+        else:
+            report = verify.Report(extra)
+        passed = verify.passes(report)
+        report.data["gate"] = {**report.data.get("gate", {}), "passed": passed}
+        if not passed:
+            report.data["model"] = rejected.name
+        json_path = job.out / f"{stem}_int8.report.json"
+        md_path = job.out / f"{stem}_int8.report.md"
+        report.data["wall_time_s"] = round(time.perf_counter() - t_start, 1)
+        report.write(json_path, md_path)
+        os.replace(float_model, float_final)
+        if not passed:
+            os.replace(bundle, rejected)
+            if final.exists():
+                log.warning("%s is from an earlier conversion, not the one this report describes", final)
+            verify.check(report, rejected, md_path)
+        os.replace(bundle, final)
+    finally:
+        bundle.unlink(missing_ok=True)
+        float_model.unlink(missing_ok=True)
     if job.edgetpu:
-        report.data["edgetpu"] = edgetpu.compile_report(bundle, q.int8_tflite)
-    report.data["wall_time_s"] = round(time.perf_counter() - t_start, 1)
-    json_path = job.out / f"{stem}_int8.report.json"
-    md_path = job.out / f"{stem}_int8.report.md"
-    report.write(json_path, md_path)
-    verify.check(report)
-    if job.edgetpu:
+        report.data["edgetpu"] = edgetpu.compile_report(final, q.int8_tflite)
+        report.data["wall_time_s"] = round(time.perf_counter() - t_start, 1)
+        report.write(json_path, md_path)
         edgetpu.require_compiled(report.data["edgetpu"])
-    return ConvertResult(bundle, float_model, json_path, md_path, report.data)
+    return ConvertResult(final, float_final, json_path, md_path, report.data)
+
+
+@dataclass
+class EvaluationPlan:
+    """Which images calibrate and which evaluate, decided from the file lists alone, before any decoding:
+    an unreadable file is skipped (and counted) wherever it falls, it never moves the split."""
+
+    calib_pool: list[calibration.Item]
+    items: list[calibration.Item]
+    note: str
+    calib_split: Split
+
+
+def plan_evaluation(job: ConvertJob) -> EvaluationPlan:
+    """--eval when given; otherwise a held-out part of the calibration folder, or none when it is too small."""
+    calib_split, eval_split = calibration.resolve_splits(job.calib, job.eval_dir, job.calib_split, job.eval_split)
+    if job.eval_dir is not None:
+        same_unsplit = job.eval_dir.resolve() == job.calib.resolve() and calib_split == eval_split == "all"
+        if not same_unsplit:
+            pool = calibration.items(job.calib, calib_split)
+            found = calibration.items(job.eval_dir, eval_split)
+            held = found[: job.eval_limit]
+            return EvaluationPlan(pool, held, f"{len(held)} of {len(found)} images in {job.eval_dir} ({eval_split})",
+                                  calib_split)
+    elif job.calib_split == "auto" and (job.calib / calibration.LABELS_JSON).is_file():
+        # the folder says how to split itself: its calibration part calibrates, its evaluation part evaluates
+        pool, found = calibration.items(job.calib, "calib"), calibration.items(job.calib, "eval")
+        if found:
+            held = found[: job.eval_limit]
+            return EvaluationPlan(pool, held, f"{len(held)} held-out images of {job.calib} (its labels.json "
+                                  "evaluation part; pass --eval DIR to use others)", "calib")
+        calib_split = "calib"
+    pool = calibration.items(job.calib, calib_split)
+    order = calibration.balanced_order(pool, job.seed)
+    head, tail = order[: job.calib_count], order[job.calib_count :]
+    if len(tail) < MIN_HELD_OUT:
+        return EvaluationPlan(pool, [], (
+            f"none: {job.calib} has {len(pool)} images and calibration takes up to {job.calib_count}, leaving "
+            f"{len(tail)} (fewer than {MIN_HELD_OUT}); pass --eval DIR for a fidelity report"), calib_split)
+    held = tail[: job.eval_limit]
+    return EvaluationPlan(head, held, (
+        f"{len(held)} held-out images of {job.calib} (those beyond the {len(head)} calibration images; "
+        "pass --eval DIR to use others)"), calib_split)
 
 
 def _relative(path: Path, folder: Path) -> str:

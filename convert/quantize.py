@@ -26,10 +26,12 @@ import numpy.typing as npt
 import onnx
 
 from edge_resnet.errors import ModelError
+from edge_resnet.nativelog import filtered_stderr, ours
 
 from . import bias_correction, ranges, tflite_io
 from .offline import offline
 from .onnx_model import PIXEL_INPUT, OnnxInfo
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -208,20 +210,53 @@ def quantize(
     is scored by its output SQNR against the FP32 model on calibration images and the best kept.
     """
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    saved = build_float(prepared, info, workdir, images)
-    timings["onnx2tf_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    float_tflite = to_float(saved)
-    timings["float_tflite_s"] = time.perf_counter() - t
+    methods: tuple[str, ...] = ("mse", "minmax") if range_method == "auto" else (range_method,)
+    with Progress("converting", 3 + len(methods) + int(correct_bias), unit="stage") as bar:
+        stage = _Stages(bar)
+        t = time.perf_counter()
+        with stage("onnx2tf float model"):
+            saved = build_float(prepared, info, workdir, images)
+        timings["onnx2tf_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with stage("float TFLite"):
+            float_tflite = to_float(saved)
+        timings["float_tflite_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    calibrated = calibrate(saved, images)
-    timings["calibrate_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with stage("calibrating activation ranges"):
+            calibrated = calibrate(saved, images)
+        timings["calibrate_s"] = time.perf_counter() - t
+        return _refine(float_tflite, calibrated, images, methods, correct_bias, timings, stage)
 
+
+class _Stages:
+    """One conversion stage: a step of the progress bar, TensorFlow's own printing captured (shown with -v)."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.bar.note(name)
+        with filtered_stderr(ours):
+            yield
+        self.bar.update()
+
+
+def _refine(
+    float_tflite: bytes,
+    calibrated: bytes,
+    images: npt.NDArray[np.uint8],
+    methods: tuple[str, ...],
+    correct_bias: bool,
+    timings: dict[str, float],
+    stage: _Stages,
+) -> Quantized:
+    """Range candidates, then bias correction on the better one; the best by output SQNR is kept."""
     t = time.perf_counter()
     score_images = images[:SCORE_IMAGES]
-    ref = tflite_io.outputs(float_tflite, score_images)
+    with filtered_stderr(ours):
+        ref = tflite_io.outputs(float_tflite, score_images)
 
     def scored(c: _Candidate) -> _Candidate:
         out = tflite_io.outputs(c.model, score_images)
@@ -233,14 +268,16 @@ def quantize(
     # model without XNNPACK, the slowest step on deep networks.
     candidates: list[_Candidate] = []
     refined_by: dict[str, bytes] = {}
-    for method in ("mse", "minmax") if range_method == "auto" else (range_method,):
-        refined, range_stats = ranges.refine(calibrated, images, method)
-        refined_by[method] = refined
-        candidates.append(scored(_Candidate(method, False, to_int8(refined), range_stats, {"layers": 0})))
+    for method in methods:
+        with stage(f"{method} ranges"):
+            refined, range_stats = ranges.refine(calibrated, images, method)
+            refined_by[method] = refined
+            candidates.append(scored(_Candidate(method, False, to_int8(refined), range_stats, {"layers": 0})))
     best = max(candidates, key=lambda c: c.sqnr_db)
     if correct_bias:
-        fixed, bias_stats = bias_correction.correct(best.model, refined_by[best.ranges], images)
-        candidates.append(scored(_Candidate(best.ranges, True, fixed, best.range_stats, bias_stats)))
+        with stage("bias correction"):
+            fixed, bias_stats = bias_correction.correct(best.model, refined_by[best.ranges], images)
+            candidates.append(scored(_Candidate(best.ranges, True, fixed, best.range_stats, bias_stats)))
         best = max(candidates, key=lambda c: c.sqnr_db)
     timings["refine_s"] = time.perf_counter() - t
     log.info(
