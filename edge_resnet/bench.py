@@ -9,6 +9,7 @@ Only `engine.py` loads TFLite; never TensorFlow.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import time
@@ -26,7 +27,10 @@ from .measure import Contender, LatencyStats, Progress, measure_interleaved, pea
 from .ort_reference import calibration_files, calibration_tensors, onnx_input, ort_contender, quantize_onnx
 from .preprocess import PreprocessSpec, TensorInfo, prepare
 
+log = logging.getLogger(__name__)
+
 SCHEMA = "edge-resnet-bench/1"
+DEFAULT_CALIB_COUNT = 200  # onnxruntime INT8 calibration images when the model names none
 FRAME_SIZES: tuple[tuple[int, int], ...] = ((640, 480), (1280, 720), (1920, 1080))  # width, height
 
 
@@ -191,7 +195,7 @@ class BenchOptions:
     model: Path
     onnx: Path | None = None
     calib: Path | None = None
-    calib_count: int = 200
+    calib_count: int | None = None  # None: all the images the bundle names (else DEFAULT_CALIB_COUNT)
     threads: tuple[int, ...] = (1, 2)
     runs: int = 100
     warmup: int = 5
@@ -359,8 +363,15 @@ def _calibration(opts: BenchOptions, engine: Engine) -> list[Path]:
             "--onnx needs --calib DIR: onnxruntime INT8 is calibrated on the same images as the TFLite model"
         )
     if isinstance(names, list) and names:
-        return [folder / str(n) for n in names]
-    count = opts.calib_count
+        files = [folder / str(n) for n in names]
+        if opts.calib_count is not None and opts.calib_count < len(files):
+            log.info(
+                "onnxruntime INT8: calibrating on the first %d of the %d images the bundle was calibrated on "
+                "(--calib-count)", opts.calib_count, len(files),
+            )
+            return files[: opts.calib_count]
+        return files
+    count = DEFAULT_CALIB_COUNT if opts.calib_count is None else opts.calib_count
     if isinstance(cal, dict) and isinstance(cal.get("images"), int):
         count = min(count, int(cal["images"]))
     return calibration_files(folder, count)

@@ -134,3 +134,17 @@ def test_onnxruntime_int8_calibrates_on_the_bundles_own_images(tmp_path: Path) -
     cal = {"folder": str(tmp_path), "files": ["a/x.jpg", "y.png"], "images": 2}
     engine = SimpleNamespace(model=SimpleNamespace(meta=SimpleNamespace(source={"calibration": cal})))
     assert _calibration(BenchOptions(model=Path("m.tflite")), engine) == [tmp_path / "a/x.jpg", tmp_path / "y.png"]  # type: ignore[arg-type]
+
+
+def test_calib_count_takes_the_first_n_of_the_bundles_list(tmp_path: Path) -> None:
+    """Issue 14 case 8: `--calib-count 20` with a bundle calibrates onnxruntime on 20 images (the first 20
+    the bundle names), not on all 200; without it, all of them; --help says so."""
+    names = [f"n{i:08d}_x.jpg" for i in range(200)]
+    cal = {"folder": str(tmp_path), "files": names, "images": 200}
+    engine = SimpleNamespace(model=SimpleNamespace(meta=SimpleNamespace(source={"calibration": cal})))
+    got = _calibration(BenchOptions(model=Path("m.tflite"), calib_count=20), engine)  # type: ignore[arg-type]
+    assert got == [tmp_path / n for n in names[:20]]
+    assert len(_calibration(BenchOptions(model=Path("m.tflite")), engine)) == 200  # type: ignore[arg-type]
+    helptext = " ".join(run_cli("bench", "--help").stdout.split())
+    assert "A bundle names the images it was calibrated on and those are used" in helptext
+    assert "the first N with this option" in helptext

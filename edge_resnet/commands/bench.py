@@ -30,7 +30,11 @@ def register(sub: Any, name: str, helptext: str) -> None:
     p.add_argument("model", help="the .tflite model or edge-resnet bundle to benchmark")
     p.add_argument("--onnx", type=Path, help="the FP32 ONNX model it came from: adds onnxruntime FP32 and INT8")
     p.add_argument("--calib", type=Path, help="calibration images for onnxruntime INT8 (same as the TFLite model's)")
-    p.add_argument("--calib-count", type=int, default=200, help="calibration images to use (default 200)")
+    p.add_argument(
+        "--calib-count", type=int, metavar="N",
+        help="onnxruntime INT8 calibration images. A bundle names the images it was calibrated on and those are "
+        "used (all of them by default, the first N with this option); otherwise N of --calib (default 200)",
+    )
     p.add_argument("--ort-int8", type=Path, help="a ready onnxruntime INT8 model instead of quantizing --onnx")
     p.add_argument(
         "--ort-activations",
