@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# the device lab (root filesystems, qemu, systemd-nspawn) runs only through tests/lab/run.sh
+collect_ignore = [] if os.environ.get("EDGE_RESNET_LAB_RUN") == "1" else ["lab"]
 
 
 def _data_dir() -> Path:

@@ -1,0 +1,91 @@
+"""Prepare what every lab machine uses, on the host (the workstation side of a user's first day):
+the wheel built from this checkout, a ResNet-18 INT8 bundle made by `edge-resnet convert` (under
+the usual umask 022, as a user would), and a short test video. Writes `.cache/lab/host.json`.
+
+    .venv/bin/python tests/lab/prepare.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.helpers.resnet_onnx import make_resnet  # noqa: E402
+from tests.helpers.video import pick_samples, write_video  # noqa: E402
+
+LAB = Path(os.environ.get("EDGE_RESNET_LAB_CACHE", REPO / ".cache" / "lab")).resolve()
+DATA = Path(os.environ.get("EDGE_RESNET_DATA", REPO.parent / "shared" / "data")).resolve()
+# small enough that 100 images classify in about a minute under qemu, big enough to be a real ResNet-18
+RESNET_SIZE = 96
+
+
+def build_wheel(dist: Path) -> Path:
+    dist.mkdir(parents=True, exist_ok=True)
+    for old in dist.glob("*.whl"):
+        old.unlink()
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(REPO)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    (wheel,) = dist.glob("edge_resnet-*.whl")
+    return wheel
+
+
+def convert_resnet18(work: Path) -> tuple[Path, float]:
+    """`edge-resnet convert` of a generated model-zoo ResNet-18 v1, as a user runs it (umask 022)."""
+    work.mkdir(parents=True, exist_ok=True)
+    onnx_path = work / "resnet18-v1.onnx"
+    import onnx
+
+    onnx.save(make_resnet(18, version=1, input_size=RESNET_SIZE, seed=18), str(onnx_path))
+    out = work / "out"
+    t0 = time.monotonic()
+    old = os.umask(0o022)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "edge_resnet", "convert", str(onnx_path), "--calib", str(DATA / "imagenet-samples"),
+             "--out", str(out), "--calib-count", "64", "--eval-limit", "100", "--max-top1-drop", "100"],
+            capture_output=True, text=True, cwd=work,
+        )  # fmt: skip
+    finally:
+        os.umask(old)
+    if proc.returncode != 0:
+        raise SystemExit(f"lab: prepare: edge-resnet convert failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    (bundle,) = out.glob("*_int8.tflite")
+    return bundle, time.monotonic() - t0
+
+
+def main() -> int:
+    argparse.ArgumentParser(description=__doc__).parse_args()
+    if not (DATA / "README.md").exists():
+        raise SystemExit(f"lab: prepare: test data not found at {DATA}; set EDGE_RESNET_DATA")
+    work = LAB / "work"
+    wheel = build_wheel(LAB / "dist")
+    bundle, secs = convert_resnet18(work / "resnet18")
+    picks = pick_samples(DATA / "imagenet-samples", 3)
+    video = work / "three_photos.avi"
+    # 8 frames per photo: with the default hysteresis window of 3, each photo is one label change
+    write_video(video, picks, seconds_each=0.8, fps=10, size=(320, 240))
+    state = {
+        "wheel": str(wheel),
+        "resnet18_bundle": str(bundle),
+        "resnet18_convert_s": round(secs, 1),
+        "video": str(video),
+        "video_classes": [p.class_index for p in picks],
+        "data": str(DATA),
+    }
+    (LAB / "host.json").write_text(json.dumps(state, indent=2) + "\n")
+    print(f"== lab: prepared wheel {wheel.name}, ResNet-18 bundle ({secs:.0f} s to convert), test video")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

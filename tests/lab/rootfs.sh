@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2016  # the hooks' "$1" is expanded by mmdebstrap, not here
+# Build (or reuse) one of the device lab's root filesystems and print its path.
+#
+#   bash tests/lab/rootfs.sh NAME          NAME: arm64-bookworm | arm64-trixie | systemd
+#   bash tests/lab/rootfs.sh --path NAME   where NAME's cache folder is (built or not)
+#
+# The cache folder is .cache/lab/rootfs/NAME-KEY, KEY a digest of its inputs (architecture, suite,
+# package list, mirrors, hooks): change any input and the next run builds a new one. A finished build is marked
+# by a .lab-complete file, so an interrupted build is never reused.
+#   arm64-*   Raspberry Pi OS-like system site: apt's numpy (1.24 on bookworm), the picamera2
+#             dependencies Debian has (python3-av, python3-prctl) and python3-scipy standing in
+#             for the Pi's apt-built simplejpeg (a C extension built against apt's numpy).
+#   systemd   amd64 bookworm that boots under systemd-nspawn -b (systemd as PID 1), with sudo.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+only_path=0
+if [ "${1:-}" = --path ]; then only_path=1; shift; fi
+name=${1:?usage: rootfs.sh [--path] arm64-bookworm|arm64-trixie|systemd}
+cache=${EDGE_RESNET_LAB_CACHE:-$PWD/.cache/lab}
+MIRROR=http://deb.debian.org/debian
+SECURITY=http://deb.debian.org/debian-security
+PI_SITE=python3,python3-venv,python3-pip,ca-certificates,python3-numpy,python3-av,python3-prctl,python3-scipy
+
+case "$name" in
+  arm64-bookworm) arch=arm64 suite=bookworm include=$PI_SITE ;;
+  arm64-trixie) arch=arm64 suite=trixie include=$PI_SITE ;;
+  systemd) arch=amd64 suite=bookworm
+    include=systemd,systemd-sysv,dbus,udev,sudo,python3,python3-venv,python3-pip,ca-certificates,procps,less ;;
+  *) echo "rootfs.sh: unknown root filesystem '$name' (arm64-bookworm, arm64-trixie, systemd)" >&2; exit 2 ;;
+esac
+
+# the rootfs reaches PyPI through this machine's TLS-intercepting proxy: its CAs and pip config go in
+hooks=(
+  --customize-hook='mkdir -p "$1/usr/local/share/ca-certificates" && cp -a /usr/local/share/ca-certificates/. "$1/usr/local/share/ca-certificates/" && chroot "$1" update-ca-certificates >/dev/null'
+  --customize-hook='if [ -f /etc/pip.conf ]; then cp /etc/pip.conf "$1/etc/pip.conf"; fi'
+  --customize-hook='rm -f "$1/etc/resolv.conf"; cp /etc/resolv.conf "$1/etc/resolv.conf"'
+)
+if [ "$name" = systemd ]; then
+  hooks+=(
+    --customize-hook='echo lab-device > "$1/etc/hostname"'
+    --customize-hook='chroot "$1" passwd -d root >/dev/null'
+    # no getty on the container console: nobody logs in, the lab enters with nsenter
+    --customize-hook='chroot "$1" systemctl mask console-getty.service getty@tty1.service >/dev/null 2>&1 || true'
+  )
+fi
+hooks_text=$(printf '%s\n' "${hooks[@]}")
+key=$(printf '%s\n' "$arch" "$suite" "$include" "$MIRROR" "$SECURITY" "$hooks_text" | sha256sum | cut -c1-12)
+dir="$cache/rootfs/$name-$key"
+if [ "$only_path" = 1 ]; then echo "$dir"; exit 0; fi
+if [ -f "$dir/.lab-complete" ]; then echo "$dir"; exit 0; fi
+
+command -v mmdebstrap >/dev/null || { echo "rootfs.sh: mmdebstrap is missing: bash tests/lab/host.sh installs it" >&2; exit 7; }
+rm -rf "$dir" "$dir.tmp"
+mkdir -p "$cache/rootfs"
+sources="deb $MIRROR $suite main
+deb $MIRROR $suite-updates main
+deb $SECURITY $suite-security main"
+start=$(date +%s)
+echo "== lab: building root filesystem $name ($arch $suite) in $dir" >&2
+mmdebstrap --quiet --arch="$arch" --variant=apt --include="$include" "${hooks[@]}" \
+  "$suite" "$dir.tmp" - <<<"$sources" >&2
+mv "$dir.tmp" "$dir"
+touch "$dir/.lab-complete"
+echo "== lab: $name built in $(( $(date +%s) - start )) s ($(du -sm "$dir" | cut -f1) MB)" >&2
+echo "$dir"

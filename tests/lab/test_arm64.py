@@ -1,0 +1,206 @@
+"""A Raspberry Pi user's first day on arm64 (bookworm = Pi OS Bookworm, Python 3.11; trixie = Pi OS
+Trixie, Python 3.13), under qemu-user: the README's Pi install in a Pi-like system site, then
+classify, info, the daemon to the host's broker, and doctor.
+
+Each root filesystem gets a fresh copy for the run; the install follows README.md's `pi-install`
+block line by line (apt lines are what the root filesystem already holds).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.broker import Broker, Subscriber
+
+from .conftest import LAB, REPO, eval_images, host_run, rootfs, top1_by_file
+from .machine import Rootfs, fresh_copy, q
+
+NAMES = ["arm64-bookworm", "arm64-trixie"]
+VENV = "/root/er"
+
+
+def readme_pi_install() -> list[str]:
+    """The shell lines of README.md's pi-install block."""
+    text = (REPO / "README.md").read_text()
+    m = re.search(r"<!-- lab: pi-install[^>]*-->\s*```sh\n(.*?)```", text, re.S)
+    assert m, "README.md has no `<!-- lab: pi-install -->` block"
+    return [ln.strip() for ln in m.group(1).splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+class Pi:
+    def __init__(self, name: str, fs: Rootfs, install_log: str, install_s: float) -> None:
+        self.name = name
+        self.fs = fs
+        self.install_log = install_log
+        self.install_s = install_s
+
+    def er(self, args: str, timeout: float = 900, check: bool = True) -> Any:
+        return self.fs.run(f"{VENV}/bin/edge-resnet {args}", timeout=timeout, check=check)
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def pi(request: pytest.FixtureRequest, prepared: dict[str, Any]) -> Iterator[Pi]:
+    name: str = request.param
+    pristine = rootfs(prepared, name)
+    root = fresh_copy(pristine, LAB / "run" / name)
+    binds = {Path(prepared["data"]): "/data", LAB / "dist": "/lab/dist", LAB / "work": "/lab/work"}
+    fs = Rootfs(root, binds)
+    wheel = f"/lab/dist/{Path(prepared['wheel']).name}"
+    log: list[str] = []
+    t0 = time.monotonic()
+    for line in readme_pi_install():
+        if line.startswith("sudo apt"):
+            # what apt installs is in the root filesystem already (python3-picamera2 is Raspberry
+            # Pi OS's own package: its Debian dependencies python3-av/-prctl stand in, see rootfs.sh)
+            continue
+        cmd = re.sub(r"(install\b.*?)\s+edge-resnet(\s|$)", rf"\1 {wheel}\2", line)
+        assert cmd != line or "pip install" not in line, f"no `edge-resnet` requirement to replace in: {line}"
+        r = fs.run(cmd, timeout=1200)
+        log.append(f"$ {cmd}\n{r.stdout}{r.stderr}")
+    yield Pi(name, fs, "\n".join(log), time.monotonic() - t0)
+
+
+def test_install_uses_only_wheels(pi: Pi, figure: Callable[[str], None]) -> None:
+    assert "--only-binary=:all:" in pi.install_log, "the README's pip line must refuse source builds"
+    assert "Building wheel" not in pi.install_log and "setup.py" not in pi.install_log, pi.install_log[-3000:]
+    r = pi.fs.run(f"{VENV}/bin/python -m pip list --format=json")
+    pkgs = {p["name"].lower(): p["version"] for p in json.loads(r.stdout)}
+    py = pi.fs.run(f"{VENV}/bin/python -c 'import platform,sys; print(platform.machine(), sys.version.split()[0])'")
+    assert py.stdout.split()[0] == "aarch64", py.stdout
+    figure(
+        f"{pi.name}: {py.stdout.strip()}, installed in {pi.install_s:.0f} s from wheels only: edge-resnet "
+        f"{pkgs.get('edge-resnet')}, ai-edge-litert {pkgs.get('ai-edge-litert')}, "
+        f"opencv-python-headless {pkgs.get('opencv-python-headless')}, numpy {pkgs.get('numpy')}"
+    )
+
+
+def test_pi_system_site_still_imports(pi: Pi, figure: Callable[[str], None]) -> None:
+    """picamera2's world (apt's numpy, av, prctl, a numpy C extension) and ours in one venv."""
+    probe = (
+        "import av, prctl, scipy.ndimage, numpy, cv2, edge_resnet.engine, numpy as np; "
+        "scipy.ndimage.gaussian_filter(np.zeros((8, 8)), 1.0); "
+        "print(numpy.__version__, numpy.__file__, cv2.__version__, av.__version__)"
+    )
+    r = pi.fs.run(f"{VENV}/bin/python -c {q(probe)}")
+    numpy_version, numpy_file, cv2_version, av_version = r.stdout.split()
+    apt = pi.fs.run("/usr/bin/python3 -c 'import numpy; print(numpy.__version__)'").stdout.strip()
+    assert numpy_version == apt, f"the venv sees numpy {numpy_version}, apt's is {apt}"
+    assert numpy_file.startswith("/usr/lib/python3/dist-packages/"), numpy_file
+    figure(
+        f"{pi.name}: venv sees numpy {numpy_version} (apt's, {numpy_file}); av {av_version}, "
+        f"scipy.ndimage and OpenCV {cv2_version} import together"
+    )
+
+
+@pytest.fixture(scope="session")
+def x86_reference(prepared: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """The same classify --json on this x86 machine, from the device install (.venv-device)."""
+    exe = REPO / ".venv-device" / "bin" / "edge-resnet"
+    assert exe.exists(), f"{exe} is missing: tests/run.sh (or tests/lab/run.sh) creates .venv-device"
+    data = Path(prepared["data"])
+    files = [str(data / "imagenet-samples" / e["file"]) for e in eval_images(data / "imagenet-samples")]
+    out = {}
+    for model, extra in _models(prepared, data).items():
+        r = host_run([str(exe), "classify", "--json", "--top-k", "1", *extra, *files])
+        assert r.returncode == 0, r.stderr[-2000:]
+        out[model] = top1_by_file(r.stdout)
+        assert len(out[model]) == 100
+    return out
+
+
+def _models(prepared: dict[str, Any], data: Path, inside: bool = False) -> dict[str, list[str]]:
+    d = "/data" if inside else str(data)
+    bundle = Path(prepared["resnet18_bundle"])
+    b = f"/lab/work/resnet18/out/{bundle.name}" if inside else str(bundle)
+    return {
+        "mobilenet_v2": ["--model", f"{d}/models/mobilenet_v2_1.0_224_quant.tflite",
+                         "--labels", f"{d}/models/imagenet_labels_1001.txt"],
+        "resnet18_int8": ["--model", b],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["mobilenet_v2", "resnet18_int8"])
+def test_classify_agrees_with_x86(
+    pi: Pi, model: str, prepared: dict[str, Any], x86_reference: dict[str, dict[str, int]],
+    figure: Callable[[str], None],
+) -> None:  # fmt: skip
+    data = Path(prepared["data"])
+    files = " ".join(q(f"/data/imagenet-samples/{e['file']}") for e in eval_images(data / "imagenet-samples"))
+    args = " ".join(q(a) for a in _models(prepared, data, inside=True)[model])
+    t0 = time.monotonic()
+    r = pi.er(f"classify --json --top-k 1 {args} {files}", timeout=1800)
+    secs = time.monotonic() - t0
+    arm = top1_by_file(r.stdout)
+    ref = x86_reference[model]
+    assert set(arm) == set(ref), f"classified {len(arm)} of {len(ref)} images"
+    same = sum(arm[f] == ref[f] for f in ref)
+    figure(f"{pi.name} {model}: top-1 agrees with x86 on {same}/100 images ({secs:.0f} s for 100 under qemu)")
+    assert same >= 99
+
+
+def test_info(pi: Pi, prepared: dict[str, Any], figure: Callable[[str], None]) -> None:
+    bundle = Path(prepared["resnet18_bundle"]).name
+    r = pi.er(f"info --json /lab/work/resnet18/out/{bundle}")
+    info = json.loads(r.stdout)
+    text = json.dumps(info)
+    assert "edge-resnet-bundle" in text and "int8" in text.lower(), text[:2000]
+    figure(f"{pi.name}: info reads the bundle ({len(info)} top-level keys)")
+
+
+def test_daemon_events_reach_the_hosts_broker(
+    pi: Pi, host_broker: Broker, prepared: dict[str, Any], figure: Callable[[str], None]
+) -> None:
+    dev = f"lab-{pi.name}"
+    sub = Subscriber(host_broker.port, [f"edge-resnet/{dev}/#"]).start()
+    try:
+        model = "--model /data/models/mobilenet_v2_1.0_224_quant.tflite --labels /data/models/imagenet_labels_1001.txt"
+        t0 = time.monotonic()
+        r = pi.er(
+            f"run {model} --source /lab/work/{Path(prepared['video']).name} --fast --device-id {dev} "
+            f"--mqtt mqtt://127.0.0.1:{host_broker.port}",
+            timeout=600,
+        )
+        secs = time.monotonic() - t0
+        events_topic = f"edge-resnet/{dev}/events"
+        assert sub.wait_for(lambda ms: len([m for m in ms if m.topic == events_topic]) >= 3, 30), (
+            f"events seen: {[m.text for m in sub.on(events_topic)]}\n{r.stderr[-2000:]}"
+        )
+        events = [m.json() for m in sub.on(events_topic)]
+        want = [c + 1 for c in prepared["video_classes"]]  # the model's slot is class + 1 (background first)
+        got = [e.get("class_index") for e in events]
+        seqs = [e["seq"] for e in events]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs
+        avail = sub.on(f"edge-resnet/{dev}/availability")
+        assert avail and avail[-1].text == "offline", [m.text for m in avail]
+        figure(
+            f"{pi.name}: daemon ran {secs:.0f} s on the 24-frame video; {len(events)} events on the host's "
+            f"broker, labels {[e.get('label') for e in events]} (photos' classes {want}, got {got}); "
+            f"last availability 'offline'"
+        )
+        assert sum(w in got for w in want) >= 2, f"events {got} do not name the photos' classes {want}"
+    finally:
+        sub.stop()
+
+
+def test_doctor(pi: Pi, host_broker: Broker, figure: Callable[[str], None]) -> None:
+    r = pi.er(
+        f"doctor --json --model /data/models/mobilenet_v2_1.0_224_quant.tflite "
+        f"--mqtt mqtt://127.0.0.1:{host_broker.port} --state-dir /tmp",
+        check=False,
+    )
+    assert r.returncode in (0, 9), r.stderr[-2000:]  # 9: problems found (no camera in the lab)
+    rows = json.loads(r.stdout)
+    checks = rows["checks"] if isinstance(rows, dict) else rows
+    by = {c["name"]: c for c in checks}
+    assert by["model"]["result"] == "ok", by["model"]
+    assert by["broker"]["result"] == "ok", by["broker"]
+    assert by["interpreter"]["result"] == "ok", by["interpreter"]
+    assert by["camera"]["result"] == "FAIL"  # no camera: said, not crashed
+    figure(f"{pi.name}: doctor: model {by['model']['detail']}; broker {by['broker']['detail']}")

@@ -1,0 +1,379 @@
+"""A device's first day under real systemd (PID 1 in an amd64 bookworm container): deploy/README.md's
+steps, then the field: reload with a new model, a corrupt model pushed, the broker restarted,
+SIGSTOP (watchdog), kill -9, a reboot, an upgrade run of install.sh, `systemctl stop` and
+`--uninstall`. The checks run in file order on one container; each is one lab result.
+
+The camera is the one fake: a looping video file of three ImageNet photos (`[source] type = "file"`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.broker import Broker, Subscriber, free_port
+
+from .conftest import LAB, REPO, rootfs
+from .machine import Container, fresh_copy
+
+UNIT = "edge-resnet"
+VENV_BIN = "/opt/edge-resnet/venv/bin/edge-resnet"
+DEVICE_ID = "lab-device"
+CONFIG = "/etc/edge-resnet/config.toml"
+MODELS = "/var/lib/edge-resnet/models"
+QUEUE = "/var/lib/edge-resnet/events.sqlite"
+# deploy/README.md's commands, as the lab runs them (the test checks they are still in the README)
+README_STEPS = [
+    "sudo deploy/install.sh dist/edge_resnet-*.whl",
+    "sudo cp resnet50_int8.tflite /var/lib/edge-resnet/models/",
+    "sudoedit /etc/edge-resnet/config.toml",
+    "sudo -u edge-resnet /opt/edge-resnet/venv/bin/edge-resnet config check /etc/edge-resnet/config.toml",
+    "sudo -u edge-resnet /opt/edge-resnet/venv/bin/edge-resnet doctor --config /etc/edge-resnet/config.toml",
+    "sudo systemctl start edge-resnet",
+]
+
+
+class Device:
+    def __init__(self, ct: Container, broker: Broker, sub: Subscriber, bundle: str, http_port: int) -> None:
+        self.ct = ct
+        self.broker = broker
+        self.sub = sub
+        self.bundle = bundle
+        self.http_port = http_port
+        self.topic = f"edge-resnet/{DEVICE_ID}"
+
+    def show(self, *props: str) -> dict[str, str]:
+        r = self.ct.sh(f"systemctl show {UNIT} " + " ".join(f"-p {p}" for p in props))
+        return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+    def main_pid(self) -> int:
+        return int(self.show("MainPID")["MainPID"])
+
+    def wait_active(self, timeout: float = 150, not_pid: int | None = None) -> float:
+        """Seconds until the unit is active (READY received) with a MainPID other than `not_pid`."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            s = self.show("ActiveState", "SubState", "MainPID")
+            if s["ActiveState"] == "active" and s["SubState"] == "running" and int(s["MainPID"]) not in (0, not_pid):
+                return time.monotonic() - t0
+            time.sleep(0.5)
+        raise AssertionError(f"{UNIT} not active after {timeout} s: {self.show('ActiveState', 'SubState')}\n"
+                             f"{self.journal(40)}")  # fmt: skip
+
+    def journal(self, n: int | None = None) -> str:
+        tail = f" -n {n}" if n else ""
+        return self.ct.sh(f"journalctl -u {UNIT} --no-pager -o cat{tail}", check=False).stdout
+
+    def state(self) -> dict[str, Any]:
+        msgs = self.sub.on(f"{self.topic}/state")
+        return msgs[-1].json() if msgs else {}
+
+    def frame_seq(self) -> int:
+        """The newest classified frame, from the overlay's /api/state (the service shares the host's network)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/api/state", timeout=5) as r:
+            return int(json.loads(r.read()).get("frame_seq") or 0)
+
+    def event_seqs(self) -> list[int]:
+        return [int(m.json()["seq"]) for m in self.sub.on(f"{self.topic}/events")]
+
+    def wait_new_events(self, n: int, timeout: float = 60) -> bool:
+        have = len(self.event_seqs())
+        return self.sub.wait_for(
+            lambda ms: sum(m.topic == f"{self.topic}/events" for m in ms) >= have + n, timeout
+        )
+
+
+def _edit_config(text: str, port: int, http_port: int, model: str) -> str:
+    """What the admin does in sudoedit: [model] path, [source], [mqtt] url (and a device id and port)."""
+    text = re.sub(r'(?m)^device_id = .*$', f'device_id = "{DEVICE_ID}"', text)
+    text = re.sub(r'(?m)^path = "/var/lib/edge-resnet/models/.*"$', f'path = "{MODELS}/{model}"', text, count=1)
+    source = '[source]\ntype = "file"\npath = "/srv/camera/camera.avi"\nrealtime = true\nloop = true\n'
+    text = re.sub(r"(?ms)^\[source\]\n.*?(?=^# Other source types)", source + "\n", text, count=1)
+    text = re.sub(r'(?m)^url = "mqtt://127.0.0.1:1883".*$', f'url = "mqtt://127.0.0.1:{port}"', text)
+    text = re.sub(r'(?m)^listen = "127.0.0.1:8080".*$', f'listen = "127.0.0.1:{http_port}"', text)
+    assert f"127.0.0.1:{port}" in text and "/srv/camera/camera.avi" in text and model in text, text
+    return text
+
+
+@pytest.fixture(scope="module")
+def device(prepared: dict[str, Any], host_broker: Broker) -> Iterator[Device]:
+    root = fresh_copy(rootfs(prepared, "systemd"), LAB / "run" / "systemd")
+    # the checkout, as `git clone` leaves it (tracked files), with the wheel a user built into dist/
+    src = root / "root" / "edge-resnet"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for rel in filter(None, files.decode().split("\0")):
+        if (REPO / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, src / rel)
+    (src / "dist").mkdir()
+    shutil.copy2(prepared["wheel"], src / "dist")
+    # the converted model arrives in the admin's home with the mode `edge-resnet convert` gave it
+    bundle = Path(prepared["resnet18_bundle"])
+    shutil.copy2(bundle, root / "root" / bundle.name)
+    data = Path(prepared["data"])
+    for f in ("mobilenet_v2_1.0_224_quant.tflite", "imagenet_labels_1001.txt"):
+        shutil.copy2(data / "models" / f, root / "root" / f)
+    (root / "srv" / "camera").mkdir(parents=True)
+    shutil.copy2(prepared["video"], root / "srv" / "camera" / "camera.avi")
+    (root / "srv" / "camera" / "camera.avi").chmod(0o644)
+
+    ct = Container(root, LAB / "logs" / "systemd-container.log")
+    ct.log.parent.mkdir(parents=True, exist_ok=True)
+    ct.boot()
+    sub = Subscriber(host_broker.port, [f"edge-resnet/{DEVICE_ID}/#"], client_id="lab-field-subscriber").start()
+    try:
+        yield Device(ct, host_broker, sub, bundle.name, free_port())
+    finally:
+        sub.stop()
+        (LAB / "logs").mkdir(exist_ok=True)
+        if ct.leader() is not None:
+            (LAB / "logs" / "systemd-journal.txt").write_text(ct.sh("journalctl -b --no-pager", check=False).stdout)
+        ct.poweroff()
+
+
+def test_readme_steps_are_the_deploy_readme(figure: Callable[[str], None]) -> None:
+    text = (REPO / "deploy" / "README.md").read_text()
+    missing = [s for s in README_STEPS if s not in text]
+    assert not missing, f"deploy/README.md no longer says: {missing}"
+    figure(f"{len(README_STEPS)} deploy/README.md steps found verbatim")
+
+
+def test_install_as_the_readme_says(device: Device, figure: Callable[[str], None]) -> None:
+    ct = device.ct
+    t0 = time.monotonic()
+    r = ct.sh("cd /root/edge-resnet && sudo deploy/install.sh dist/edge_resnet-*.whl", timeout=900)
+    install_s = time.monotonic() - t0
+    ct.sh(f"sudo cp {device.bundle} {MODELS}/")  # README: sudo cp resnet50_int8.tflite /var/lib/.../models/
+    cfg = ct.path(CONFIG)
+    cfg.write_text(_edit_config(cfg.read_text(), device.broker.port, device.http_port, device.bundle))
+    ct.sh("printf 'EDGE_RESNET_MQTT_PASSWORD=lab-secret\\n' > /etc/edge-resnet/secrets.env && chmod 600 "
+          "/etc/edge-resnet/secrets.env")  # fmt: skip
+    check = ct.sh(f"sudo -u edge-resnet {VENV_BIN} config check {CONFIG}", check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    figure(f"install.sh (venv, pip from PyPI, units) took {install_s:.0f} s; config check: ok")
+    assert "edge-resnet.service" in r.stdout
+
+
+def test_model_copied_as_the_readme_says_is_readable(device: Device, figure: Callable[[str], None]) -> None:
+    ct = device.ct
+    mode = ct.sh(f"stat -c '%a %U:%G' {MODELS}/{device.bundle}").stdout.strip()
+    r = ct.sh(f"sudo -u edge-resnet test -r {MODELS}/{device.bundle}", check=False)
+    figure(f"{MODELS}/{device.bundle} after `sudo cp`: mode {mode}")
+    assert r.returncode == 0, f"the service user cannot read the model the README copies (mode {mode})"
+
+
+def test_doctor_as_the_service_user(device: Device, figure: Callable[[str], None]) -> None:
+    r = device.ct.sh(f"sudo -u edge-resnet {VENV_BIN} doctor --json --config {CONFIG}", check=False)
+    assert r.returncode in (0, 9), r.stderr[-2000:]
+    by = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert by["model"]["result"] == "ok", by["model"]
+    assert by["broker"]["result"] == "ok", by["broker"]
+    assert by["config"]["result"] == "ok", by["config"]
+    figure(f"doctor as edge-resnet: model {by['model']['detail']}")
+
+
+def test_service_starts_ready_with_status(device: Device, figure: Callable[[str], None]) -> None:
+    ct = device.ct
+    t0 = time.monotonic()
+    r = ct.sh("sudo systemctl start edge-resnet", check=False, timeout=200)  # Type=notify: returns on READY=1
+    start_s = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr + device.journal(60)
+    s = device.show("ActiveState", "SubState", "StatusText", "Type", "NRestarts")
+    status = ct.sh(f"systemctl status {UNIT} --no-pager", check=False).stdout
+    assert s["ActiveState"] == "active" and s["SubState"] == "running", s
+    assert "active (running)" in status, status
+    assert s["StatusText"], "no STATUS= line"
+    assert "ready" in device.journal(), device.journal(40)
+    figure(f"`systemctl start` returned after READY in {start_s:.1f} s; STATUS: {s['StatusText']!r}")
+
+
+def test_security_score(device: Device, figure: Callable[[str], None]) -> None:
+    r = device.ct.sh(f"systemd-analyze security {UNIT}.service --no-pager", check=False)
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", r.stdout)
+    assert m, r.stdout[-2000:] + r.stderr
+    figure(f"systemd-analyze security inside the container: {m.group(1)}")
+    assert float(m.group(1)) <= 1.5
+
+
+def test_device_policy_is_enforced(device: Device, figure: Callable[[str], None]) -> None:
+    """/dev/net/tun exists in the container and is not in DeviceAllow=: root opens it outside the
+    service, and the same command moved into the service's cgroup is refused."""
+    ct = device.ct
+    cg = device.show("ControlGroup")["ControlGroup"]
+    probe = "python3 -c \"import os; os.close(os.open('/dev/net/tun', os.O_RDWR)); print('opened')\""
+    outside = ct.sh(probe, check=False)
+    assert outside.returncode == 0 and "opened" in outside.stdout, outside.stderr
+    inside = ct.sh(f"echo $$ > /sys/fs/cgroup{cg}/cgroup.procs && exec {probe}", check=False)
+    figure(f"/dev/net/tun: opened outside the unit; inside {cg}: {inside.stderr.strip().splitlines()[-1:]}")
+    assert inside.returncode != 0 and "Operation not permitted" in inside.stderr, inside.stdout + inside.stderr
+
+
+def test_corrupt_model_is_refused_old_one_kept(device: Device, figure: Callable[[str], None]) -> None:
+    ct = device.ct
+    pid = device.main_pid()
+    seq_before = device.frame_seq()
+    good = ct.path(f"/root/{device.bundle}").read_bytes()
+    bad = bytearray(good)
+    for i in range(len(bad) // 3, len(bad) // 3 + 64):  # flipped bits inside the weights: still loads
+        bad[i] ^= 0x10
+    ct.path("/root/corrupt.tflite").write_bytes(bytes(bad))
+    ct.sh(f"sudo cp /root/corrupt.tflite {MODELS}/{device.bundle}")
+    deadline = time.monotonic() + 60
+    while "new model refused" not in device.journal(50) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    line = next((ln for ln in device.journal(50).splitlines() if "new model refused" in ln), "")
+    assert line, device.journal(40)
+    time.sleep(3)
+    assert device.main_pid() == pid, "the daemon restarted instead of keeping the old model"
+    assert device.show("ActiveState")["ActiveState"] == "active"
+    seq_after = device.frame_seq()
+    assert seq_after > seq_before, (seq_before, seq_after)
+    assert device.state().get("healthy"), device.state()
+    ct.sh(f"sudo cp /root/{device.bundle} {MODELS}/{device.bundle}")  # the admin puts the good one back
+    figure(f"refused and kept running (same PID, frame {seq_before} -> {seq_after}): {line[:160]}")
+
+
+def test_reload_swaps_the_model(device: Device, figure: Callable[[str], None]) -> None:
+    ct = device.ct
+    pid = device.main_pid()
+    ct.sh(f"sudo cp mobilenet_v2_1.0_224_quant.tflite imagenet_labels_1001.txt {MODELS}/")
+    cfg = ct.path(CONFIG)
+    text = cfg.read_text().replace(f"{MODELS}/{device.bundle}", f"{MODELS}/mobilenet_v2_1.0_224_quant.tflite")
+    text = re.sub(r'(?m)^# labels = .*$', f'labels = "{MODELS}/imagenet_labels_1001.txt"', text)
+    cfg.write_text(text)
+    t0 = time.monotonic()
+    ct.sh("sudo systemctl reload edge-resnet")
+    ok = device.sub.wait_for(
+        lambda ms: any(m.topic == f"{device.topic}/state" and "mobilenet" in str(m.json().get("model")) for m in ms),
+        60,
+    )
+    assert ok, f"state never named the new model; last state {device.state()}\n{device.journal(30)}"
+    secs = time.monotonic() - t0
+    assert device.main_pid() == pid, "reload restarted the daemon"
+    assert device.wait_new_events(3, 60), "no label changes after the reload"
+    figure(f"systemctl reload: MQTT state names {device.state().get('model')} after {secs:.1f} s, same PID")
+
+
+def test_broker_restart(device: Device, figure: Callable[[str], None]) -> None:
+    before = len(device.event_seqs())
+    device.broker.restart(down_s=5, hard=True)
+    assert device.wait_new_events(3, 60), "no events after the broker came back"
+    figure(f"broker killed, down 5 s, restarted: events flow again ({len(device.event_seqs()) - before} since)")
+
+
+def test_sigstop_leads_to_a_watchdog_restart(device: Device, figure: Callable[[str], None]) -> None:
+    wd = device.show("WatchdogUSec")["WatchdogUSec"]
+    wd_s = float(re.sub(r"[^0-9.]", "", wd)) if wd.endswith("s") and "min" not in wd else 30.0
+    pid = device.main_pid()
+    t0 = time.monotonic()
+    device.ct.sh(f"kill -STOP {pid}")
+    secs = device.wait_active(timeout=wd_s + 60, not_pid=pid)
+    restarted = time.monotonic() - t0
+    log = device.journal(200)
+    assert "Watchdog timeout" in log, log[-2000:]  # systemd's own line: the watchdog, not something else, restarted it
+    figure(f"SIGSTOP -> watchdog ({wd}) -> active again with a new PID after {restarted:.1f} s ({secs:.1f} s)")
+    assert restarted <= wd_s + 10 + 15, "restart too late"  # + start-up until READY (model load, 1st frame)
+
+
+def test_kill_9_leads_to_a_restart(device: Device, figure: Callable[[str], None]) -> None:
+    pid = device.main_pid()
+    n0 = int(device.show("NRestarts")["NRestarts"])
+    device.ct.sh(f"kill -9 {pid}")
+    secs = device.wait_active(timeout=90, not_pid=pid)
+    n1 = int(device.show("NRestarts")["NRestarts"])
+    assert n1 == n0 + 1, (n0, n1)
+    assert device.wait_new_events(2, 60)
+    figure(f"kill -9 -> restarted by systemd, active again in {secs:.1f} s (NRestarts {n0} -> {n1})")
+
+
+def test_reboot_brings_the_service_back(device: Device, figure: Callable[[str], None]) -> None:
+    secs = device.ct.reboot()
+    up = device.wait_active(timeout=150)
+    assert device.wait_new_events(2, 60)
+    figure(f"container rebooted in {secs:.1f} s; {UNIT} enabled and active {up:.1f} s later")
+
+
+def test_upgrade_keeps_config_secrets_models_and_queued_events(device: Device, figure: Callable[[str], None]) -> None:
+    ct = device.ct
+    keep = [CONFIG, "/etc/edge-resnet/secrets.env", f"{MODELS}/{device.bundle}",
+            f"{MODELS}/mobilenet_v2_1.0_224_quant.tflite"]  # fmt: skip
+    before = {p: ct.sh(f"sha256sum {p}").stdout.split()[0] for p in keep}
+    device.broker.kill()  # events now queue on the device's disk
+    deadline = time.monotonic() + 60
+    queued = 0
+    while time.monotonic() < deadline and queued < 3:
+        time.sleep(2)
+        m = re.search(r"(\d+) events queued", device.show("StatusText")["StatusText"] + device.journal(5))
+        queued = int(m.group(1)) if m else _queued_rows(ct)
+    assert queued >= 3, f"no events queued while the broker is down: {device.show('StatusText')}"
+    seen_before = set(device.event_seqs())
+    r = ct.sh("cd /root/edge-resnet && sudo deploy/install.sh dist/edge_resnet-*.whl", timeout=900)
+    ct.sh("sudo systemctl restart edge-resnet", timeout=200)  # the README's upgrade step
+    after = {p: ct.sh(f"sha256sum {p}").stdout.split()[0] for p in keep}
+    assert after == before, "the upgrade changed " + ", ".join(p for p in keep if before[p] != after[p])
+    device.broker.start()
+    assert device.wait_new_events(queued, 90), "the queued events did not arrive after the upgrade"
+    new = sorted(set(device.event_seqs()) - seen_before)
+    figure(
+        f"upgrade run of install.sh kept {len(keep)} admin files byte for byte; {queued} events queued "
+        f"during it arrived afterwards (seq {new[0]}..{new[-1]})"
+    )
+    assert "config" in r.stdout
+
+
+def _queued_rows(ct: Container) -> int:
+    r = ct.sh(f"python3 -c \"import sqlite3; print(sqlite3.connect('file:{QUEUE}?mode=ro', uri=True)"
+              ".execute('select count(*) from events').fetchone()[0])\"", check=False)  # fmt: skip
+    return int(r.stdout.strip() or 0) if r.returncode == 0 else 0
+
+
+def test_no_event_lost(device: Device, figure: Callable[[str], None]) -> None:
+    """Across the broker restart, the watchdog and kill -9 restarts, the reboot and the upgrade."""
+    seqs = device.event_seqs()
+    got = set(seqs)
+    lo, hi = min(got), max(got)
+    missing = sorted(set(range(lo, hi + 1)) - got)
+    figure(f"events seq {lo}..{hi}: {len(got)} distinct, {len(seqs) - len(got)} duplicates, {len(missing)} missing")
+    assert not missing, f"lost events: {missing[:20]}"
+
+
+def test_stop_publishes_offline_within_5_s(device: Device, figure: Callable[[str], None]) -> None:
+    avail = f"{device.topic}/availability"
+    n = len(device.sub.on(avail))
+    t0 = time.time()
+    device.ct.sh("sudo systemctl stop edge-resnet", timeout=60)
+    assert device.sub.wait_for(lambda ms: any(m.topic == avail and m.text == "offline" for m in ms[n:]), 10)
+    at = next(m.at for m in device.sub.on(avail)[n:] if m.text == "offline")
+    figure(f"systemctl stop: 'offline' on the host's broker {at - t0:.2f} s later")
+    assert at - t0 <= 5.0
+
+
+def test_journal_has_no_traceback(device: Device, figure: Callable[[str], None]) -> None:
+    log = device.journal()
+    n = log.count("Traceback (most recent call last)")
+    lines = len(log.splitlines())
+    figure(f"journal of {UNIT}: {lines} lines over the day, {n} Python tracebacks")
+    assert n == 0, log[log.find("Traceback") - 500 :][:3000]
+
+
+def test_uninstall_leaves_admin_files(device: Device, figure: Callable[[str], None]) -> None:
+    ct = device.ct
+    ct.sh("echo 'admin notes' > /etc/edge-resnet/NOTES.txt")
+    r = ct.sh("cd /root/edge-resnet && sudo deploy/install.sh --uninstall", timeout=120)
+    kept = [CONFIG, "/etc/edge-resnet/secrets.env", "/etc/edge-resnet/NOTES.txt", f"{MODELS}/{device.bundle}"]
+    gone = ["/etc/systemd/system/edge-resnet.service", "/opt/edge-resnet"]
+    missing = [p for p in kept if not ct.path(p).exists()]
+    left = [p for p in gone if ct.path(p).exists()]
+    assert not missing, f"--uninstall removed admin files: {missing}\n{r.stdout}"
+    assert not left, f"--uninstall left: {left}"
+    assert ct.sh(f"systemctl is-enabled {UNIT}", check=False).stdout.strip() != "enabled"
+    figure(f"--uninstall removed the units and the venv, kept {len(kept)} admin files: {', '.join(kept)}")
