@@ -242,3 +242,33 @@ def test_verbosity_before_or_after_the_sub_command(data_dir: Path, mobilenet_qua
     ], quiet.stderr
     both = run_cli(*base, "-v", "-q")
     assert both.returncode == int(ExitCode.USAGE) and "not allowed with" in both.stderr
+
+
+def test_info_on_a_bundle_is_a_readable_summary(tmp_path: Path, mobilenet_quant: Path, labels_1001: Path) -> None:
+    """Issue 14 case 7: a bundle's source (200 calibration file names, several KB of JSON) is summarised in
+    short lines; --json keeps all of it."""
+    from edge_resnet.bundle import BundleMeta, write_bundle
+    from edge_resnet.classify import read_labels
+    from edge_resnet.preprocess import PRESETS
+
+    files = [f"n{i:08d}_some_long_imagenet_file_name.JPEG" for i in range(200)]
+    source = {
+        "onnx": "mobilenet_v2_1.0_224.onnx", "onnx_sha256": "ab" * 32, "onnx_opset": 13, "onnx_layout": "NCHW",
+        "converters": {"onnx2tf": "1.29.24", "tensorflow": "2.19.0"},
+        "calibration": {"images": 200, "classes": 200, "unreadable_skipped": 2, "folder": "imagenet-samples",
+                        "split": "calib", "seed": 0, "files": files},
+        "quantization": {"method": "mse ranges + bias correction", "candidates": [{"method": "x"}] * 3},
+        "stem_rewrite": {"applied": False, "reason": "no 7x7/2 stem"},
+    }
+    meta = BundleMeta(preprocess=PRESETS["inception"], labels=read_labels(labels_1001), label_offset=1,
+                      output_kind="probabilities", source=source)
+    bundle = write_bundle(mobilenet_quant.read_bytes(), meta, tmp_path / "m_int8.tflite")
+    r = run_cli("info", str(bundle))
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout) < 1500, r.stdout  # was 6 KB on one line
+    assert all(len(ln) <= 160 for ln in r.stdout.splitlines() if not ln.startswith("ops:")), r.stdout
+    assert files[0] not in r.stdout
+    assert "calibration: 200 images from 200 classes in imagenet-samples (split calib, seed 0, 2 unreadable" in r.stdout
+    assert "quantized: mse ranges + bias correction" in r.stdout and "--json" in r.stdout
+    full = json.loads(run_cli("info", str(bundle), "--json").stdout)
+    assert full["metadata"]["source"]["calibration"]["files"] == files

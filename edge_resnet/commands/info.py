@@ -58,6 +58,36 @@ def describe(path: str) -> dict[str, Any]:
     return info
 
 
+def source_summary(src: dict[str, Any]) -> list[str]:
+    """Where the bundle came from, one short line per fact: the full record (every calibration file
+    name, several KB) is for --json."""
+    if not src:
+        return []
+    out = []
+    if src.get("onnx"):
+        digest = str(src.get("onnx_sha256", ""))[:16]
+        out.append(f"source:    {src['onnx']} (opset {src.get('onnx_opset', '?')}, {src.get('onnx_layout', '?')}"
+                   f"{f', sha256 {digest}...' if digest else ''})")
+    conv = src.get("converters")
+    if isinstance(conv, dict) and conv:
+        out.append(f"converted: {', '.join(f'{k} {v}' for k, v in sorted(conv.items()))}")
+    cal = src.get("calibration")
+    if isinstance(cal, dict):
+        skipped = cal.get("unreadable_skipped") or 0
+        out.append(
+            f"calibration: {cal.get('images', '?')} images from {cal.get('classes', '?')} classes in "
+            f"{cal.get('folder', '?')} (split {cal.get('split', '?')}, seed {cal.get('seed', '?')}"
+            f"{f', {skipped} unreadable skipped' if skipped else ''})"
+        )
+    q = src.get("quantization")
+    if isinstance(q, dict) and q.get("method"):
+        out.append(f"quantized: {q['method']}")
+    stem = src.get("stem_rewrite")
+    if isinstance(stem, dict):
+        out.append(f"stem:      {'space-to-depth rewrite' if stem.get('applied') else 'unchanged'}")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     info = describe(args.model)
     if args.json:
@@ -88,8 +118,11 @@ def run(args: argparse.Namespace) -> int:
             f"preprocess: {pp['preset']} mean={pp['mean']} std={pp['std']} {pp['channel_order']} "
             f"crop={pp['crop_fraction']} {pp['interpolation']}"
         )
-        if meta.get("source"):
-            print(f"source:    {json.dumps(meta['source'], sort_keys=True)}")
+        if meta.get("labels_preview"):
+            print(f"labels:    {', '.join(meta['labels_preview'])}, ...")
+        for line in source_summary(meta.get("source") or {}):
+            print(line)
+        print("           (full metadata: edge-resnet info --json)")
     else:
         print("bundle:    none (foreign model: pass --labels and preprocessing options)")
     return 0
