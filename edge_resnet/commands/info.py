@@ -118,8 +118,9 @@ def run(args: argparse.Namespace) -> int:
             f"preprocess: {pp['preset']} mean={pp['mean']} std={pp['std']} {pp['channel_order']} "
             f"crop={pp['crop_fraction']} {pp['interpolation']}"
         )
-        if meta.get("labels_preview"):
-            print(f"labels:    {', '.join(meta['labels_preview'])}, ...")
+        names = [str(n).split(",")[0].strip() for n in meta.get("labels_preview", [])[meta["label_offset"]:]]
+        if names:  # first synonym of the first classes: "tench, Tinca tinca" is "tench"
+            print(f"labels:    {'; '.join(names)}; ...")
         for line in source_summary(meta.get("source") or {}):
             print(line)
         print("           (full metadata: edge-resnet info --json)")
