@@ -395,10 +395,13 @@ def check_edgetpu(
 # -- broker ---------------------------------------------------------------------------------------
 
 
-def check_broker(url: str | None, timeout: float = 3.0) -> list[Check]:
+def check_broker(url: str | None, timeout: float = 3.0, ca_file: str | None = None) -> list[Check]:
+    """TCP reachability, then for mqtts:// the TLS handshake with the CA the daemon will use: a wrong CA
+    is the commonest TLS failure and a bare TCP connect cannot see it. The diagnosis is the MQTT sink's
+    own (`tls_problem`), so doctor and the running daemon say the same thing."""
     if not url:
         return [Check("broker", Result.SKIP, "no MQTT broker configured (--mqtt URL or [mqtt] url)")]
-    from .sinks.mqtt import MqttConfig
+    from .sinks.mqtt import MqttConfig, tls_problem
 
     try:
         host, port, tls = MqttConfig(url=url).endpoint()
@@ -431,7 +434,14 @@ def check_broker(url: str | None, timeout: float = 3.0) -> list[Check]:
             )
         ]
     ms = (time.perf_counter() - t0) * 1000.0
-    return [Check("broker", Result.OK, f"{host}:{port} reachable over TCP in {ms:.0f} ms" + (" (TLS)" if tls else ""))]
+    if not tls:
+        return [Check("broker", Result.OK, f"{host}:{port} reachable over TCP in {ms:.0f} ms")]
+    problem = tls_problem(host, port, ca_file, timeout)
+    if problem is not None:
+        detail, _, fix = problem.partition("; ")
+        return [Check("broker", Result.FAIL, f"{host}:{port} reachable, but {detail}", fix)]
+    ca = f"CA {ca_file}" if ca_file else "the system's CAs"
+    return [Check("broker", Result.OK, f"{host}:{port} reachable in {ms:.0f} ms; TLS certificate verified with {ca}")]
 
 
 # -- Raspberry Pi health --------------------------------------------------------------------------

@@ -292,3 +292,32 @@ def test_doctor_on_a_device_finds_its_camera_and_edgetpu(tmp_path: Path) -> None
     if HAS_TPU:
         assert all(c["result"] == "ok" for name, c in rows.items() if name.startswith("edgetpu")), rows
         assert rows["libedgetpu"]["result"] == "ok", rows["libedgetpu"]
+
+
+def test_doctor_names_a_wrong_broker_ca(tmp_path: Path, mobilenet_quant: Path, samples_dir: Path) -> None:
+    """Issue 14 case 11: a TLS broker whose certificate the configured CA did not sign is a failed broker
+    check with the MQTT sink's own diagnosis and fix (it was "reachable (TLS)"); the right CA passes."""
+    from .helpers.broker import Broker, make_certs
+
+    wrong_ca = make_certs(tmp_path / "other-ca")[0]
+    b = Broker(tmp_path / "tls-broker", tls=True, users={"test": "t"}).start()
+    try:
+        state = tmp_path / "state"
+        state.mkdir()
+        rows = {}
+        for name, ca in (("wrong", wrong_ca), ("right", b.ca_file)):
+            cfg = tmp_path / f"{name}.toml"
+            cfg.write_text(
+                f'device_id = "doctor-tls"\nstate_dir = "{state}"\n'
+                f'[model]\npath = "{mobilenet_quant}"\n'
+                f'[source]\ntype = "folder"\npath = "{samples_dir}"\n'
+                f'[mqtt]\nurl = "{b.url}"\nca_file = "{ca}"\n'
+            )
+            r = run_cli("doctor", "--config", str(cfg), "--json", timeout=120)
+            rows[name] = _rows(r.stdout)["broker"]
+        wrong, right = rows["wrong"], rows["right"]
+        assert wrong["result"] == "FAIL", wrong
+        assert "TLS certificate not accepted" in wrong["detail"] and "ca_file" in wrong["fix"], wrong
+        assert right["result"] == "ok" and "TLS certificate verified" in right["detail"], right
+    finally:
+        b.stop()
