@@ -169,6 +169,10 @@ def test_sink_publishes_live_while_degraded(broker: Broker, tiny_disk: Path) -> 
         )
         ok, why = sink.healthy()
         assert not ok and "degraded" in why, why
+        assert sub.wait_for(lambda ms: any(m.json().get("stored") is False for m in ms if "events" in m.topic), 5)
+        live = [m.json() for m in sub.on("edge-resnet/full/events") if m.json().get("stored") is False]
+        assert {e["label"] for e in live} <= {"a", "b"} and all(e["seq"] is None for e in live), live
+        print(f"\n{len(live)} label changes sent live while the queue could not store them")
         assert _mount("-o", "remount,size=4m", str(tiny_disk))
         sink.publish(fake_observation("c", seq=10, changed=True))
         assert sub.wait_for(lambda ms: any(m.topic.endswith("/events") and m.json()["label"] == "c" for m in ms), 15), (

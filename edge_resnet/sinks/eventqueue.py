@@ -140,6 +140,8 @@ class EventQueue:
         self.problem = why
 
     def _failed(self, e: BaseException, doing: str) -> None:
+        if self._db is None and self.problem is not None:
+            return  # not open: the reason it could not be opened says it best
         if _is_corrupt(e):
             log.debug("event queue corrupt while %s: %s", doing, e)
             self._open()  # moves it aside and starts fresh

@@ -13,6 +13,7 @@ the reconnect backoff is capped at 3-5 s (the cap is picked at random per proces
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ PAHO_INFLIGHT = 20  # paho's own in-flight window (max_inflight_messages)
 PAHO_QUEUE_MAX = 500  # paho's outgoing queue (unbounded by default); > EVENT_WINDOW + a few retained messages
 HEALTH_CHECK_S = 1.0  # how often the sink thread looks for a change of the pipeline's health
 CHANGES_MAX = 1000  # label changes waiting for the sink thread to write them to SQLite
+UNSTORED_MAX = 100  # events the degraded queue could not store, waiting to be sent live
 
 
 @dataclass
@@ -267,6 +269,8 @@ class MqttSink:
         self.discovery_topic = f"{cfg.discovery_prefix}/sensor/{device_id}/label/config"
         self.queue = EventQueue(Path(state_dir) / "events.sqlite", cfg.queue_max)
         self._changes: queue.Queue[Observation] = queue.Queue(maxsize=CHANGES_MAX)
+        # events the degraded queue could not store: sent live once (no seq), oldest dropped beyond the cap
+        self._unstored: collections.deque[dict[str, Any]] = collections.deque(maxlen=UNSTORED_MAX)
         self._acks: queue.SimpleQueue[tuple[int, ReasonCode | None]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -297,6 +301,7 @@ class MqttSink:
             "events_rejected": 0,
             "changes_dropped": 0,  # the in-memory hand-over was full (the sink thread is stuck)
             "events_unstored": 0,  # the queue was degraded: not stored, counted in queue.dropped
+            "events_sent_live": 0,  # of those, sent live (once, without seq)
             "state_published": 0,
         }
         self._client = self._make_client()
@@ -496,6 +501,7 @@ class MqttSink:
             "mqtt_events_rejected_total": self.stats["events_rejected"],
             "mqtt_events_dropped_total": self.queue.dropped + self.stats["changes_dropped"],
             "mqtt_queue_degraded": 1.0 if self.queue.problem is not None else 0.0,
+            "mqtt_events_sent_live_total": self.stats["events_sent_live"],
             "mqtt_state_published_total": self.stats["state_published"],
         }
 
@@ -551,8 +557,9 @@ class MqttSink:
             self._previous_label = obs.label.label
             if self.queue.put(body) is not None:
                 self.stats["events_queued"] += 1
-            else:  # degraded queue (disk full, read-only, I/O error): counted as dropped by the queue
+            else:  # degraded queue (disk full, read-only, I/O error): counted as dropped, sent live once
                 self.stats["events_unstored"] += 1
+                self._unstored.append({**body, "queued_at": round(time.time(), 3)})
 
     def _drain_acks(self) -> None:
         done: list[int] = []
@@ -580,7 +587,24 @@ class MqttSink:
         self.queue.delete(done)
         self._waiting_since = min(self._handed_at.values()) if self._handed_at else None
 
+    def _send_unstored(self) -> None:
+        """Events the degraded queue could not store: QoS 1 once, `seq` null (no redelivery after a restart)."""
+        while self._unstored:
+            doc = {
+                "seq": None,
+                **self._unstored[0],
+                "stored": False,
+                "published_at": round(time.time(), 3),
+                "dropped_total": self.queue.dropped,
+            }
+            info = self._client.publish(self.events_topic, json.dumps(doc), qos=1, retain=False)
+            if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                return  # paho's queue is full; next round
+            self._unstored.popleft()
+            self.stats["events_sent_live"] += 1
+
     def _send_events(self) -> None:
+        self._send_unstored()
         if self._resend_barrier:
             # paho calls on_connect *before* it re-sends the messages that were in flight: anything new
             # handed over now would overtake them. Wait for their PUBACKs first.
