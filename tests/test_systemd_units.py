@@ -323,3 +323,21 @@ def test_daemon_runs_inside_the_units_syscall_filter(
     assert "mqtt" in r.stderr.lower() and str(http_port) in r.stderr, r.stderr[-3000:]
     print("\n" + "\n".join(x for x in r.stderr.splitlines() if "mqtt" in x.lower() or "http" in x.lower()))
     print(f"sandboxed run: {len(allowed)} system calls allowed, families {families}, exit 0")
+
+
+@pytest.mark.parametrize("unit", [MAIN, TEMPLATE])
+def test_resource_limits_leave_room_for_the_daemons_caps(unit: Path) -> None:
+    """Issue 13: the unit bounds memory, tasks and fds; the daemon's own caps stay well below them,
+    so a hostile client meets the daemon's 503/431 long before the kernel's OOM kill or EMFILE."""
+    from edge_resnet.sinks.front import Limits
+
+    d = directives(unit)
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    mem_max = int(d["MemoryMax"][0][:-1]) * units[d["MemoryMax"][0][-1]]
+    mem_high = int(d["MemoryHigh"][0][:-1]) * units[d["MemoryHigh"][0][-1]]
+    tasks, nofile = int(d["TasksMax"][0]), int(d["LimitNOFILE"][0])
+    assert mem_high < mem_max <= 512 * 2**20, "a 1 GB Pi keeps half for the OS"
+    lim = Limits()
+    assert lim.max_connections * 8 <= nofile, "HTTP connections use a small share of the fds"
+    assert lim.workers + lim.stream_workers + 24 <= tasks, "HTTP workers + pipeline, capture, MQTT, XNNPACK"
+    assert lim.max_connections * lim.max_head_bytes <= mem_max // 256, "request heads cost under 0.4% of MemoryMax"
