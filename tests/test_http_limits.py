@@ -209,3 +209,30 @@ def test_healthz_details_and_device_id(auth_env: None) -> None:
         assert code == 200 and b'"device_id": "cam1"' in body
     finally:
         sink.stop()
+
+
+def test_one_source_cannot_hold_every_viewer_slot(sockets: list[socket.socket]) -> None:
+    """8 slow readers from one address used to hold all MJPEG slots; now one address gets 3."""
+    from edge_resnet.sinks.http import MAX_STREAMS_PER_SOURCE
+
+    sink = start(Limits())
+    try:
+        port = sink.bound_port
+        for _ in range(MAX_STREAMS_PER_SOURCE):
+            s = connect(port, sockets)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader
+            s.sendall(b"GET /stream.mjpg HTTP/1.0\r\n\r\n")
+        end = time.monotonic() + 5
+        while sink.clients < MAX_STREAMS_PER_SOURCE:
+            assert time.monotonic() < end
+            time.sleep(0.02)
+        assert request(port, "/stream.mjpg")[0] == 503, "a fourth stream from the same address"
+        other = socket.socket()
+        other.bind(("127.0.0.2", 0))  # another viewer on the network
+        other.settimeout(3)
+        other.connect(("127.0.0.1", port))
+        sockets.append(other)
+        other.sendall(b"GET /stream.mjpg HTTP/1.0\r\n\r\n")
+        assert other.recv(64).startswith(b"HTTP/1.0 200")
+    finally:
+        sink.stop()

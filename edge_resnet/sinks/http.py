@@ -36,6 +36,7 @@ from .front import Accepted, AuthFailures, Front, Limits, SocketWriter
 log = logging.getLogger(__name__)
 
 MAX_STREAM_CLIENTS = Limits().stream_workers  # more viewers get 503: each one holds a worker thread
+MAX_STREAMS_PER_SOURCE = 3  # one address (8 slow readers from one attacker) cannot hold every viewer slot
 SEND_TIMEOUT_S = Limits().send_timeout_s  # a client that takes no data for this long is dropped
 BIND_RETRY_MAX_S = 10.0  # capped backoff while the port is in use
 
@@ -281,7 +282,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self) -> None:
         sink = self.server.sink
-        if not sink.enter_stream():
+        source = self.client_address[0]
+        if not sink.enter_stream(source):
             self._body(b"too many stream viewers; try again later\n", "text/plain; charset=utf-8", 503)
             return
         try:
@@ -309,7 +311,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if left > 0:
                     sink.stopping.wait(left)
         finally:
-            sink.leave_stream()
+            sink.leave_stream(source)
 
 
 class HttpSink:
@@ -365,6 +367,7 @@ class HttpSink:
         self._enc_at = 0.0
         self._bind_error: str | None = None
         self.clients = 0
+        self._streams_by_source: dict[str, int] = {}
         self.encoded = 0
         self.requests = 0
 
@@ -472,16 +475,24 @@ class HttpSink:
             return True
         return header is not None and hmac.compare_digest(header.encode(), self._auth)
 
-    def enter_stream(self) -> bool:
+    def enter_stream(self, source: str = "") -> bool:
+        """A viewer slot, if one is free and `source` holds fewer than MAX_STREAMS_PER_SOURCE."""
         with self._lock:
-            if self.clients >= MAX_STREAM_CLIENTS:
+            mine = self._streams_by_source.get(source, 0)
+            if self.clients >= MAX_STREAM_CLIENTS or mine >= MAX_STREAMS_PER_SOURCE:
                 return False
             self.clients += 1
+            self._streams_by_source[source] = mine + 1
             return True
 
-    def leave_stream(self) -> None:
+    def leave_stream(self, source: str = "") -> None:
         with self._lock:
             self.clients -= 1
+            left = self._streams_by_source.get(source, 1) - 1
+            if left > 0:
+                self._streams_by_source[source] = left
+            else:
+                self._streams_by_source.pop(source, None)
 
     def jpeg(self) -> tuple[int, bytes] | None:
         """(frame seq, JPEG) of the newest annotated frame; re-encoded at most stream_fps times a second."""
