@@ -243,3 +243,13 @@ def test_daemon_starts_on_a_corrupt_queue(
         print(f"\n{damage.__name__}: {warnings[0][:160]}")
     finally:
         sub.stop()
+
+
+def test_password_over_plain_mqtt_is_warned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("EDGE_RESNET_MQTT_PASSWORD", "pw")
+    MqttSink(MqttConfig(url="mqtt://broker.lan", username="u"), "cam", lambda: Status(True, "ok"), tmp_path).stop()
+    MqttSink(MqttConfig(url="mqtt://127.0.0.1", username="u"), "cam", lambda: Status(True, "ok"), tmp_path).stop()
+    clear = [r.getMessage() for r in caplog.records if "clear text" in r.getMessage()]
+    assert len(clear) == 1 and "broker.lan:1883" in clear[0] and "mqtts://" in clear[0], clear
