@@ -62,6 +62,7 @@ class OpenCvFrames:
         self.timeout_s = timeout_s
         self.rtsp_transport = rtsp_transport
         self._cap: Any = None
+        self._undecodable: tuple[int, int] | None = None  # (mtime, size) of a file FFmpeg could not open
         self._t0 = 0.0
         self._n = 0
         self._period = 0.0
@@ -166,9 +167,18 @@ class OpenCvFrames:
             api = cv2.CAP_V4L2 if platform.system() == "Linux" else cv2.CAP_ANY
             return cv2.VideoCapture(dev, api)
         if self.kind == "file":
-            if not Path(str(self.target)).is_file():
+            path = Path(str(self.target))
+            if not path.is_file():
                 raise open_error(f"video file {self.target}", "it does not exist (any more); check the path")
-            return cv2.VideoCapture(str(self.target), cv2.CAP_FFMPEG)
+            st = path.stat()
+            if st.st_size == 0:  # no FFmpeg call (and no FFmpeg noise on stderr) for an empty file
+                raise open_error(self.description, "it is empty (0 bytes; still being copied?); it is tried again")
+            stamp = (st.st_mtime_ns, st.st_size)
+            if stamp == self._undecodable:  # FFmpeg said no to this very file already: ask again once it changes
+                raise self._not_opened()
+            cap = cv2.VideoCapture(str(self.target), cv2.CAP_FFMPEG)
+            self._undecodable = None if cap.isOpened() else stamp
+            return cap
         if self.kind == "url":
             if str(self.target).startswith("rtsp"):
                 os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{self.rtsp_transport}"
