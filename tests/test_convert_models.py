@@ -8,7 +8,9 @@ printed (run with -s to see them); the bigger depths and the 200-image timing ru
 from __future__ import annotations
 
 import json
+import re
 import socket
+import subprocess
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -234,7 +236,9 @@ def test_resnet8_cifar_nhwc_raw_pixels(models_dir: Path, samples_dir: Path, work
 
 
 @pytest.fixture(scope="session")
-def mobilenet(models_dir: Path, samples_dir: Path, labels_1001: Path, work: Path) -> Path:
+def mobilenet_run(
+    models_dir: Path, samples_dir: Path, labels_1001: Path, work: Path
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """Must-show 1, as a user runs it: the CLI, 200 calibration images, the 800-image evaluation split."""
     out = work / "mobilenet"
     proc = run_cli(
@@ -244,7 +248,28 @@ def mobilenet(models_dir: Path, samples_dir: Path, labels_1001: Path, work: Path
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     print("\n[mobilenet_v2 convert]", proc.stdout)
-    return out
+    return out, proc
+
+
+@pytest.fixture(scope="session")
+def mobilenet(mobilenet_run: tuple[Path, subprocess.CompletedProcess[str]]) -> Path:
+    return mobilenet_run[0]
+
+
+def test_mobilenet_v2_convert_stderr_is_ours_and_short(
+    mobilenet_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    """Issue 14 case 4 / must-show 2: without -v, at most 30 stderr lines (was 144, 115 of them TensorFlow
+    TensorSpec dumps and cuDNN/cuBLAS errors), all our own, with progress while the 800 images evaluate."""
+    lines = mobilenet_run[1].stderr.splitlines()
+    print(f"\n[mobilenet_v2 convert] {len(lines)} stderr lines")
+    assert len(lines) <= 30, "\n".join(lines)
+    assert all(re.match(r"^(INFO|WARNING) (convert|edge_resnet)[\w.]*: ", ln) for ln in lines), "\n".join(lines)
+    assert not any("TensorSpec" in ln or "Unable to register" in ln or "XNNPACK delegate" in ln for ln in lines)
+    said = [ln for ln in lines if "convert.pipeline: evaluation:" in ln]
+    assert len(said) == 1 and "800" in said[0]
+    progress = [ln for ln in lines if "convert.progress: evaluating:" in ln]
+    assert len(progress) >= 2 and progress[-1].startswith("INFO convert.progress: evaluating: 800/800"), progress
 
 
 def test_mobilenet_v2_report_meets_the_fidelity_goal(mobilenet: Path, samples_dir: Path) -> None:
