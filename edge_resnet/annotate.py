@@ -43,6 +43,24 @@ def _text_block(img: npt.NDArray[np.uint8], lines: Sequence[tuple[str, tuple[int
         cv2.putText(img, text, (x + pad, baseline_y), FONT, scale, colour, thick, cv2.LINE_AA)
 
 
+def first_synonym(label: str) -> str:
+    """ImageNet labels list synonyms ("tench, Tinca tinca"); the first is the name people use."""
+    return label.split(",")[0].strip() or label
+
+
+def fit_text(text: str, max_width: int, scale: float, thick: int) -> str:
+    """`text`, shortened at a word boundary with "..." when it is wider than `max_width` pixels."""
+    if cv2.getTextSize(text, FONT, scale, thick)[0][0] <= max_width:
+        return text
+    words = text.split()
+    while len(words) > 1:
+        words.pop()
+        cut = " ".join(words) + "..."
+        if cv2.getTextSize(cut, FONT, scale, thick)[0][0] <= max_width:
+            return cut
+    return words[0] if words else text  # one long word: keep it whole rather than cut it mid-word
+
+
 def annotate(
     image: npt.NDArray[np.uint8],
     top_k: Sequence[Prediction],
@@ -56,20 +74,28 @@ def annotate(
     `warning` (e.g. "camera lost") is drawn in red at the bottom. The input is never modified.
     """
     out = np.ascontiguousarray(image).copy()
+    h, w = out.shape[:2]
+    scale, thick, _ = _scale(min(h, w))
+    max_width = int(w * 0.6)  # leave most of the picture visible
+
+    def line(p: Prediction) -> str:
+        score = f"  {p.score * 100:.1f}%"
+        room = max_width - cv2.getTextSize(score, FONT, scale, thick)[0][0]
+        return fit_text(first_synonym(p.label), room, scale, thick) + score
+
     lines: list[tuple[str, tuple[int, int, int]]] = []
     if label is not None:
-        lines.append((f"{label.label}  {label.score * 100:.1f}%", TOP1_COLOUR))
+        lines.append((line(label), TOP1_COLOUR))
     for p in top_k:
         if label is not None and p.class_index == label.class_index:
             continue
-        lines.append((f"{p.label}  {p.score * 100:.1f}%", TEXT_COLOUR if lines else TOP1_COLOUR))
+        lines.append((line(p), TEXT_COLOUR if lines else TOP1_COLOUR))
     _text_block(out, lines, 8, 8)
     stats = []
     if fps is not None:
         stats.append(f"{fps:.1f} fps")
     if latency_ms is not None:
         stats.append(f"{latency_ms:.1f} ms")
-    h, w = out.shape[:2]
     _, _, step = _scale(min(h, w))
     footer: list[tuple[str, tuple[int, int, int]]] = []
     if stats:

@@ -32,6 +32,7 @@ from ..errors import ConfigError
 from ..observation import Observation, Status
 from .base import StatusFn
 from .front import Accepted, AuthFailures, Front, Limits, SocketWriter
+from .timeline import Timeline
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/stream.mjpg": self._stream,
             "/snapshot.jpg": self._snapshot,
             "/api/state": self._state,
+            "/api/events": self._events,
             "/healthz": self._healthz,
             "/metrics": self._metrics,
         }
@@ -230,7 +232,7 @@ class _Handler(BaseHTTPRequestHandler):
         if handler is None:
             self.send_response(404)
             self._body(
-                b"not found; try / /stream.mjpg /snapshot.jpg /api/state /healthz /metrics\n",
+                b"not found; try / /stream.mjpg /snapshot.jpg /api/state /api/events /healthz /metrics\n",
                 "text/plain; charset=utf-8",
                 sent=True,
             )
@@ -257,6 +259,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _state(self) -> None:
         doc = self.server.sink.state()
         self._body(json.dumps(doc).encode(), "application/json")
+
+    def _events(self) -> None:
+        self._body(json.dumps(self.server.sink.timeline.document()).encode(), "application/json")
 
     def _healthz(self) -> None:
         """200 "ok" when frames flow, else 503 and the reason; then one `sink: words` line per sink
@@ -366,6 +371,7 @@ class HttpSink:
         self._enc: tuple[int, bytes] | None = None
         self._enc_at = 0.0
         self._bind_error: str | None = None
+        self.timeline = Timeline()  # the last label changes, for the page's history (/api/events)
         self.clients = 0
         self._streams_by_source: dict[str, int] = {}
         self.encoded = 0
@@ -387,7 +393,8 @@ class HttpSink:
         self._thread.start()
 
     def publish(self, obs: Observation) -> None:
-        """Pipeline thread: O(1), no copies, no encoding."""
+        """Pipeline thread: O(1), no copies; the only encoding is a thumbnail when the label changes."""
+        self.timeline.add(obs)
         with self._new_frame:
             t = obs.classified_at
             if self._last_at is not None and t > self._last_at:
@@ -460,6 +467,7 @@ class HttpSink:
         if self.device_id is not None:
             doc["device_id"] = self.device_id
         doc["sinks"] = self.sinks()
+        doc["timeline_seq"] = self.timeline.seq  # the page fetches /api/events only when this moves
         return doc
 
     def sinks(self) -> dict[str, str]:
