@@ -61,6 +61,20 @@ def test_run_prints_json_lines_and_exits_at_end_of_file(
     assert "stopped (source ended)" in r.stderr
 
 
+def test_run_without_labels_publishes_imagenet_indices(
+    video: Path, mobilenet_quant: Path, state_env: dict[str, str]
+) -> None:
+    """Issue 14 case 5 as the demo showed it: a 1001-output model without --labels published "1" for the
+    tench (ImageNet class 0); now class 0, label "0", with one warning saying how outputs are read."""
+    r = run_cli("run", "--model", str(mobilenet_quant), "--source", str(video), env=state_env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(ln) for ln in r.stdout.splitlines()]
+    changed = [ln for ln in lines if ln["changed"]]
+    assert changed[0]["class_index"] == 0 and changed[0]["label"] == "0", changed[0]
+    assert all(p["label"] == str(p["class_index"]) and p["class_index"] >= 0 for ln in lines for p in ln["top_k"])
+    assert sum("1001 outputs and no labels" in ln for ln in r.stderr.splitlines()) == 1, r.stderr
+
+
 def test_max_frames(video: Path, mobilenet_quant: Path, labels_1001: Path, state_env: dict[str, str]) -> None:
     r = run_cli(
         "run",
