@@ -102,8 +102,10 @@ class EventQueue:
                     raise
                 self._move_aside(e)
                 self._db = self._connect()
-                if self.last_seq:  # keep seq increasing past what was handed out before
-                    self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (self.last_seq,))
+                # `seq` must keep increasing past what the corrupt file handed out, which cannot be read
+                # back: start from the clock in milliseconds, above any counter (and any earlier restart)
+                start = max(self.last_seq, int(time.time() * 1000))
+                self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (start,))
             self._refresh()
         except (sqlite3.Error, OSError, _Corrupt) as e:
             self._close_db()
