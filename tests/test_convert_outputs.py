@@ -109,6 +109,7 @@ def test_broken_calibration_images_without_eval(work: Path, samples_dir: Path, t
     first_stage = next(i for i, ln in enumerate(lines) if "onnx2tf float model" in ln)
     assert said[0] < first_stage
     assert "skipped 2 unreadable" in proc.stderr and "edge-resnet: error" not in proc.stderr
+    assert all(re.match(r"^(INFO|WARNING) (convert|edge_resnet)[\w.]*: ", ln) for ln in lines), proc.stderr
     rep = json.loads((out / "tiny_int8.report.json").read_text())
     assert "evaluation" not in rep and rep["source"]["calibration"]["unreadable_skipped"] == 2
 
@@ -198,3 +199,13 @@ def test_ctrl_c_during_evaluation_leaves_nothing_deployable(
     assert "converting" in text and "%|" in text  # the stage bar, too
     assert _deployable(out) == [] and _hidden(out) == [], sorted(p.name for p in out.iterdir())
     assert not list(out.glob("*.tflite")), sorted(p.name for p in out.iterdir())
+
+
+def test_verbose_shows_what_tensorflow_prints(work: Path, samples_dir: Path, tiny_onnx: Path) -> None:
+    """Case 4: the third-party output silenced by default is all there with -v (here after the sub-command)."""
+    calib = _folder(work, samples_dir, "calib_verbose", 40, broken=False)
+    proc = run_cli("convert", str(tiny_onnx), "--calib", str(calib), "--out", str(work / "out_v"), "-v")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = [ln for ln in proc.stderr.splitlines() if not re.match(r"^(DEBUG|INFO|WARNING) (convert|edge_resnet)", ln)]
+    assert len(theirs) > 20, proc.stderr[-3000:]
+    assert "XNNPACK delegate" in proc.stderr and "DEBUG" in proc.stderr
