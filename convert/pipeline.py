@@ -18,7 +18,9 @@ from edge_resnet.preprocess import PreprocessSpec
 
 from . import calibration, edgetpu, onnx_model, verify
 from .calibration import Split
-from .quantize import RangeMethod, quantize
+from .backends import Backend, InputType
+from .backends import quantize as quantize_with
+from .quantize import RangeMethod
 from .stem import rewrite as rewrite_stem
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ class ConvertJob:
     eval_limit: int = DEFAULT_EVAL_LIMIT
     max_top1_drop: float | None = 1.0
     range_method: RangeMethod = "auto"
+    backend: Backend = "auto"  # convert/backends.py: litert (no TensorFlow) wherever installed, else tf
+    input_type: InputType = "auto"  # pixel input: litert int8 unless uint8 is asked for; tf always uint8
     bias_correction: bool = True
     stem_rewrite: bool = True  # space-to-depth stem (convert/stem.py); off to compare
     edgetpu: bool = False
@@ -67,7 +71,7 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for dist in ("onnx2tf", "tensorflow", "onnx", "onnxruntime", "ai-edge-litert"):
+    for dist in ("onnx2tf", "tensorflow", "ai-edge-quantizer", "onnx", "onnxruntime", "ai-edge-litert"):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
@@ -130,7 +134,8 @@ def run(job: ConvertJob) -> ConvertResult:
     prepared = onnx_model.with_pixel_input(graph, info, job.preprocess)
     work = Path(tempfile.mkdtemp(prefix="edge-resnet-convert-"))
     try:
-        q = quantize(prepared, info, calib.images, work, job.range_method, job.bias_correction)
+        q = quantize_with(job.backend, prepared, info, calib.images, work, job.range_method, job.bias_correction,
+                          job.input_type)
     finally:
         if job.keep_workdir:
             log.info("onnx2tf working folder kept at %s", work)
