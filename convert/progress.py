@@ -34,13 +34,17 @@ class Progress:
         self.t0 = time.perf_counter()
         self._last_line = self.t0
         self._bar: Any = None
+        self._logs: Any = None
         if not logging.getLogger().isEnabledFor(logging.INFO):
             self._mode = "off"
         elif sys.stderr.isatty():
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self._mode = "bar"
             self._bar = tqdm(total=total, desc=what, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
+            self._logs = logging_redirect_tqdm()  # log lines go above the bar, not onto it
+            self._logs.__enter__()
         else:
             self._mode = "lines"
             log.info("%s: %d %s(s)", what, total, unit)
@@ -51,6 +55,16 @@ class Progress:
             self._bar.set_postfix_str(text, refresh=True)
         elif self._mode == "lines":
             log.info("%s: %s (%d/%d)", self.what, text, self.done + 1, self.total)
+
+    def write(self, text: str) -> None:
+        """Print lines without breaking the bar (for output captured while a step ran)."""
+        if self._mode == "bar":
+            from tqdm import tqdm
+
+            tqdm.write(text.rstrip("\n"), file=sys.stderr)
+        else:
+            sys.stderr.write(text)
+            sys.stderr.flush()
 
     def update(self, n: int = 1) -> None:
         self.done += n
@@ -65,9 +79,13 @@ class Progress:
                     _eta(self.done, self.total, now - self.t0),
                 )
 
+    def _close_bar(self) -> None:
+        self._bar.close()
+        self._logs.__exit__(None, None, None)
+
     def close(self) -> None:
         if self._mode == "bar":
-            self._bar.close()
+            self._close_bar()
         elif self._mode == "lines":
             log.info("%s: %d/%d %s(s) in %.0f s", self.what, self.done, self.total, self.unit,
                      time.perf_counter() - self.t0)
@@ -82,7 +100,7 @@ class Progress:
         if et is None:
             self.close()
         elif self._mode == "bar":  # leave the bar where it stopped; no "done" line for a failed step
-            self._bar.close()
+            self._close_bar()
             self._mode = "off"
         else:
             self._mode = "off"

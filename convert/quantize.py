@@ -238,7 +238,7 @@ class _Stages:
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         self.bar.note(name)
-        with filtered_stderr(ours):
+        with filtered_stderr(ours, self.bar.write):
             yield
         self.bar.update()
 

@@ -39,12 +39,15 @@ def not_known_noise(line: str) -> bool:
 
 
 @contextlib.contextmanager
-def filtered_stderr(keep: Callable[[str], bool] = not_known_noise) -> Iterator[None]:
+def filtered_stderr(
+    keep: Callable[[str], bool] = not_known_noise, write: Callable[[str], None] | None = None
+) -> Iterator[None]:
     """Capture fd 2 while the block runs, then replay the lines `keep` accepts.
 
     When the block raises an error, the last lines are replayed whatever `keep` says, so a message
     like "see onnx2tf's messages above" stays true. Other threads' stderr lines written meanwhile
-    are replayed too (late, never lost).
+    are replayed too (late, never lost). `write` replays (a progress bar passes its own, so lines
+    land above the bar instead of on it).
     """
     if verbose():
         yield
@@ -72,5 +75,9 @@ def filtered_stderr(keep: Callable[[str], bool] = not_known_noise) -> Iterator[N
             lines = tmp.read().decode("utf-8", "replace").splitlines()
             shown = lines[-FAILURE_TAIL:] if failed else [ln for ln in lines if keep(ln)]
             if shown:
-                sys.stderr.write("\n".join(shown) + "\n")
-                sys.stderr.flush()
+                (write or _write_stderr)("\n".join(shown) + "\n")
+
+
+def _write_stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
