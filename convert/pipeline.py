@@ -17,9 +17,9 @@ from edge_resnet.errors import InputError
 from edge_resnet.preprocess import PreprocessSpec
 
 from . import calibration, edgetpu, onnx_model, verify
-from .calibration import Split
 from .backends import Backend, InputType
 from .backends import quantize as quantize_with
+from .calibration import Split
 from .quantize import RangeMethod
 from .stem import rewrite as rewrite_stem
 

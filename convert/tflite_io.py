@@ -14,22 +14,26 @@ import numpy as np
 import numpy.typing as npt
 
 
+def _fu() -> Any:
+    """The flatbuffer schema helpers: LiteRT's own copy (no TensorFlow), else TensorFlow's."""
+    try:
+        from ai_edge_litert.tools import flatbuffer_utils
+    except ImportError:  # an ai-edge-litert without tools/ (tflite-runtime machines convert with TensorFlow)
+        from tensorflow.lite.tools import flatbuffer_utils
+    return flatbuffer_utils
+
+
 def read(model: bytes) -> Any:
     """Mutable object tree (schema ModelT) of a flatbuffer."""
-    from tensorflow.lite.tools import flatbuffer_utils as fu
-
-    return fu.read_model_from_bytearray(bytearray(model))
+    return _fu().read_model_from_bytearray(bytearray(model))
 
 
 def write(model: Any) -> bytes:
-    from tensorflow.lite.tools import flatbuffer_utils as fu
-
-    return bytes(fu.convert_object_to_bytearray(model))
+    return bytes(_fu().convert_object_to_bytearray(model))
 
 
 def opcode_names(model: Any) -> list[str]:
-    from tensorflow.lite.tools import flatbuffer_utils as fu
-
+    fu = _fu()
     return [str(fu.opcode_to_name(model, i)) for i in range(len(model.operatorCodes))]
 
 
@@ -64,9 +68,22 @@ def debug_interpreter(model: bytes) -> Any:
     return it
 
 
+def as_input(d: dict[str, Any], x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Pixels (or floats) as the input tensor `d` takes them: quantized with its scale and zero point
+    when it is an integer tensor (int8 pixel input: scale 1, zero point -128), otherwise cast."""
+    dtype = np.dtype(d["dtype"])
+    scale, zero = d["quantization"]
+    if dtype.kind in "iu" and scale:
+        info = np.iinfo(dtype)
+        q = np.round(x.astype(np.float64) / scale + zero)
+        out: npt.NDArray[Any] = np.clip(q, info.min, info.max).astype(dtype)
+        return out
+    return np.asarray(x, dtype)
+
+
 def run(it: Any, x: npt.NDArray[Any]) -> None:
     d = it.get_input_details()[0]
-    it.set_tensor(d["index"], x.astype(d["dtype"])[np.newaxis])
+    it.set_tensor(d["index"], as_input(d, x)[np.newaxis])
     it.invoke()
 
 
@@ -81,7 +98,7 @@ def outputs(model: bytes, images: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
     scale, zero = d_out["quantization"]
     rows = []
     for x in images:
-        it.set_tensor(d_in["index"], x.astype(d_in["dtype"])[np.newaxis])
+        it.set_tensor(d_in["index"], as_input(d_in, x)[np.newaxis])
         it.invoke()
         o = it.get_tensor(d_out["index"]).astype(np.float64).reshape(-1)
         rows.append((o - zero) * scale if scale else o)
