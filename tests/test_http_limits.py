@@ -11,6 +11,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -236,3 +237,64 @@ def test_one_source_cannot_hold_every_viewer_slot(sockets: list[socket.socket]) 
         assert other.recv(64).startswith(b"HTTP/1.0 200")
     finally:
         sink.stop()
+
+
+_CHILD = """
+import resource, sys, time
+from edge_resnet.observation import Status
+from edge_resnet.sinks.http import HttpConfig, HttpSink
+resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+sink = HttpSink(HttpConfig(listen="127.0.0.1:0"), lambda: Status(True, "ok"))
+sink.start()
+while "serving" not in sink.healthy()[1]:
+    time.sleep(0.02)
+print(sink.bound_port, flush=True)
+sys.stdin.read()
+sink.stop()
+"""
+
+
+def test_out_of_fds_pauses_accept_instead_of_spinning(sockets: list[socket.socket]) -> None:
+    """The issue's fd exhaustion: with 48 fds and 64 allowed connections, accept() fails with EMFILE.
+    The front pauses accepting instead of spinning a core, and serves again once clients leave."""
+    import os
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        for _ in range(80):  # more than the child has descriptors for; they say nothing
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            sockets.append(s)
+        time.sleep(0.5)
+        stat = Path(f"/proc/{child.pid}/stat")
+
+        def cpu() -> float:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        c0, t0 = cpu(), time.monotonic()
+        time.sleep(3)
+        share = (cpu() - c0) / (time.monotonic() - t0)
+        print(f"\nout of fds: the server used {share * 100:.1f}% of a core while accept() failed")
+        assert share < 0.2, "the accept loop spins"
+        for s in sockets:
+            s.close()
+        sockets.clear()
+        end = time.monotonic() + 10
+        while True:  # the queued connections drain; then a real client is served again
+            try:
+                if request(port, timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < end, "not serving again after the clients left"
+            time.sleep(0.2)
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(10)
