@@ -184,6 +184,46 @@ class Statistics:
         return out, stats
 
 
+def for_int8(float_model: bytes, stats: Statistics) -> tuple[bytes, dict[str, str], int]:
+    """The float model as the quantizer should see it: onnx2tf writes MaxPool's padding as PADV2 with
+    the float minimum (-3.4e38), which int8 cannot hold. When the pooled tensor is never negative (a
+    ReLU output: every ResNet's stem), padding with 0 gives the same maxima, so PADV2 becomes a plain
+    PAD (int8 pads with the zero point, TFLite's converter does the same). Returns the model, the
+    tensors whose range must be their input's ({output: input}), and how many ops were rewritten."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    m = tflite_io.read(float_model)
+    g = m.subgraphs[0]
+    names = tflite_io.opcode_names(m)
+    ties: dict[str, str] = {}
+    pad_code = next((i for i, n in enumerate(names) if n == "PAD"), None)
+    for op in g.operators:
+        if names[op.opcodeIndex] != "PADV2" or len(op.inputs) < 3:
+            continue
+        value = tflite_io.buffer_array(m, int(op.inputs[2]), np.float32).reshape(-1)
+        src = tflite_io.tensor_name(m, int(op.inputs[0]))
+        dst = tflite_io.tensor_name(m, int(op.outputs[0]))
+        if value.size != 1 or value[0] > -1e30:
+            continue
+        if stats.lo.get(src, -1.0) < 0.0:
+            raise ModelError(
+                f"{src!r} is max-pooled with -inf padding but can be negative ({stats.lo.get(src)}); int8 cannot "
+                "hold -inf: convert this model with the TensorFlow path (--backend tf, Python 3.11)"
+            )
+        if pad_code is None:
+            oc = schema.OperatorCodeT()
+            oc.builtinCode = oc.deprecatedBuiltinCode = schema.BuiltinOperator.PAD
+            oc.version = 1
+            m.operatorCodes.append(oc)
+            pad_code = len(m.operatorCodes) - 1
+        op.opcodeIndex = pad_code
+        op.inputs = list(op.inputs[:2])
+        op.builtinOptionsType = schema.BuiltinOptions.PadOptions
+        op.builtinOptions = schema.PadOptionsT()
+        ties[dst] = src
+    return (tflite_io.write(m) if ties else float_model), ties, len(ties)
+
+
 def to_int8(float_model: bytes, act_ranges: dict[str, tuple[float, float]], images: npt.NDArray[np.uint8]) -> bytes:
     """Full-integer model from ai-edge-quantizer with our activation ranges in place of its calibration."""
     from ai_edge_quantizer import quantizer, recipe
@@ -348,6 +388,7 @@ def quantize(
         t = time.perf_counter()
         with stage("activation statistics"):
             stats = Statistics(float_tflite, images)
+            to_quantize, ties, padv2 = for_int8(float_tflite, stats)
         timings["calibrate_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -365,7 +406,8 @@ def quantize(
         for method in methods:
             with stage(f"{method} ranges"):
                 act, range_stats = stats.ranges(method)
-                candidates.append(scored(_Candidate(method, False, to_int8(float_tflite, act, images), range_stats,
+                act.update({dst: act[src] for dst, src in ties.items()})
+                candidates.append(scored(_Candidate(method, False, to_int8(to_quantize, act, images), range_stats,
                                                     {"layers": 0})))
         best = max(candidates, key=lambda c: c.sqnr_db)
         if correct_bias:
@@ -391,6 +433,7 @@ def quantize(
         ],
         "weights": "int8 per-channel",
         "activations": "int8 per-tensor",
+        "maxpool_padding": f"{padv2} PADV2(-inf) -> PAD(0) on non-negative inputs" if padv2 else "none rewritten",
         "input": ("uint8 pixels (normalisation folded into the model)" if input_type == "uint8"
                   else "int8 pixels: scale 1, zero point -128 (normalisation folded into the model)"),
         "output": "int8",
