@@ -50,6 +50,10 @@ class PreprocessOverrides:
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
             raise ConfigError(f"[model.preprocess] preset: {self.preset!r} is unknown; use one of {sorted(PRESETS)}")
+        for i, v in enumerate(self.mean or ()):
+            check_range(f"[model.preprocess] mean[{i}]", v, -255, 510, "0..255 pixel units, e.g. 123.675")
+        for i, v in enumerate(self.std or ()):
+            check_range(f"[model.preprocess] std[{i}]", v, 0.001, 10000, "pixel units, e.g. 58.395")
         self.apply(PRESETS["raw"])  # validates ranges now, not on the first frame
 
     def apply(self, base: PreprocessSpec) -> PreprocessSpec:

@@ -203,6 +203,8 @@ HOSTILE_CONFIGS = [
     ("[pipeline]\nheartbeat_s = nan\n", "[pipeline] heartbeat_s"),
     ("[mqtt]\nqueue_max = 0\n", "[mqtt] queue_max"),
     ('[source]\ntype = "url"\nurl = "rtsp://cam/s"\ntimeout_s = inf\n', "[source] timeout_s"),
+    ("[model.preprocess]\nmean = [nan, 1.0, 1.0]\n", "[model.preprocess] mean[0]"),
+    ("[model.preprocess]\nstd = [1.0, inf, 1.0]\n", "[model.preprocess] std[1]"),
 ]
 
 
