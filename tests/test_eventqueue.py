@@ -254,3 +254,39 @@ def test_password_over_plain_mqtt_is_warned(
     MqttSink(MqttConfig(url="mqtt://127.0.0.1", username="u"), "cam", lambda: Status(True, "ok"), tmp_path).stop()
     clear = [r.getMessage() for r in caplog.records if "clear text" in r.getMessage()]
     assert len(clear) == 1 and "broker.lan:1883" in clear[0] and "mqtts://" in clear[0], clear
+
+
+def test_a_sick_sink_makes_status_unhealthy_with_its_reason(
+    tmp_path: Path, samples_dir: Path, mobilenet_quant: Path, labels_1001: Path
+) -> None:
+    """The degraded queue reaches every report: Status (-> /healthz 503, edge_resnet_healthy 0, the
+    MQTT state's healthy/reason) and systemd's STATUS= line, while frames keep being classified."""
+    from edge_resnet.capture import Capture
+    from edge_resnet.config import ModelConfig, PipelineConfig
+    from edge_resnet.pipeline import Pipeline, load_classifier
+    from edge_resnet.sources.folder import FolderFrames
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("n01440764_tench.JPEG", "n01443537_goldfish.JPEG"):
+        (photos / name).symlink_to(samples_dir / name)
+    (tmp_path / "file").write_text("")
+    sink = MqttSink(MqttConfig(url="mqtt://127.0.0.1:1"), "sick", lambda: Status(True, "ok"), tmp_path / "file")
+    model = ModelConfig(path=str(mobilenet_quant), labels=str(labels_1001), threads=1)
+    cap = Capture(FolderFrames(str(photos), interval_s=0.05, loop=True))
+    pipe = Pipeline(cap, load_classifier(model), [sink], PipelineConfig(), 5, stall_s=5.0, model=model)
+    pipe.start()
+    cap.start()
+    try:
+        end = time.monotonic() + 20
+        while pipe.classified < 3:
+            assert time.monotonic() < end
+            time.sleep(0.05)
+        st = pipe.status()
+        assert not st.healthy and st.reason.startswith("mqtt event queue degraded"), st.reason
+        assert st.counters["mqtt_queue_degraded"] == 1.0
+        assert pipe.status_line().startswith("mqtt event queue degraded")
+    finally:
+        pipe.stop(2.0)
+        cap.stop(2.0)
+        sink.stop()
