@@ -1,6 +1,6 @@
 """`edge-resnet convert`: ONNX classifier -> verified full-INT8 TFLite bundle + report.
 
-Light on purpose: the heavy `convert` package (onnx2tf, TensorFlow) is imported inside run(), so
+Light on purpose: the heavy `convert` package (onnx2tf, ai-edge-quantizer or TensorFlow) is imported inside run(), so
 a device without the extra still gets `--help` and a one-line install hint.
 """
 
@@ -16,7 +16,7 @@ from ..preprocess import INTERPOLATIONS, PRESETS, PreprocessSpec
 from .modelargs import rgb_triple
 
 DESCRIPTION = """\
-Convert an ONNX image classifier to a full-INT8 TFLite bundle (uint8 pixel input with the
+Convert an ONNX image classifier to a full-INT8 TFLite bundle (uint8 or int8 pixel input with the
 normalisation folded in, per-channel int8 weights, int8 activations), calibrated on your images
 and verified against the FP32 ONNX model on a disjoint evaluation set.
 
@@ -74,6 +74,16 @@ def register(sub: Any, name: str, helptext: str) -> None:
         help="keep a ResNet's 7x7/2 stem convolution as it is (by default it becomes space-to-depth + "
         "4x4 convolution, identical and ~2x faster under XNNPACK INT8); recorded in the report",
     )
+    p.add_argument(
+        "--backend", choices=["auto", "litert", "tf"], default="auto",
+        help="litert: onnx2tf 2.x + ai-edge-quantizer, no TensorFlow (Python >= 3.12); tf: onnx2tf 1.29 + "
+        "TensorFlow 2.19 (Python 3.11, the convert-tf extra); auto (default): litert wherever it is installed",
+    )
+    p.add_argument(
+        "--input-type", choices=["auto", "int8", "uint8"], default="auto",
+        help="pixel input tensor: litert makes int8 (scale 1, zero point -128) unless uint8 is asked for; "
+        "tf always uint8; the device takes either as it is",
+    )
     p.add_argument("--edgetpu", action="store_true", help="also compile for the Coral Edge TPU")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     p.add_argument("--keep-workdir", action="store_true", help="keep onnx2tf's working folder (debugging)")
@@ -114,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
         eval_limit=args.eval_limit,
         max_top1_drop=args.max_top1_drop,
         range_method=args.ranges,
+        backend=args.backend,
+        input_type=args.input_type,
         bias_correction=not args.no_bias_correction,
         stem_rewrite=not args.no_stem_rewrite,
         edgetpu=args.edgetpu,
