@@ -258,7 +258,7 @@ def to_int8(float_model: bytes, act_ranges: dict[str, tuple[float, float]], imag
     model = result.quantized_model
     if model is None:
         raise ModelError("ai-edge-quantizer produced no model; run with -v to see its messages")
-    return fix_dead_channels(bytes(model), float_model)[0]
+    return set_op_versions(fix_dead_channels(bytes(model), float_model)[0])
 
 
 _LAYERS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -311,6 +311,19 @@ def fix_dead_channels(int8_model: bytes, float_model: bytes) -> tuple[bytes, int
     if fixed:
         log.info("quantizer fix-up: %d zero-weight channels given a scale that holds their bias", fixed)
     return tflite_io.write(m), fixed
+
+
+def set_op_versions(int8_model: bytes) -> bytes:
+    """ai-edge-quantizer keeps the float model's operator versions (all 1); int8 kernels have their own
+    (CONV_2D per-channel int8 is version 3). Write the versions TensorFlow's converter writes, which
+    the Edge TPU compiler reads to know an op is quantized (`edgetpu.INT8_OP_VERSIONS`)."""
+    from .edgetpu import INT8_OP_VERSIONS
+
+    m = tflite_io.read(int8_model)
+    for name, code in zip(tflite_io.opcode_names(m), m.operatorCodes, strict=True):
+        if name in INT8_OP_VERSIONS:
+            code.version = max(int(code.version), INT8_OP_VERSIONS[name])
+    return tflite_io.write(m)
 
 
 def with_uint8_input(int8_model: bytes) -> bytes:

@@ -38,6 +38,15 @@ EDGETPU_OPS = frozenset({
     "SQUARE", "TANH", "TRANSPOSE", "TRANSPOSE_CONV",
 })
 _INT_TYPES = {2, 3, 9}  # TensorType INT32 (biases), UINT8, INT8
+# Operator versions TensorFlow 2.19's converter writes for these ops in a full-int8 model (int8 tensors,
+# per-channel weights; QUANTIZE for the uint8 -> int8 input), the versions the Edge TPU compiler has
+# accepted from our TensorFlow path. Version 1 of CONV_2D means float: a model that keeps it is refused.
+# The TensorFlow-free path writes these too (backend_litert.set_op_versions); the pre-flight checks them.
+INT8_OP_VERSIONS = {
+    "ADD": 2, "SUB": 2, "MUL": 2, "AVERAGE_POOL_2D": 2, "MAX_POOL_2D": 2, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3,
+    "FULLY_CONNECTED": 4, "MEAN": 2, "PAD": 2, "SPACE_TO_DEPTH": 2, "QUANTIZE": 1, "RESHAPE": 1, "SOFTMAX": 2,
+    "CONCATENATION": 2,
+}
 
 
 def preflight(flatbuffer: bytes) -> dict[str, Any]:
@@ -47,11 +56,19 @@ def preflight(flatbuffer: bytes) -> dict[str, Any]:
     counts = Counter(names[op.opcodeIndex] for sg in m.subgraphs for op in sg.operators)
     unsupported = sorted(op for op in counts if op not in EDGETPU_OPS)
     float_tensors = sum(1 for sg in m.subgraphs for t in sg.tensors if t.type not in _INT_TYPES)
+    versions = {names[i]: int(c.version) for i, c in enumerate(m.operatorCodes)}
+    wrong_versions = {
+        op: f"version {v}, int8 models have {INT8_OP_VERSIONS[op]}"
+        for op, v in sorted(versions.items())
+        if op in counts and op in INT8_OP_VERSIONS and v != INT8_OP_VERSIONS[op]
+    }
     return {
         "ops": dict(sorted(counts.items())),
+        "op_versions": dict(sorted(versions.items())),
         "unsupported_ops": unsupported,
+        "wrong_op_versions": wrong_versions,
         "float_tensors": float_tensors,
-        "ok": not unsupported and float_tensors == 0,
+        "ok": not unsupported and float_tensors == 0 and not wrong_versions,
     }
 
 
