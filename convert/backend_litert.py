@@ -217,11 +217,33 @@ def for_int8(float_model: bytes, stats: Statistics) -> tuple[bytes, dict[str, st
             m.operatorCodes.append(oc)
             pad_code = len(m.operatorCodes) - 1
         op.opcodeIndex = pad_code
+        dropped = int(op.inputs[2])
         op.inputs = list(op.inputs[:2])
         op.builtinOptionsType = schema.BuiltinOptions.PadOptions
         op.builtinOptions = schema.PadOptionsT()
         ties[dst] = src
+        _drop_unused_tensor(m, g, dropped)
     return (tflite_io.write(m) if ties else float_model), ties, len(ties)
+
+
+def _drop_unused_tensor(m: Any, g: Any, index: int) -> None:
+    """Remove tensor `index` when nothing refers to it any more (the PADV2 value), renumbering the rest,
+    so the int8 model holds no stray float tensor."""
+    used = {int(i) for op in g.operators for i in [*op.inputs, *op.outputs]} | {int(i) for i in g.inputs}
+    if index in used or index in {int(i) for i in g.outputs}:
+        return
+    del g.tensors[index]
+
+    def shift(ids: Any) -> list[int]:
+        return [int(i) - 1 if int(i) > index else int(i) for i in ids]
+
+    for op in g.operators:
+        op.inputs, op.outputs = shift(op.inputs), shift(op.outputs)
+    g.inputs, g.outputs = shift(g.inputs), shift(g.outputs)
+    for sd in m.signatureDefs or []:
+        for tm in [*(sd.inputs or []), *(sd.outputs or [])]:
+            if tm.tensorIndex > index:
+                tm.tensorIndex -= 1
 
 
 def to_int8(float_model: bytes, act_ranges: dict[str, tuple[float, float]], images: npt.NDArray[np.uint8]) -> bytes:
