@@ -8,8 +8,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from .classify import Prediction
-from .observation import Observation
+from .observation import Observation, Prediction
 
 TOP1_COLOUR = (80, 220, 60)  # BGR green: the smoothed label
 TEXT_COLOUR = (240, 240, 240)  # BGR near-white: the rest of the top-k

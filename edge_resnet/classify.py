@@ -8,7 +8,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -16,19 +16,12 @@ import numpy.typing as npt
 from .bundle import OutputKind
 from .engine import Engine
 from .errors import LabelsError
+from .observation import Prediction
 from .preprocess import PRESETS, Box, ChannelOrder, PreprocessSpec, TensorInfo, prepare
 
 log = logging.getLogger(__name__)
 
 IMAGENET_WITH_BACKGROUND = 1001  # TensorFlow/Coral ImageNet models: output 0 is "background"
-
-
-class Prediction(NamedTuple):
-    """One class: `class_index` counts dataset classes (background slots excluded); score in 0..1."""
-
-    label: str
-    class_index: int
-    score: float
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from .classify import Prediction
 from .config import Smoothing
+from .observation import Prediction
 
 
 class Smoother:

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_resnet.classify import Prediction
-from edge_resnet.observation import Frame, Observation, Status
+from edge_resnet.observation import Frame, Observation, Prediction, Status
 from edge_resnet.sinks import eventqueue
 from edge_resnet.sinks.eventqueue import EventQueue
 from edge_resnet.sinks.mqtt import MqttConfig, MqttSink

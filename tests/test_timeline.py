@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from edge_resnet.annotate import FONT, _scale, annotate, first_synonym, fit_text
-from edge_resnet.classify import Prediction
-from edge_resnet.observation import Status
+from edge_resnet.observation import Prediction, Status
 from edge_resnet.sinks.http import HttpConfig, HttpSink
 from edge_resnet.sinks.timeline import Timeline
 from tests.helpers.observations import Classified, classify_samples, observation

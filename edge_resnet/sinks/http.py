@@ -29,7 +29,7 @@ import cv2
 
 from ..annotate import annotate_observation
 from ..errors import ConfigError
-from ..observation import Observation, Status
+from ..observation import Observation, Status, observation_json
 from .base import StatusFn
 from .front import Accepted, AuthFailures, Front, Limits, SocketWriter
 from .timeline import Timeline
@@ -132,32 +132,7 @@ def prometheus_text(status: Status, extra: dict[str, float] | None = None) -> st
 
 def state_document(obs: Observation | None, status: Status | None, fps: float | None) -> dict[str, Any]:
     """What /api/state returns (and what the page shows)."""
-    doc: dict[str, Any] = {
-        "label": None,
-        "score": None,
-        "class_index": None,
-        "top_k": [],
-        "frame_seq": None,
-        "captured_at": None,
-        "classified_at": None,
-        "model": None,
-        "invoke_ms": None,
-        "fps": fps,
-    }
-    if obs is not None:
-        doc.update(
-            label=obs.label.label,
-            score=round(float(obs.label.score), 5),
-            class_index=obs.label.class_index,
-            top_k=[
-                {"label": p.label, "class_index": p.class_index, "score": round(float(p.score), 5)} for p in obs.top_k
-            ],
-            frame_seq=obs.frame.seq,
-            captured_at=round(obs.frame.captured_at, 3),
-            classified_at=round(obs.classified_at, 3),
-            model=obs.model,
-            invoke_ms=round(obs.invoke_ms, 2),
-        )
+    doc: dict[str, Any] = {**observation_json(obs), "fps": fps}
     if status is not None:
         doc.update(
             healthy=status.healthy,

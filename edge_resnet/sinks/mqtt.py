@@ -37,10 +37,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from .. import __version__
-from ..classify import Prediction
 from ..configtools import check_range
 from ..errors import ConfigError
-from ..observation import Observation, Status
+from ..observation import Observation, Status, observation_json
 from .base import StatusFn
 from .eventqueue import EventQueue
 
@@ -147,26 +146,10 @@ class Link(Enum):
     STOPPED = "stopped"
 
 
-def _pred(p: Prediction) -> dict[str, Any]:
-    return {"label": p.label, "class_index": p.class_index, "score": round(float(p.score), 5)}
-
-
 def state_payload(obs: Observation | None, status: Status | None, device_id: str, dropped: int) -> dict[str, Any]:
-    """The retained `state` document: the smoothed label, this frame's top-k, and the pipeline's health."""
+    """The retained `state` document: the observation's JSON plus the device and the pipeline's health."""
     doc: dict[str, Any] = {"device_id": device_id, "published_at": round(time.time(), 3), "events_dropped": dropped}
-    if obs is None:
-        doc.update(label=None, score=None, class_index=None, top_k=[], frame_seq=None, captured_at=None, model=None)
-    else:
-        doc.update(
-            label=obs.label.label,
-            score=round(float(obs.label.score), 5),
-            class_index=obs.label.class_index,
-            top_k=[_pred(p) for p in obs.top_k],
-            frame_seq=obs.frame.seq,
-            captured_at=round(obs.frame.captured_at, 3),
-            model=obs.model,
-            invoke_ms=round(obs.invoke_ms, 2),
-        )
+    doc.update(observation_json(obs))
     if status is not None:
         doc.update(healthy=status.healthy, reason=status.reason)
     return doc
@@ -174,17 +157,7 @@ def state_payload(obs: Observation | None, status: Status | None, device_id: str
 
 def event_body(obs: Observation, previous: str | None, device_id: str) -> dict[str, Any]:
     """What is stored for a label change; `seq`, `published_at` and `dropped_total` are added when sent."""
-    return {
-        "device_id": device_id,
-        "label": obs.label.label,
-        "previous": previous,
-        "score": round(float(obs.label.score), 5),
-        "class_index": obs.label.class_index,
-        "top_k": [_pred(p) for p in obs.top_k],
-        "frame_seq": obs.frame.seq,
-        "captured_at": round(obs.frame.captured_at, 3),
-        "model": obs.model,
-    }
+    return {"device_id": device_id, **observation_json(obs), "previous": previous}
 
 
 def discovery_payload(cfg: MqttConfig, device_id: str, model: str | None) -> dict[str, Any]:

@@ -17,25 +17,14 @@ import threading
 import time
 from typing import Any, TextIO
 
-from ..observation import Observation
+from ..observation import Observation, observation_json
 
 log = logging.getLogger(__name__)
 
 
 def observation_dict(obs: Observation) -> dict[str, Any]:
-    """The state payload (same fields as the MQTT `state` topic)."""
-    return {
-        "label": obs.label.label,
-        "score": round(obs.label.score, 4),
-        "class_index": obs.label.class_index,
-        "changed": obs.changed,
-        "top_k": [{"label": p.label, "class_index": p.class_index, "score": round(p.score, 4)} for p in obs.top_k],
-        "frame_seq": obs.frame.seq,
-        "captured_at": round(obs.frame.captured_at, 3),
-        "published_at": round(time.time(), 3),
-        "invoke_ms": round(obs.invoke_ms, 2),
-        "model": obs.model,
-    }
+    """One JSON line: the observation's JSON (as on MQTT and /api/state) plus `changed` and when it was written."""
+    return {**observation_json(obs), "changed": obs.changed, "published_at": round(time.time(), 3)}
 
 
 class StdoutSink:
