@@ -36,6 +36,12 @@ class EndOfStream(Exception):
 class FrameSource(Protocol):
     """One camera, file, stream or folder. Implementations live in `edge_resnet.sources`.
 
+    A new source is one module plus one registry line: the module holds the FrameSource class and
+    a factory taking its `[source]` table; the table (a `sourceconfig.SourceCommon` subclass whose
+    `type` is its key) is pure; `config.SOURCES` gets one `SourceKind` naming both (and how
+    `run --source TEXT` and `--loop/--fast` map to it). Loading, flags, `config check` and reload
+    then pick it up.
+
     `open` raises an EdgeResnetError with a one-line message when the source is not there;
     `read` returns one BGR uint8 frame, None when no frame came within its own timeout, and
     raises EndOfStream when a finite source is done (OSError/EdgeResnetError mean "reopen me").

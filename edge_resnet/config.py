@@ -1,28 +1,44 @@
 """The daemon's configuration: typed dataclasses loaded from TOML, checked at load time.
 
 Every table maps to one dataclass; `configtools.from_dict` turns an unknown key or a wrong type
-into a ConfigError that names the key and the fix. `[source]` is a union chosen by its `type`
-key (an explicit dict below, no plugin discovery). Secrets never live here: the MQTT and HTTP
-passwords are read from the environment variables the config names.
+into a ConfigError that names the key and the fix. Two registries, explicit dicts (no plugin
+discovery), say what exists: `SOURCES` maps a `[source] type` and `SINKS` a sink's table name to
+its config class, its factory and how it is summarised and set by flags. Loading, `run` flags,
+`summary`, the daemon (start and reload) and `doctor` all read them, so a new source or sink is
+one module plus one registry line. Nothing here imports a sink or source module (factories are
+"module:attribute" names resolved only when used), so checking a config never loads paho, cv2 or
+http.server. Secrets never live here: passwords are read from the environment variables the
+config names.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
+import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from .configtools import check_range, from_dict
 from .errors import ConfigError
-from .preprocess import PRESETS, ChannelOrder, Interpolation, PreprocessSpec
-from .sinks.http import HttpConfig
-from .sinks.mqtt import DEVICE_ID, MqttConfig
-from .sinks.video import VideoConfig
+from .prepspec import PRESETS, ChannelOrder, Interpolation, PreprocessSpec
+from .sinkconfig import HttpConfig, MqttConfig, StdoutConfig, VideoConfig
+from .sourceconfig import (
+    FileSource,
+    FolderSource,
+    GstreamerSource,
+    OpenCvSource,
+    Picamera2Source,
+    SourceCommon,
+    UrlSource,
+)
 
 DEFAULT_STATE_DIR = "/var/lib/edge-resnet"
+DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 Device = Literal["cpu", "edgetpu", "auto"]
 Smoothing = Literal["none", "average", "hysteresis"]
 
@@ -87,144 +103,7 @@ class ModelConfig:
             raise ConfigError(f"[model] top_k: {self.top_k} is out of range; use 1..100, e.g. 5")
 
 
-# -- [source] -----------------------------------------------------------------------------------
-
-
-@dataclass(kw_only=True)
-class SourceCommon:
-    """Keys every source has: the camera watchdog and what to do when the source cannot be opened."""
-
-    watchdog_s: float = 5.0  # no frame for this long -> "camera lost", reopen
-    retry: bool = True  # false: a source that cannot be opened stops the daemon (exit 6)
-    backoff_max_s: float = 2.0  # reopen delay doubles from 0.5 s up to this: a returning camera is seen within it
-
-    def __post_init__(self) -> None:
-        check_range("[source] watchdog_s", self.watchdog_s, 0.1, 3600, "seconds, e.g. 5")
-        check_range("[source] backoff_max_s", self.backoff_max_s, 0.5, 3600, "seconds, e.g. 4")
-
-
-@dataclass(kw_only=True)
-class OpenCvSource(SourceCommon):
-    """A V4L2 camera: index (0), /dev/videoN, or a stable /dev/v4l/by-id/... path."""
-
-    type: Literal["opencv"] = "opencv"
-    device: int | str = 0
-    width: int | None = None
-    height: int | None = None
-    fps: float | None = None
-    fourcc: str | None = "MJPG"  # most USB cameras reach full frame rate only with MJPG
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.device, int) and self.device < 0:
-            raise ConfigError(f"[source] device: {self.device} is not a camera index; use 0, 1, ... or /dev/videoN")
-        if isinstance(self.device, int):
-            check_range("[source] device", self.device, 0, 255, "a camera index such as 0")
-        if self.width is not None:
-            check_range("[source] width", self.width, 16, 8192, "pixels, e.g. 640")
-        if self.height is not None:
-            check_range("[source] height", self.height, 16, 8192, "pixels, e.g. 480")
-        if self.fps is not None:
-            check_range("[source] fps", self.fps, 0.1, 1000, "frames per second, e.g. 30; or leave it out")
-        if self.fourcc is not None and len(self.fourcc) != 4:
-            raise ConfigError(f"[source] fourcc: {self.fourcc!r} must be four characters, e.g. MJPG or YUYV")
-        if (self.width is None) != (self.height is None):
-            raise ConfigError("[source] width and height go together; set both or neither")
-
-
-@dataclass(kw_only=True)
-class FileSource(SourceCommon):
-    """A video file, at its own frame rate (realtime = true) or as fast as it decodes."""
-
-    type: Literal["file"] = "file"
-    path: str
-    realtime: bool = True
-    loop: bool = False
-
-
-@dataclass(kw_only=True)
-class UrlSource(SourceCommon):
-    """A network stream: rtsp://, rtsps://, http:// or https:// (e.g. MJPEG)."""
-
-    type: Literal["url"] = "url"
-    url: str
-    rtsp_transport: Literal["tcp", "udp"] = "tcp"
-    timeout_s: float = 5.0  # open and read timeout
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_range("[source] timeout_s", self.timeout_s, 0.5, 300, "seconds, e.g. 5")
-        scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else ""
-        if scheme not in ("rtsp", "rtsps", "http", "https"):
-            raise ConfigError(f"[source] url: {self.url!r} is not an rtsp:// or http(s):// URL")
-
-
-@dataclass(kw_only=True)
-class GstreamerSource(SourceCommon):
-    """A GStreamer pipeline ending in `appsink` (only where OpenCV was built with GStreamer)."""
-
-    type: Literal["gstreamer"] = "gstreamer"
-    pipeline: str
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if "appsink" not in self.pipeline:
-            raise ConfigError("[source] pipeline: must end in `appsink`, e.g. '... ! videoconvert ! appsink'")
-
-
-@dataclass(kw_only=True)
-class FolderSource(SourceCommon):
-    """A folder of images, shown in name order, each for `interval_s` seconds (0 = as fast as possible)."""
-
-    type: Literal["folder"] = "folder"
-    path: str
-    interval_s: float = 1.0
-    loop: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_range("[source] interval_s", self.interval_s, 0, 86400, "seconds, e.g. 1 (0 = as fast as possible)")
-
-
-@dataclass(kw_only=True)
-class Picamera2Source(SourceCommon):
-    """A Raspberry Pi camera through picamera2; the daemon classifies the small `lores` stream."""
-
-    type: Literal["picamera2"] = "picamera2"
-    camera: int = 0
-    main_size: tuple[int, int] = (1280, 720)
-    lores_size: tuple[int, int] = (320, 240)
-    lores_format: Literal["YUV420", "RGB888"] = "YUV420"  # Pi 4 and older support only YUV420 for lores
-    use_lores: bool = True
-    fps: float | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_range("[source] camera", self.camera, 0, 15, "a camera number such as 0")
-        for key, (w, h) in (("main_size", self.main_size), ("lores_size", self.lores_size)):
-            check_range(f"[source] {key}[0]", w, 16, 8192, "pixels, e.g. [640, 480]")
-            check_range(f"[source] {key}[1]", h, 16, 8192, "pixels, e.g. [640, 480]")
-        if self.use_lores and (self.lores_size[0] > self.main_size[0] or self.lores_size[1] > self.main_size[1]):
-            raise ConfigError(
-                f"[source] lores_size: {list(self.lores_size)} is larger than main_size {list(self.main_size)}; "
-                "make lores_size the smaller one, e.g. [320, 240]"
-            )
-        if self.fps is not None:
-            check_range("[source] fps", self.fps, 0.1, 1000, "frames per second, e.g. 30; or leave it out")
-
-
-SourceConfig = OpenCvSource | FileSource | UrlSource | GstreamerSource | FolderSource | Picamera2Source
-SOURCE_TYPES: dict[str, type[Any]] = {
-    "opencv": OpenCvSource,
-    "file": FileSource,
-    "url": UrlSource,
-    "gstreamer": GstreamerSource,
-    "folder": FolderSource,
-    "picamera2": Picamera2Source,
-}
-
-
-# -- [pipeline], [stdout], top level ------------------------------------------------------------
+# -- [pipeline], top level ---------------------------------------------------------------------
 
 
 @dataclass
@@ -254,12 +133,178 @@ class PipelineConfig:
                 raise ConfigError(f"[pipeline] roi: {list(self.roi)} must be [x0, y0, x1, y1] with x1 > x0 >= 0")
 
 
-@dataclass
-class StdoutConfig:
-    """`[stdout]`: JSON lines on standard output (on by default when no other sink is configured)."""
+# -- the registries --------------------------------------------------------------------------------
 
-    enabled: bool = True
-    every_frame: bool = False  # false: on label change and every pipeline.heartbeat_s
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One `[source] type`. `factory` names a callable (table) -> FrameSource; `from_text` reads what a
+    user types after `run --source` (None: not this kind); `with_flags` applies `--loop`/`--fast`;
+    `doctor` names the probe `edge-resnet doctor` runs for it."""
+
+    config: type[SourceCommon]
+    factory: str
+    describe: Callable[[Any], str]
+    from_text: Callable[[str, bool, bool], SourceCommon | None] | None = None
+    with_flags: Callable[[Any, bool, bool], SourceCommon] | None = None
+    doctor: str | None = None  # "module:callable(table or None, timeout) -> list[Check]"; None: path check
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A `run` flag that sets a sink's table: `apply(table or None, value)` returns the new table."""
+
+    option: str
+    help: str
+    apply: Callable[[Any, Any], Any]
+    metavar: str | None = None  # None: a switch (store_true)
+
+    @property
+    def dest(self) -> str:
+        """The argparse attribute: `--mqtt` -> `mqtt`."""
+        return self.option.lstrip("-").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class SinkKind:
+    """One sink table. `factory` names a callable (table, sinks.base.SinkContext) -> Sink."""
+
+    config: type[Any]
+    factory: str
+    describe: Callable[[Any], str]
+    flag: Flag | None = None
+
+
+def _camera_text(t: str, loop: bool, fast: bool) -> SourceCommon | None:
+    if t.isdigit():
+        return OpenCvSource(device=int(t))
+    return OpenCvSource(device=t) if t.startswith("/dev/") else None
+
+
+def _path_text(kind: str) -> Callable[[str, bool, bool], SourceCommon | None]:
+    def parse(t: str, loop: bool, fast: bool) -> SourceCommon | None:
+        p = Path(t).expanduser()
+        if kind == "folder" and p.is_dir():
+            return FolderSource(path=str(p), loop=loop, interval_s=0.0 if fast else 1.0)
+        if kind == "file" and p.is_file():
+            return FileSource(path=str(p), loop=loop, realtime=not fast)
+        return None
+
+    return parse
+
+
+def _file_flags(s: FileSource, loop: bool, fast: bool) -> SourceCommon:
+    return dataclasses.replace(s, loop=s.loop or loop, realtime=s.realtime and not fast)
+
+
+def _folder_flags(s: FolderSource, loop: bool, fast: bool) -> SourceCommon:
+    return dataclasses.replace(s, loop=s.loop or loop, interval_s=0.0 if fast else s.interval_s)
+
+
+# Order matters for `--source TEXT`: the first kind whose from_text accepts the text wins.
+SOURCES: dict[str, SourceKind] = {
+    "opencv": SourceKind(
+        OpenCvSource,
+        "edge_resnet.sources.opencv:OpenCvFrames.from_config",
+        lambda s: f"camera {s.device}",
+        _camera_text,
+        doctor="edge_resnet.doctor:probe_opencv_source",
+    ),
+    "picamera2": SourceKind(
+        Picamera2Source,
+        "edge_resnet.sources.picamera2:Picamera2Frames",
+        lambda s: f"picamera2 camera {s.camera} (lores {s.lores_size[0]}x{s.lores_size[1]})",
+        lambda t, loop, fast: Picamera2Source() if t.lower() == "picamera2" else None,
+        doctor="edge_resnet.doctor:probe_picamera2_source",
+    ),
+    "url": SourceKind(
+        UrlSource,
+        "edge_resnet.sources.opencv:OpenCvFrames.from_config",
+        lambda s: f"stream {s.url}",
+        lambda t, loop, fast: UrlSource(url=t) if re.match(r"^(rtsps?|https?)://", t, re.IGNORECASE) else None,
+    ),
+    "gstreamer": SourceKind(
+        GstreamerSource,
+        "edge_resnet.sources.opencv:OpenCvFrames.from_config",
+        lambda s: f"gstreamer {s.pipeline}",
+        lambda t, loop, fast: GstreamerSource(pipeline=t) if " ! " in t and "appsink" in t else None,
+    ),
+    "folder": SourceKind(
+        FolderSource,
+        "edge_resnet.sources.folder:FolderFrames.from_config",
+        lambda s: f"image folder {s.path}",
+        _path_text("folder"),
+        _folder_flags,
+    ),
+    "file": SourceKind(
+        FileSource,
+        "edge_resnet.sources.opencv:OpenCvFrames.from_config",
+        lambda s: f"video file {s.path}{' (loop)' if s.loop else ''}{'' if s.realtime else ' (fast)'}",
+        _path_text("file"),
+        _file_flags,
+    ),
+}
+
+SINKS: dict[str, SinkKind] = {
+    "mqtt": SinkKind(
+        MqttConfig,
+        "edge_resnet.sinks.mqtt:make_sink",
+        lambda c: f"mqtt {c.url}",
+        Flag(
+            "--mqtt",
+            "publish to this broker: mqtt://HOST[:PORT] or mqtts://...",
+            lambda c, v: _set(c, MqttConfig, url=v),
+            "URL",
+        ),
+    ),
+    "http": SinkKind(
+        HttpConfig,
+        "edge_resnet.sinks.http:make_sink",
+        lambda c: f"http {c.listen}",
+        Flag(
+            "--http",
+            "serve the live overlay, /metrics and /healthz here",
+            lambda c, v: _set(c, HttpConfig, listen=v),
+            "HOST:PORT",
+        ),
+    ),
+    "video": SinkKind(
+        VideoConfig,
+        "edge_resnet.sinks.video:make_sink",
+        lambda c: f"video {c.path}",
+        Flag(
+            "--video",
+            "write an annotated video file (.avi, .mp4, .mkv)",
+            lambda c, v: _set(c, VideoConfig, path=v),
+            "FILE",
+        ),
+    ),
+    "stdout": SinkKind(
+        StdoutConfig,
+        "edge_resnet.sinks.stdout:make_sink",
+        lambda c: "stdout",
+        Flag(
+            "--stdout", "also print JSON lines when other sinks are configured", lambda c, v: StdoutConfig(enabled=True)
+        ),
+    ),
+}
+
+
+def _set(table: Any, cls: type[Any], **changes: Any) -> Any:
+    """A flag's value on top of the configured table, or a new table with defaults."""
+    return dataclasses.replace(table, **changes) if table is not None else cls(**changes)
+
+
+def resolve(ref: str) -> Callable[..., Any]:
+    """A registry factory ("package.module:Name.attr"), imported only now."""
+    module, _, attr = ref.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj  # type: ignore[no-any-return]
+
+
+# -- top level -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -268,25 +313,48 @@ class Config:
     state_dir: str = field(default_factory=default_state_dir)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     model: ModelConfig = field(default_factory=ModelConfig)
-    source: SourceConfig = field(default_factory=OpenCvSource)
+    source: SourceCommon = field(default_factory=OpenCvSource)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    mqtt: MqttConfig | None = None
-    http: HttpConfig | None = None
-    video: VideoConfig | None = None
-    stdout: StdoutConfig | None = None
+    sinks: dict[str, Any] = field(default_factory=dict)  # table name (a SINKS key) -> its config
 
     def __post_init__(self) -> None:
         check_device_id(self.device_id)
+        unknown = [name for name in self.sinks if name not in SINKS]
+        if unknown:
+            raise ConfigError(f"unknown sink table [{unknown[0]}]; known: {', '.join(SINKS)}")
+
+    @property
+    def mqtt(self) -> MqttConfig | None:
+        return self.sinks.get("mqtt")
+
+    @property
+    def http(self) -> HttpConfig | None:
+        return self.sinks.get("http")
+
+    @property
+    def video(self) -> VideoConfig | None:
+        return self.sinks.get("video")
+
+    @property
+    def stdout(self) -> StdoutConfig | None:
+        return self.sinks.get("stdout")
 
     def stdout_enabled(self) -> bool:
         """stdout is on when asked for, or when nothing else would show the results."""
         if self.stdout is not None:
             return self.stdout.enabled
-        return self.mqtt is None and self.http is None and self.video is None
+        return all(name == "stdout" for name in self.sinks)
+
+    def active_sinks(self) -> dict[str, Any]:
+        """The tables of the sinks that run, in registry order (stdout with its defaults when implied)."""
+        out = {name: self.sinks[name] for name in SINKS if name in self.sinks and name != "stdout"}
+        if self.stdout_enabled():
+            out["stdout"] = self.stdout or StdoutConfig()
+        return out
 
 
 def check_device_id(device_id: str) -> None:
-    """The one device_id check (config check, run, flags and the MQTT sink all use DEVICE_ID)."""
+    """The one device_id check (config check, run, flags and the MQTT sink all use it)."""
     if not DEVICE_ID.fullmatch(device_id):
         raise ConfigError(
             f"device_id: {device_id!r} is not usable in MQTT topics; use 1..64 ASCII letters, digits, '-' or '_'"
@@ -309,28 +377,28 @@ def _build(cls: type[Any], data: Any, section: str) -> Any:
     return from_dict(cls, data, section)
 
 
-def source_from_dict(data: Any) -> SourceConfig:
+def source_from_dict(data: Any) -> SourceCommon:
     if not isinstance(data, dict):
         raise ConfigError(f"[source] must be a table, got {type(data).__name__}")
     kind = data.get("type", "opencv")
-    cls = SOURCE_TYPES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise ConfigError(f"[source] type: {kind!r} is unknown; use one of {', '.join(SOURCE_TYPES)}")
-    built: SourceConfig = _build(cls, {**data, "type": kind}, "source")
+    entry = SOURCES.get(kind) if isinstance(kind, str) else None
+    if entry is None:
+        raise ConfigError(f"[source] type: {kind!r} is unknown; use one of {', '.join(SOURCES)}")
+    built: SourceCommon = _build(entry.config, {**data, "type": kind}, "source")
     return built
 
 
-_SINKS: dict[str, type[Any]] = {"mqtt": MqttConfig, "http": HttpConfig, "video": VideoConfig, "stdout": StdoutConfig}
+_SCALARS = ("device_id", "state_dir", "log_level")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """A Config from parsed TOML; every problem is one ConfigError naming the key."""
-    top = {f.name for f in dataclasses.fields(Config)}
+    top = {*_SCALARS, "model", "source", "pipeline", *SINKS}
     unknown = sorted(set(data) - top)
     if unknown:
         raise ConfigError(f"unknown top-level key {unknown[0]!r}; known keys and tables: {', '.join(sorted(top))}")
     kw: dict[str, Any] = {}
-    for key in ("device_id", "state_dir", "log_level"):
+    for key in _SCALARS:
         if key in data:
             scalar = from_dict(_Scalars, {key: data[key]}, "")
             kw[key] = getattr(scalar, key)
@@ -340,9 +408,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         kw["source"] = source_from_dict(data["source"])
     if "pipeline" in data:
         kw["pipeline"] = from_dict(PipelineConfig, data["pipeline"], "pipeline")
-    for name, cls in _SINKS.items():
-        if name in data:
-            kw[name] = _build(cls, data[name], name)
+    kw["sinks"] = {name: _build(kind.config, data[name], name) for name, kind in SINKS.items() if name in data}
     try:
         return Config(**kw)
     except TypeError as e:
@@ -384,7 +450,8 @@ def validate(cfg: Config) -> Config:
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             tables[f.name] = dataclasses.replace(value)
-    return dataclasses.replace(cfg, **tables)
+    sinks = {name: dataclasses.replace(table) for name, table in cfg.sinks.items()}
+    return dataclasses.replace(cfg, **tables, sinks=sinks)
 
 
 def _with_hint(msg: str) -> str:
@@ -399,20 +466,8 @@ def _with_hint(msg: str) -> str:
 def summary(cfg: Config) -> str:
     """A few human lines: what `config check` prints after OK."""
     src = cfg.source
-    where = {
-        "opencv": lambda s: f"camera {s.device}",
-        "file": lambda s: f"video file {s.path}{' (loop)' if s.loop else ''}{'' if s.realtime else ' (fast)'}",
-        "url": lambda s: f"stream {s.url}",
-        "gstreamer": lambda s: f"gstreamer {s.pipeline}",
-        "folder": lambda s: f"image folder {s.path}",
-        "picamera2": lambda s: f"picamera2 camera {s.camera} (lores {s.lores_size[0]}x{s.lores_size[1]})",
-    }[src.type](src)
-    sinks = [
-        *([f"mqtt {cfg.mqtt.url}"] if cfg.mqtt else []),
-        *([f"http {cfg.http.listen}"] if cfg.http else []),
-        *([f"video {cfg.video.path}"] if cfg.video else []),
-        *(["stdout"] if cfg.stdout_enabled() else []),
-    ]
+    where = SOURCES[src.type].describe(src)
+    sinks = [SINKS[name].describe(table) for name, table in cfg.active_sinks().items()]
     p = cfg.pipeline
     return "\n".join(
         [

@@ -33,7 +33,7 @@ from .config import Config, ModelConfig
 from .errors import EdgeResnetError, HardwareError
 from .notify import Notifier
 from .pipeline import Pipeline, load_classifier
-from .sinks.base import Sink, StatusFn
+from .sinks.base import Sink, SinkContext, StatusFn
 from .sources import make_source
 
 log = logging.getLogger(__name__)
@@ -49,27 +49,10 @@ Overrides = Callable[[Config], Config]
 def build_sinks(
     cfg: Config, status: StatusFn, sink_health: Callable[[], dict[str, str]] | None = None
 ) -> list[Sink]:
-    """One sink per configured table; explicit, imported only when configured. `sink_health` lets
-    the overlay's /healthz list every sink's own state (a broker that is away, say)."""
-    sinks: list[Sink] = []
-    if cfg.mqtt is not None:
-        from .sinks.mqtt import MqttSink
-
-        sinks.append(MqttSink(cfg.mqtt, cfg.device_id, status, Path(cfg.state_dir)))
-    if cfg.http is not None:
-        from .sinks.http import HttpSink
-
-        sinks.append(HttpSink(cfg.http, status, sink_health, device_id=cfg.device_id))
-    if cfg.video is not None:
-        from .sinks.video import VideoSink
-
-        sinks.append(VideoSink(cfg.video))
-    if cfg.stdout_enabled():
-        from .sinks.stdout import StdoutSink
-
-        every = cfg.stdout.every_frame if cfg.stdout is not None else False
-        sinks.append(StdoutSink(heartbeat_s=cfg.pipeline.heartbeat_s, every_frame=every))
-    return sinks
+    """One sink per active table, by its registry factory (each sink module is imported only when
+    configured). `sink_health` lets the overlay's /healthz list every sink's own state."""
+    ctx = SinkContext(cfg.device_id, Path(cfg.state_dir), status, sink_health, cfg.pipeline.heartbeat_s)
+    return [configmod.resolve(configmod.SINKS[name].factory)(table, ctx) for name, table in cfg.active_sinks().items()]
 
 
 def make_capture(cfg: Config) -> Capture:
@@ -360,7 +343,7 @@ class Daemon:
 
     @staticmethod
     def _sink_configs(cfg: Config) -> tuple[Any, ...]:
-        return (cfg.device_id, cfg.state_dir, cfg.mqtt, cfg.http, cfg.video, cfg.stdout_enabled(), cfg.stdout)
+        return (cfg.device_id, cfg.state_dir, cfg.active_sinks())
 
     def _swap_sinks(self, new: Config) -> None:
         assert self.pipeline is not None

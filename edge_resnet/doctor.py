@@ -225,6 +225,31 @@ def check_configured_camera(device: int | str, dev: str = "/dev", timeout: float
     return [Check(name, Result.OK, f"{real}: {w}x{h} frame read")]
 
 
+# -- per-source probes: `config.SOURCES` names each source's (a kind without one uses probe_path_source) --
+
+
+def probe_opencv_source(source: Any, timeout: float) -> list[Check]:
+    """V4L2 cameras (also the default when there is no config), then the configured one."""
+    checks = check_cameras(timeout=timeout, required=True)
+    if source is not None:
+        checks += check_configured_camera(source.device, timeout=timeout)
+    return checks
+
+
+def probe_picamera2_source(source: Any, timeout: float) -> list[Check]:
+    return check_picamera2(timeout=max(timeout, 10.0))
+
+
+def probe_path_source(source: Any, timeout: float) -> list[Check]:
+    """file / folder sources need their path; url and gstreamer are checked when the daemon opens them."""
+    path = getattr(source, "path", None)
+    if path is None:
+        return [Check("source", Result.SKIP, f"{source.type} source: opened by the daemon, not probed here")]
+    if os.path.exists(path):
+        return [Check("source", Result.OK, f"{source.type} source {path} exists")]
+    return [Check("source", Result.FAIL, f"{source.type} source {path} does not exist", "fix [source] path")]
+
+
 def check_user(service_user: str = "edge-resnet") -> list[Check]:
     """Permission checks mean little as root: say who is asking."""
     import pwd
@@ -401,7 +426,8 @@ def check_broker(url: str | None, timeout: float = 3.0, ca_file: str | None = No
     own (`tls_problem`), so doctor and the running daemon say the same thing."""
     if not url:
         return [Check("broker", Result.SKIP, "no MQTT broker configured (--mqtt URL or [mqtt] url)")]
-    from .sinks.mqtt import MqttConfig, tls_problem
+    from .sinkconfig import MqttConfig
+    from .sinks.mqtt import tls_problem
 
     try:
         host, port, tls = MqttConfig(url=url).endpoint()

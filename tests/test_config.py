@@ -179,12 +179,12 @@ def test_example_documents_every_key() -> None:
         configmod.PreprocessOverrides,
         configmod.PipelineConfig,
         configmod.StdoutConfig,
-        *configmod.SOURCE_TYPES.values(),
+        *(kind.config for kind in configmod.SOURCES.values()),
         configmod.MqttConfig,
         configmod.HttpConfig,
         configmod.VideoConfig,
     ]
-    nested = {"model", "source", "pipeline", "mqtt", "http", "video", "stdout", "preprocess"}
+    nested = {"model", "source", "pipeline", "sinks", *configmod.SINKS, "preprocess"}
     missing = sorted(
         {f"{cls.__name__}.{f.name}" for cls in tables for f in dataclasses.fields(cls) if f.name not in keys | nested}
     )

@@ -304,7 +304,7 @@ def test_daemon_reports_source_gone_and_recovers(
         state_dir=str(tmp_path / "state"),
         model=ModelConfig(path=str(mobilenet_quant), labels=str(labels_1001)),
         source=FileSource(path=str(path), loop=True, watchdog_s=1.0, backoff_max_s=0.5),
-        stdout=StdoutConfig(enabled=False),
+        sinks={"stdout": StdoutConfig(enabled=False)},
     )
     d = Daemon(cfg, watch_model=False)
     result: list[int] = []
@@ -349,7 +349,7 @@ def test_model_file_replaced_in_place_is_validated_refused_once_then_taken(
         state_dir=str(tmp_path / "state"),
         model=ModelConfig(path=str(model), labels=str(labels_1001)),
         source=FileSource(path=str(video), loop=True),
-        stdout=StdoutConfig(enabled=False),
+        sinks={"stdout": StdoutConfig(enabled=False)},
     )
     d = Daemon(cfg)
     t = threading.Thread(target=d.run, daemon=True)
@@ -578,7 +578,7 @@ def test_pipeline_crash_stops_the_daemon_with_an_error(
         state_dir=str(tmp_path / "state"),
         model=ModelConfig(path=str(mobilenet_quant), labels=str(labels_1001)),
         source=FileSource(path=str(video), loop=True),
-        stdout=StdoutConfig(enabled=False),
+        sinks={"stdout": StdoutConfig(enabled=False)},
     )
     with pytest.raises(EdgeResnetError, match="pipeline thread crashed"):
         Daemon(cfg, watch_model=False, duration_s=20).run()

@@ -80,7 +80,7 @@ def test_config_errors_name_key_and_fix() -> None:
 
 
 def test_bad_device_id_and_ca_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="device id"):
+    with pytest.raises(ConfigError, match="device_id: 'kitchen/cam' is not usable in MQTT topics"):
         MqttSink(MqttConfig(), "kitchen/cam", ok_status, tmp_path)
     with pytest.raises(ConfigError, match="ca_file"):
         MqttSink(MqttConfig(url="mqtts://127.0.0.1", ca_file=str(tmp_path / "nope.pem")), "cam", ok_status, tmp_path)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config as configmod
+from ..sourceconfig import FileSource, FolderSource
 
 
 def register(sub: Any, name: str, helptext: str) -> None:
@@ -30,8 +31,8 @@ def missing_files(cfg: configmod.Config) -> list[str]:
     if cfg.mqtt is not None:
         named.append(("[mqtt] ca_file", cfg.mqtt.ca_file))
     src = cfg.source
-    if src.type in ("file", "folder"):
-        named.append(("[source] path", src.path))  # type: ignore[union-attr]
+    if isinstance(src, FileSource | FolderSource):
+        named.append(("[source] path", src.path))
     for key, value in named:
         if value and not Path(value).exists():
             out.append(f"{key}: {value} does not exist here")

@@ -10,7 +10,6 @@ Every step takes a local file instead of the network, so the demo runs offline:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import logging
 import os
@@ -22,10 +21,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..config import Config, FileSource, ModelConfig, PipelineConfig, StdoutConfig
+from ..config import Config, ModelConfig, PipelineConfig
 from ..errors import DependencyError, EdgeResnetError, InputError
 from ..images import list_images, load_image
-from ..sinks.http import HttpConfig
+from ..sinkconfig import HttpConfig, MqttConfig, StdoutConfig
+from ..sourceconfig import FileSource
 
 log = logging.getLogger(__name__)
 
@@ -240,13 +240,12 @@ def demo(args: argparse.Namespace) -> int:
         model=ModelConfig(path=str(model), labels=str(labels) if labels else None, device=args.device),
         source=FileSource(path=str(video), loop=True, realtime=True),
         pipeline=PipelineConfig(smoothing="hysteresis", window=3),
-        http=None if args.no_http else HttpConfig(listen=args.http),
-        stdout=StdoutConfig(enabled=True),
+        sinks={
+            **({"mqtt": MqttConfig(url=args.mqtt)} if args.mqtt else {}),
+            **({} if args.no_http else {"http": HttpConfig(listen=args.http)}),
+            "stdout": StdoutConfig(enabled=True),
+        },
     )
-    if args.mqtt:
-        from ..sinks.mqtt import MqttConfig
-
-        cfg = dataclasses.replace(cfg, mqtt=MqttConfig(url=args.mqtt))
     if cfg.http is not None:
         host, _, port = args.http.rpartition(":")
         shown = "127.0.0.1" if host in ("", "0.0.0.0") else host

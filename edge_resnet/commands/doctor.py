@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def gather(args: argparse.Namespace) -> list[d.Check]:
-    from ..config import Config, OpenCvSource, default_state_dir, load
+    from ..config import SOURCES, Config, default_state_dir, load, resolve
 
     checks: list[d.Check] = d.check_user()
     cfg: Config | None = None
@@ -67,17 +67,11 @@ def gather(args: argparse.Namespace) -> list[d.Check]:
     else:
         checks.append(d.Check("config", d.Result.SKIP, f"no --config and no {DEFAULT_CONFIG}"))
 
-    # the source decides which camera checks matter
-    source_type = cfg.source.type if cfg else None
-    if source_type in (None, "opencv"):
-        checks += d.check_cameras(timeout=args.timeout, required=True)
-        if cfg is not None and isinstance(cfg.source, OpenCvSource):
-            checks += d.check_configured_camera(cfg.source.device, timeout=args.timeout)
-    elif source_type == "picamera2":
-        checks += d.check_picamera2(timeout=max(args.timeout, 10.0))
-    else:
-        assert cfg is not None
-        checks += _check_other_source(cfg.source)
+    # the source decides which camera checks matter: its registry entry names its probe
+    source = cfg.source if cfg else None
+    kind = SOURCES[source.type if source is not None else "opencv"]
+    probe = resolve(kind.doctor) if kind.doctor else d.probe_path_source
+    checks += probe(source, args.timeout)
 
     checks += d.check_interpreter()
     model = args.model or (cfg.model.path if cfg else None) or None
@@ -94,13 +88,3 @@ def gather(args: argparse.Namespace) -> list[d.Check]:
     checks += d.check_disk(state_dir)
     checks += d.check_state_dir(state_dir)
     return checks
-
-
-def _check_other_source(source: Any) -> list[d.Check]:
-    """file / folder sources need their path; url and gstreamer are checked when the daemon opens them."""
-    path = getattr(source, "path", None)
-    if path is None:
-        return [d.Check("source", d.Result.SKIP, f"{source.type} source: opened by the daemon, not probed here")]
-    if os.path.exists(path):
-        return [d.Check("source", d.Result.OK, f"{source.type} source {path} exists")]
-    return [d.Check("source", d.Result.FAIL, f"{source.type} source {path} does not exist", "fix [source] path")]

@@ -5,25 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import re
-from pathlib import Path
 from typing import Any
 
 from .. import config as configmod
-from ..config import (
-    Config,
-    FileSource,
-    FolderSource,
-    OpenCvSource,
-    Picamera2Source,
-    SourceConfig,
-    UrlSource,
-    check_device_id,
-)
+from ..config import SINKS, SOURCES, Config, check_device_id
 from ..errors import ConfigError, InputError
-from ..sinks.http import HttpConfig
-from ..sinks.mqtt import MqttConfig
-from ..sinks.video import VideoConfig
+from ..sourceconfig import SourceCommon
 
 log = logging.getLogger(__name__)
 
@@ -55,36 +42,25 @@ def register(sub: Any, name: str, helptext: str) -> None:
     p.add_argument("--loop", action="store_true", help="loop a video file or image folder")
     p.add_argument("--fast", action="store_true", help="read a video file or folder as fast as possible")
     p.add_argument("--max-fps", type=float, help="classify at most this many frames per second")
-    p.add_argument("--mqtt", metavar="URL", help="publish to this broker: mqtt://HOST[:PORT] or mqtts://...")
     p.add_argument("--device-id", help="the name in MQTT topics (letters, digits, - and _)")
-    p.add_argument("--http", metavar="HOST:PORT", help="serve the live overlay, /metrics and /healthz here")
-    p.add_argument("--video", metavar="FILE", help="write an annotated video file (.avi, .mp4, .mkv)")
-    p.add_argument("--stdout", action="store_true", help="also print JSON lines when other sinks are configured")
+    for kind in SINKS.values():  # one flag per sink that has one: --mqtt, --http, --video, --stdout
+        if kind.flag is None:
+            continue
+        if kind.flag.metavar is None:
+            p.add_argument(kind.flag.option, action="store_true", help=kind.flag.help)
+        else:
+            p.add_argument(kind.flag.option, metavar=kind.flag.metavar, help=kind.flag.help)
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N classified frames (tests)")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     p.set_defaults(func=run)
 
 
-def parse_source(text: str, loop: bool = False, fast: bool = False) -> SourceConfig:
-    """What a user types after --source, as a [source] table."""
+def parse_source(text: str, loop: bool = False, fast: bool = False) -> SourceCommon:
+    """What a user types after --source, as a [source] table: the first registered kind that reads it."""
     t = text.strip()
-    if t.isdigit():
-        return OpenCvSource(device=int(t))
-    if t.lower() == "picamera2":
-        return Picamera2Source()
-    if re.match(r"^(rtsps?|https?)://", t, re.IGNORECASE):
-        return UrlSource(url=t)
-    if t.startswith("/dev/"):
-        return OpenCvSource(device=t)
-    if " ! " in t and "appsink" in t:
-        from ..config import GstreamerSource
-
-        return GstreamerSource(pipeline=t)
-    p = Path(t).expanduser()
-    if p.is_dir():
-        return FolderSource(path=str(p), loop=loop, interval_s=0.0 if fast else 1.0)
-    if p.is_file():
-        return FileSource(path=str(p), loop=loop, realtime=not fast)
+    for kind in SOURCES.values():
+        if kind.from_text is not None and (cfg := kind.from_text(t, loop, fast)) is not None:
+            return cfg
     raise InputError(
         f"--source {text!r} is not a camera index, /dev/video device, URL, existing file or folder; "
         "pass e.g. 0, /dev/video0, video.mp4, images/ or rtsp://host/stream"
@@ -108,12 +84,9 @@ def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
     if getattr(args, "source", None):
         source = parse_source(args.source, loop=args.loop, fast=args.fast)
     elif args.loop or args.fast:
-        if isinstance(source, FileSource):
-            realtime = source.realtime and not args.fast
-            source = dataclasses.replace(source, loop=source.loop or args.loop, realtime=realtime)
-        elif isinstance(source, FolderSource):
-            interval = 0.0 if args.fast else source.interval_s
-            source = dataclasses.replace(source, loop=source.loop or args.loop, interval_s=interval)
+        with_flags = SOURCES[source.type].with_flags
+        if with_flags is not None:
+            source = with_flags(source, args.loop, args.fast)
     pipeline = cfg.pipeline
     if getattr(args, "max_fps", None):
         pipeline = dataclasses.replace(pipeline, max_fps=args.max_fps)
@@ -121,18 +94,12 @@ def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
     if getattr(args, "device_id", None):
         check_device_id(args.device_id)
         out = dataclasses.replace(out, device_id=args.device_id)
-    if getattr(args, "mqtt", None):
-        base = cfg.mqtt or MqttConfig()
-        out = dataclasses.replace(out, mqtt=dataclasses.replace(base, url=args.mqtt))
-    if getattr(args, "http", None):
-        base_http = cfg.http or HttpConfig()
-        out = dataclasses.replace(out, http=dataclasses.replace(base_http, listen=args.http))
-    if getattr(args, "video", None):
-        base_video = cfg.video or VideoConfig(path=args.video)
-        out = dataclasses.replace(out, video=dataclasses.replace(base_video, path=args.video))
-    if getattr(args, "stdout", False):
-        out = dataclasses.replace(out, stdout=configmod.StdoutConfig(enabled=True))
-    return out
+    sinks = dict(cfg.sinks)
+    for name, kind in SINKS.items():
+        value = getattr(args, kind.flag.dest, None) if kind.flag is not None else None
+        if kind.flag is not None and value:
+            sinks[name] = kind.flag.apply(cfg.sinks.get(name), value)
+    return dataclasses.replace(out, sinks=sinks)
 
 
 def run(args: argparse.Namespace) -> int:

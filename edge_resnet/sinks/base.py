@@ -1,13 +1,33 @@
-"""The small interface every output implements, so a new output is one new file."""
+"""The small interface every output implements.
+
+A new output is one module plus one registry line: the module holds the sink class and a
+`make_sink(table, ctx: SinkContext)` factory; its config dataclass (pure: nothing that opens a
+socket) lives in `sinkconfig.py` or beside it; and `config.SINKS` gets one `SinkKind` naming the
+table, the class and the factory ("module:make_sink"). Loading, `run` flags, `config check`, the
+daemon's start and reload then pick it up; nothing else changes.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from ..observation import Observation, Status
 
 StatusFn = Callable[[], Status]
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What the daemon gives every sink factory besides its own table."""
+
+    device_id: str
+    state_dir: Path
+    status: StatusFn
+    sink_health: Callable[[], dict[str, str]] | None = None  # every sink's state, for the overlay's /healthz
+    heartbeat_s: float = 30.0  # [pipeline] heartbeat_s
 
 
 class Sink(Protocol):

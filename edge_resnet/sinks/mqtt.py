@@ -19,16 +19,13 @@ import logging
 import os
 import queue
 import random
-import re
 import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -37,16 +34,15 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from .. import __version__
-from ..configtools import check_range
+from ..config import check_device_id
 from ..errors import ConfigError
 from ..observation import Observation, Status, observation_json
-from .base import StatusFn
+from ..sinkconfig import MqttConfig
+from .base import SinkContext, StatusFn
 from .eventqueue import EventQueue
 
 log = logging.getLogger(__name__)
 
-_TOPIC_BAD = re.compile(r"[#+\x00]")
-DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our session (and in-flight QoS 1 state) this long
 EVENT_WINDOW = 50  # events handed to paho and not yet acknowledged
 PAHO_INFLIGHT = 20  # paho's own in-flight window (max_inflight_messages)
@@ -54,65 +50,6 @@ PAHO_QUEUE_MAX = 500  # paho's outgoing queue (unbounded by default); > EVENT_WI
 HEALTH_CHECK_S = 1.0  # how often the sink thread looks for a change of the pipeline's health
 CHANGES_MAX = 1000  # label changes waiting for the sink thread to write them to SQLite
 UNSTORED_MAX = 100  # events the degraded queue could not store, waiting to be sent live
-
-
-@dataclass
-class MqttConfig:
-    """`[mqtt]` in the config file. The password is read from the environment variable `password_env`."""
-
-    url: str = "mqtt://127.0.0.1:1883"
-    username: str | None = None
-    password_env: str = "EDGE_RESNET_MQTT_PASSWORD"
-    ca_file: str | None = None
-    topic_prefix: str = "edge-resnet"
-    discovery: bool = True
-    discovery_prefix: str = "homeassistant"
-    keepalive: int = 15
-    heartbeat_s: float = 30.0
-    queue_max: int = 10000
-    client_id: str | None = None
-
-    def __post_init__(self) -> None:
-        self.endpoint()  # validates the URL
-        for key in ("topic_prefix", "discovery_prefix"):
-            v = getattr(self, key)
-            if not v or _TOPIC_BAD.search(v) or v.startswith("/") or v.endswith("/"):
-                raise ConfigError(
-                    f"[mqtt] {key}: {v!r} is not a usable topic prefix; use letters, digits, '-', '_' "
-                    "and inner '/' (no '#', '+', leading or trailing '/')"
-                )
-        if not 5 <= self.keepalive <= 3600:
-            raise ConfigError(f"[mqtt] keepalive: {self.keepalive} s is out of range; use 5..3600 (15 is a good value)")
-        check_range("[mqtt] heartbeat_s", self.heartbeat_s, 0.1, 86400, "seconds, e.g. 30")
-        check_range("[mqtt] queue_max", self.queue_max, 1, 1_000_000, "events, e.g. 10000")
-        if not self.password_env:
-            raise ConfigError("[mqtt] password_env: must name an environment variable, e.g. EDGE_RESNET_MQTT_PASSWORD")
-        if self.client_id is not None and not 1 <= len(self.client_id) <= 128:
-            raise ConfigError("[mqtt] client_id: 1..128 characters, or leave it out")
-
-    def endpoint(self) -> tuple[str, int, bool]:
-        """(host, port, tls) from `url`: mqtt:// defaults to port 1883, mqtts:// to 8883."""
-        try:
-            u = urlsplit(self.url)
-            port = u.port
-        except ValueError as e:
-            raise ConfigError(f"[mqtt] url: {self.url!r} is not a valid URL ({e}); use mqtt://HOST:PORT") from None
-        if u.scheme not in ("mqtt", "mqtts"):
-            raise ConfigError(
-                f"[mqtt] url: scheme {u.scheme or '(none)'!r} in {self.url!r} is not supported; "
-                "use mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
-            )
-        if not u.hostname:
-            raise ConfigError(f"[mqtt] url: {self.url!r} has no host; use mqtt://HOST[:PORT]")
-        if u.path not in ("", "/") or u.query or u.fragment:
-            raise ConfigError(f"[mqtt] url: {self.url!r} must not have a path or query; use mqtt://HOST[:PORT]")
-        if u.username or u.password:
-            raise ConfigError(
-                "[mqtt] url: do not put credentials in the URL; set username in [mqtt] and the password in "
-                f"the environment variable {self.password_env}"
-            )
-        tls = u.scheme == "mqtts"
-        return u.hostname, port if port is not None else (8883 if tls else 1883), tls
 
 
 LOG_EVERY_S = 60.0  # a flapping broker gets one warning a minute, not one per flap (SD-card care)
@@ -224,11 +161,7 @@ class MqttSink:
     name = "mqtt"
 
     def __init__(self, cfg: MqttConfig, device_id: str, status: StatusFn, state_dir: Path) -> None:
-        if not DEVICE_ID.fullmatch(device_id):
-            raise ConfigError(
-                f"device id {device_id!r} cannot be used in MQTT topics and Home Assistant ids; "
-                "use 1..64 letters, digits, '-' or '_' (--device-id)"
-            )
+        check_device_id(device_id)
         self.cfg = cfg
         self.device_id = device_id
         self._status = status
@@ -667,3 +600,8 @@ class MqttSink:
         finally:
             self._drain_acks()
             self.queue.close()
+
+
+def make_sink(cfg: MqttConfig, ctx: SinkContext) -> MqttSink:
+    """The registry's factory for `[mqtt]`."""
+    return MqttSink(cfg, ctx.device_id, ctx.status, ctx.state_dir)

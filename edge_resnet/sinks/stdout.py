@@ -18,6 +18,8 @@ import time
 from typing import Any, TextIO
 
 from ..observation import Observation, observation_json
+from ..sinkconfig import StdoutConfig
+from .base import SinkContext
 
 log = logging.getLogger(__name__)
 
@@ -93,3 +95,8 @@ class StdoutSink:
                 self._error = f"stdout closed ({e})"
                 log.warning("stdout sink: %s; no more JSON lines", self._error)
                 return
+
+
+def make_sink(cfg: StdoutConfig, ctx: SinkContext) -> StdoutSink:
+    """The registry's factory for `[stdout]`: a line on every change and every `[pipeline] heartbeat_s`."""
+    return StdoutSink(heartbeat_s=ctx.heartbeat_s, every_frame=cfg.every_frame)

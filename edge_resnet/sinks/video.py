@@ -6,33 +6,16 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 
 from ..annotate import annotate_observation
-from ..errors import ConfigError
 from ..observation import Observation
+from ..sinkconfig import VideoConfig
+from .base import SinkContext
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class VideoConfig:
-    """`[video]` in the config file: where to write the annotated video and at what frame rate."""
-
-    path: str
-    fps: float = 10.0
-
-    def __post_init__(self) -> None:
-        if not self.path:
-            raise ConfigError("[video] path: must be a file name, e.g. /var/lib/edge-resnet/annotated.avi")
-        suffix = Path(self.path).suffix.lower()
-        if suffix not in (".avi", ".mp4", ".mkv"):
-            raise ConfigError(f"[video] path: {self.path!r} unsupported extension; use .avi, .mp4 or .mkv")
-        if not 0 < self.fps <= 120:
-            raise ConfigError(f"[video] fps: {self.fps} is out of range; use a value in (0, 120], e.g. 10")
 
 
 FOURCC = {".avi": "MJPG", ".mkv": "MJPG", ".mp4": "mp4v"}
@@ -145,3 +128,8 @@ class VideoSink:
         finally:
             if writer is not None:
                 writer.release()
+
+
+def make_sink(cfg: VideoConfig, ctx: SinkContext) -> VideoSink:
+    """The registry's factory for `[video]`."""
+    return VideoSink(cfg)

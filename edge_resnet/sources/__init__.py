@@ -1,27 +1,21 @@
 """Frame sources, one module per kind, all behind `edge_resnet.capture.FrameSource`.
 
-`make_source(config)` is the explicit table from a `[source]` type to its class.
+Which module serves a `[source] type` is `config.SOURCES` (one explicit dict); `make_source`
+imports it only when that source is used (picamera2 only on a Pi).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..config import SOURCES, resolve
+
 if TYPE_CHECKING:
     from ..capture import FrameSource
-    from ..config import SourceConfig
+    from ..sourceconfig import SourceCommon
 
 
-def make_source(cfg: SourceConfig) -> FrameSource:
-    """The FrameSource for a `[source]` table (modules import lazily: picamera2 only on a Pi)."""
-    if cfg.type == "folder":
-        from .folder import FolderFrames
-
-        return FolderFrames(cfg.path, interval_s=cfg.interval_s, loop=cfg.loop)
-    if cfg.type == "picamera2":
-        from .picamera2 import Picamera2Frames
-
-        return Picamera2Frames(cfg)
-    from .opencv import OpenCvFrames
-
-    return OpenCvFrames.from_config(cfg)
+def make_source(cfg: SourceCommon) -> FrameSource:
+    """The FrameSource for a `[source]` table, by its registry entry's factory."""
+    source: FrameSource = resolve(SOURCES[cfg.type].factory)(cfg)
+    return source

@@ -12,6 +12,7 @@ import numpy.typing as npt
 from ..capture import EndOfStream, open_error
 from ..errors import InputError
 from ..images import list_images, load_image
+from ..sourceconfig import FolderSource
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,11 @@ class FolderFrames:
         self._next_due = 0.0
         self._last: npt.NDArray[np.uint8] | None = None
         self._warned: set[Path] = set()  # log each unreadable file once, not once per pass
+
+    @classmethod
+    def from_config(cls, cfg: FolderSource) -> FolderFrames:
+        """The registry's factory for `[source] type = "folder"`."""
+        return cls(cfg.path, interval_s=cfg.interval_s, loop=cfg.loop)
 
     def open(self) -> None:
         if not self.path.is_dir():

@@ -19,7 +19,7 @@ from ..capture import EndOfStream, open_error
 from ..errors import DependencyError, HardwareError, InputError
 
 if TYPE_CHECKING:
-    from ..config import SourceConfig
+    from ..sourceconfig import SourceConfig
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from ..capture import open_error
 from ..errors import DependencyError
 
 if TYPE_CHECKING:
-    from ..config import Picamera2Source
+    from ..sourceconfig import Picamera2Source
 
 log = logging.getLogger(__name__)
 

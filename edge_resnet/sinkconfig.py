@@ -1,0 +1,130 @@
+"""The sink tables (`[mqtt]`, `[http]`, `[video]`, `[stdout]`): pure dataclasses checked at load time,
+apart from the sinks that use them so that loading a config imports no paho, cv2 or http.server.
+The registry that maps a table name to its class and factory is `config.SINKS`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .configtools import check_range
+from .errors import ConfigError
+
+_TOPIC_BAD = re.compile(r"[#+\x00]")
+
+
+@dataclass
+class MqttConfig:
+    """`[mqtt]` in the config file. The password is read from the environment variable `password_env`."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password_env: str = "EDGE_RESNET_MQTT_PASSWORD"
+    ca_file: str | None = None
+    topic_prefix: str = "edge-resnet"
+    discovery: bool = True
+    discovery_prefix: str = "homeassistant"
+    keepalive: int = 15
+    heartbeat_s: float = 30.0
+    queue_max: int = 10000
+    client_id: str | None = None
+
+    def __post_init__(self) -> None:
+        self.endpoint()  # validates the URL
+        for key in ("topic_prefix", "discovery_prefix"):
+            v = getattr(self, key)
+            if not v or _TOPIC_BAD.search(v) or v.startswith("/") or v.endswith("/"):
+                raise ConfigError(
+                    f"[mqtt] {key}: {v!r} is not a usable topic prefix; use letters, digits, '-', '_' "
+                    "and inner '/' (no '#', '+', leading or trailing '/')"
+                )
+        if not 5 <= self.keepalive <= 3600:
+            raise ConfigError(f"[mqtt] keepalive: {self.keepalive} s is out of range; use 5..3600 (15 is a good value)")
+        check_range("[mqtt] heartbeat_s", self.heartbeat_s, 0.1, 86400, "seconds, e.g. 30")
+        check_range("[mqtt] queue_max", self.queue_max, 1, 1_000_000, "events, e.g. 10000")
+        if not self.password_env:
+            raise ConfigError("[mqtt] password_env: must name an environment variable, e.g. EDGE_RESNET_MQTT_PASSWORD")
+        if self.client_id is not None and not 1 <= len(self.client_id) <= 128:
+            raise ConfigError("[mqtt] client_id: 1..128 characters, or leave it out")
+
+    def endpoint(self) -> tuple[str, int, bool]:
+        """(host, port, tls) from `url`: mqtt:// defaults to port 1883, mqtts:// to 8883."""
+        try:
+            u = urlsplit(self.url)
+            port = u.port
+        except ValueError as e:
+            raise ConfigError(f"[mqtt] url: {self.url!r} is not a valid URL ({e}); use mqtt://HOST:PORT") from None
+        if u.scheme not in ("mqtt", "mqtts"):
+            raise ConfigError(
+                f"[mqtt] url: scheme {u.scheme or '(none)'!r} in {self.url!r} is not supported; "
+                "use mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
+            )
+        if not u.hostname:
+            raise ConfigError(f"[mqtt] url: {self.url!r} has no host; use mqtt://HOST[:PORT]")
+        if u.path not in ("", "/") or u.query or u.fragment:
+            raise ConfigError(f"[mqtt] url: {self.url!r} must not have a path or query; use mqtt://HOST[:PORT]")
+        if u.username or u.password:
+            raise ConfigError(
+                "[mqtt] url: do not put credentials in the URL; set username in [mqtt] and the password in "
+                f"the environment variable {self.password_env}"
+            )
+        tls = u.scheme == "mqtts"
+        return u.hostname, port if port is not None else (8883 if tls else 1883), tls
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Parse `HOST:PORT` (or `[v6]:PORT`, or `:PORT` for all interfaces) into (host, port)."""
+    host, sep, port_s = listen.rpartition(":")
+    if not sep or not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ConfigError(f"[http] listen: {listen!r} is not HOST:PORT; use e.g. 127.0.0.1:8080 or 0.0.0.0:8080")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port_s)
+
+
+@dataclass
+class HttpConfig:
+    """`[http]` in the config file. Basic auth is on when `username` is set; the password comes from `password_env`."""
+
+    listen: str = "127.0.0.1:8080"
+    username: str | None = None
+    password_env: str = "EDGE_RESNET_HTTP_PASSWORD"
+    jpeg_quality: int = 80
+    stream_fps: float = 10.0
+
+    def __post_init__(self) -> None:
+        parse_listen(self.listen)
+        if not 10 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"[http] jpeg_quality: {self.jpeg_quality} out of range; use 10..100, e.g. 80")
+        if not 0 < self.stream_fps <= 60:
+            raise ConfigError(f"[http] stream_fps: {self.stream_fps} is out of range; use a value in (0, 60], e.g. 10")
+        if not self.password_env:
+            raise ConfigError("[http] password_env: must name an environment variable, e.g. EDGE_RESNET_HTTP_PASSWORD")
+        if self.username is not None and (not self.username or ":" in self.username):
+            raise ConfigError("[http] username: must be non-empty and contain no ':'")
+
+
+@dataclass
+class VideoConfig:
+    """`[video]` in the config file: where to write the annotated video and at what frame rate."""
+
+    path: str
+    fps: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("[video] path: must be a file name, e.g. /var/lib/edge-resnet/annotated.avi")
+        suffix = Path(self.path).suffix.lower()
+        if suffix not in (".avi", ".mp4", ".mkv"):
+            raise ConfigError(f"[video] path: {self.path!r} unsupported extension; use .avi, .mp4 or .mkv")
+        if not 0 < self.fps <= 120:
+            raise ConfigError(f"[video] fps: {self.fps} is out of range; use a value in (0, 120], e.g. 10")
+
+
+@dataclass
+class StdoutConfig:
+    """`[stdout]`: JSON lines on standard output (on by default when no other sink is configured)."""
+
+    enabled: bool = True
+    every_frame: bool = False  # false: on label change and every pipeline.heartbeat_s
