@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .configtools import check_range, from_dict
+from .devices import Device
 from .errors import ConfigError
-from .prepspec import PRESETS, ChannelOrder, Interpolation, PreprocessSpec
+from .prepspec import PRESETS, ChannelOrder, Interpolation, PreprocessSpec, merge_preprocess
 from .sinkconfig import HttpConfig, MqttConfig, StdoutConfig, VideoConfig
 from .sourceconfig import (
     FileSource,
@@ -39,7 +40,6 @@ from .sourceconfig import (
 
 DEFAULT_STATE_DIR = "/var/lib/edge-resnet"
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-Device = Literal["cpu", "edgetpu", "auto"]
 Smoothing = Literal["none", "average", "hysteresis"]
 
 
@@ -73,13 +73,10 @@ class PreprocessOverrides:
         self.apply(PRESETS["raw"])  # validates ranges now, not on the first frame
 
     def apply(self, base: PreprocessSpec) -> PreprocessSpec:
-        spec = PRESETS[self.preset] if self.preset else base
-        changes = {
-            k: getattr(self, k)
-            for k in ("mean", "std", "channel_order", "crop_fraction", "interpolation")
-            if getattr(self, k) is not None
-        }
-        return dataclasses.replace(spec, **changes, preset="config") if changes else spec
+        keys = ("mean", "std", "channel_order", "crop_fraction", "interpolation")
+        spec = merge_preprocess(base, self.preset, {k: getattr(self, k) for k in keys}, "config")
+        assert spec is not None  # base is never None
+        return spec
 
     def empty(self) -> bool:
         return all(getattr(self, f.name) is None for f in dataclasses.fields(self))

@@ -31,8 +31,9 @@ from . import config as configmod
 from .capture import Capture, CaptureState
 from .config import Config, ModelConfig
 from .errors import EdgeResnetError, HardwareError
+from .model import load_classifier
 from .notify import Notifier
-from .pipeline import Pipeline, load_classifier
+from .pipeline import Pipeline
 from .sinks.base import Sink, SinkContext, StatusFn
 from .sources import make_source
 

@@ -24,6 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .devices import edgetpu_library
 from .errors import EdgeResnetError
 
 T = TypeVar("T")
@@ -32,7 +33,6 @@ CORAL_USB_IDS = {
     ("1a6e", "089a"): "Coral USB Accelerator (before firmware load)",
     ("18d1", "9302"): "Coral USB Accelerator",
 }
-LIBEDGETPU = "libedgetpu.so.1"
 UDEV_FIX = "install deploy/99-edge-resnet-coral.rules (deploy/install.sh does) and replug the accelerator"
 
 
@@ -355,10 +355,10 @@ def _usb_node(sysdir: str, dev: str) -> str | None:
 
 def libedgetpu_loadable() -> tuple[bool, str]:
     try:
-        ctypes.CDLL(LIBEDGETPU)
+        ctypes.CDLL(edgetpu_library())
     except OSError as e:
         return False, str(e)
-    return True, LIBEDGETPU
+    return True, edgetpu_library()
 
 
 def check_edgetpu(
@@ -410,7 +410,7 @@ def check_edgetpu(
             Check(
                 "libedgetpu",
                 Result.FAIL if (required or apex or usb) else Result.WARN,
-                f"{LIBEDGETPU} is not loadable ({info})",
+                f"{edgetpu_library()} is not loadable ({info})",
                 "install libedgetpu1-std from Coral's apt repository (coral-edgetpu-stable)",
             )
         )

@@ -11,7 +11,6 @@ import ctypes
 import importlib
 import logging
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -24,20 +23,13 @@ import numpy as np
 import numpy.typing as npt
 
 from .bundle import ModelFile, read_model
+from .devices import DEVICES, Device, edgetpu_library
 from .errors import DependencyError, EdgeTpuUnavailable, ModelError
 from .nativelog import filtered_stderr
 from .preprocess import TensorInfo
 
 log = logging.getLogger(__name__)
 
-Device = Literal["cpu", "edgetpu", "auto"]
-DEVICES: tuple[Device, ...] = ("cpu", "edgetpu", "auto")
-
-EDGETPU_SHARED_LIB = {
-    "Linux": "libedgetpu.so.1",
-    "Darwin": "libedgetpu.1.dylib",
-    "Windows": "edgetpu.dll",
-}
 EDGETPU_INSTALL_HINT = (
     "install the Edge TPU runtime (libedgetpu1-std from Coral's apt repository) and attach the "
     "accelerator, or run the CPU model"
@@ -277,7 +269,7 @@ def _checked_loader(load_delegate: DelegateLoader) -> DelegateLoader:
 
 
 def _load_edgetpu(loader: DelegateLoader, device: str | None) -> Any:
-    lib = EDGETPU_SHARED_LIB.get(platform.system(), "libedgetpu.so.1")
+    lib = edgetpu_library()
     options = {"device": device} if device else {}
     try:
         return loader(lib, options)

@@ -1,7 +1,8 @@
 """The pipeline thread: newest frame -> Classifier -> smoothing -> every sink, plus counters.
 
 One Classifier (one interpreter) lives here, created once and replaced only by `reload`, which
-loads and warms up the new model on the caller's thread first: a model that does not load is
+loads and warms up the new model on the caller's thread first (through `model.py`, the model
+lifecycle: loading, the Edge TPU's CPU fallback and retry): a model that does not load is
 refused and the old one keeps classifying. Sinks get every classified frame (`publish` never
 blocks); `Observation.changed` marks a change of the smoothed label, which is what MQTT events
 and the stdout sink report.
@@ -10,7 +11,6 @@ and the stdout sink report.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import threading
 import time
@@ -21,30 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from .capture import Capture, CaptureState
-from .classify import Classifier, default_preprocess, read_labels
+from .classify import Classifier
 from .config import ModelConfig, PipelineConfig
-from .engine import Engine
 from .errors import ConfigError, EdgeResnetError
+from .model import cpu_fallback, load_classifier, retry_edgetpu
 from .observation import Observation, Status
 from .sinks.base import Sink
 from .smoothing import Smoother
 
 log = logging.getLogger(__name__)
-
-
-def load_classifier(model: ModelConfig) -> Classifier:
-    """Load, verify and warm up a model (Engine.load invokes it once) with its labels and any
-    preprocessing overrides; every failure is a one-line EdgeResnetError."""
-    if not model.path:
-        raise ConfigError("no model given; set [model] path in the config or pass --model FILE.tflite")
-    labels = read_labels(model.labels) if model.labels else None
-    engine = Engine.load(model.path, model.device, model.threads)
-    spec = None
-    if not model.preprocess.empty():
-        meta = engine.model.meta
-        base = meta.preprocess if meta is not None else default_preprocess(engine.input)
-        spec = model.preprocess.apply(base)
-    return Classifier(engine, labels, preprocess=spec)
 
 
 # -- counters -----------------------------------------------------------------------------------
@@ -193,13 +178,9 @@ class Pipeline:
         model = self._model_cfg
         if self._degraded is None or model is None:
             return False
-        try:
-            clf = load_classifier(model)
-        except EdgeResnetError as e:
-            log.debug("Edge TPU still unavailable: %s", e)
+        clf = retry_edgetpu(model)
+        if clf is None:
             return False
-        if clf.engine.device != "edgetpu":
-            return False  # `auto` found no accelerator and chose the CPU again: still degraded
         with self._lock:
             self._pending = _Swap(clf, Path(model.path).name)
             self._degraded = None
@@ -209,23 +190,11 @@ class Pipeline:
     def _fall_back_to_cpu(self, error: Exception) -> None:
         """The Edge TPU failed mid-run (delegate error, USB re-enumeration): run the CPU twin if there
         is one; the daemon retries the Edge TPU periodically."""
-        from .engine import cpu_twin
-
-        path = self._clf.engine.model.path
-        twin = cpu_twin(path)
-        why = f"Edge TPU failed ({str(error).splitlines()[0][:120] if str(error) else type(error).__name__})"
-        if twin is None or self._model_cfg is None:
-            self._degraded = f"{why}; no CPU model beside {path.name}, retrying the Edge TPU"
-            self._warn_once("tpu-no-twin", self._degraded)
+        clf, self._degraded, kind = cpu_fallback(self._model_cfg, self._clf.engine.model.path, error)
+        if clf is None:
+            self._warn_once(f"tpu-{kind}", self._degraded)
             return
-        try:
-            clf = load_classifier(dataclasses.replace(self._model_cfg, path=str(twin), device="cpu"))
-        except EdgeResnetError as e:
-            self._degraded = f"{why}; its CPU model {twin.name} does not load either ({e})"
-            self._warn_once("tpu-twin-bad", self._degraded)
-            return
-        self._clf, self._model_name = clf, twin.name
-        self._degraded = f"{why}; running the CPU model {twin.name}, retrying the Edge TPU"
+        self._clf, self._model_name = clf, clf.engine.model.path.name
         log.error("%s", self._degraded)
 
     def update_settings(self, cfg: PipelineConfig, top_k: int) -> None:

@@ -3,7 +3,7 @@ config can check `[model.preprocess]` without loading cv2. The pixels are worked
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, get_args
 
 from .errors import ConfigError
@@ -84,3 +84,21 @@ def preset(name: str) -> PreprocessSpec:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"unknown preprocessing preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def merge_preprocess(
+    base: PreprocessSpec | None, preset_name: str | None, changes: dict[str, Any], tag: str
+) -> PreprocessSpec | None:
+    """The one override merge (`[model.preprocess]` and the --preset/--mean/... flags): start from
+    the preset if one is named, else `base` (the bundle's spec or what the model's quantization
+    implies), then set each given key. `tag` names the result's origin ("config", "custom").
+    None only when there is nothing to start from and nothing was asked."""
+    spec = preset(preset_name) if preset_name else base
+    given = {k: v for k, v in changes.items() if v is not None}
+    if not given:
+        return spec
+    if spec is None:
+        if "mean" not in given or "std" not in given:
+            raise ConfigError("--mean and --std go together (or start from --preset NAME)")
+        spec = PreprocessSpec()
+    return replace(spec, preset=tag, **given)

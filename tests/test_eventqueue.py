@@ -262,7 +262,8 @@ def test_a_sick_sink_makes_status_unhealthy_with_its_reason(
     MQTT state's healthy/reason) and systemd's STATUS= line, while frames keep being classified."""
     from edge_resnet.capture import Capture
     from edge_resnet.config import ModelConfig, PipelineConfig
-    from edge_resnet.pipeline import Pipeline, load_classifier
+    from edge_resnet.model import load_classifier
+    from edge_resnet.pipeline import Pipeline
     from edge_resnet.sources.folder import FolderFrames
 
     photos = tmp_path / "photos"

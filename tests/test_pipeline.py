@@ -14,8 +14,9 @@ import pytest
 
 from edge_resnet.capture import Capture
 from edge_resnet.config import ModelConfig, PipelineConfig
+from edge_resnet.model import load_classifier
 from edge_resnet.observation import Observation
-from edge_resnet.pipeline import Pipeline, load_classifier
+from edge_resnet.pipeline import Pipeline
 from edge_resnet.smoothing import Smoother
 from edge_resnet.sources.opencv import OpenCvFrames
 

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from ..bench import BenchOptions, run_benchmark, write_json
-from ..engine import DEVICES
+from ..devices import DEVICES
 from ..errors import DependencyError, InputError
 from ..measure import stderr_progress
-from .modelargs import add_preprocess_args, preprocess_override
+from ..model import preprocess_override
+from .modelargs import add_preprocess_args
 
 DESCRIPTION = """\
 Time the TFLite model's invoke (p50/p90/p99, throughput) at each thread count through the runtime's

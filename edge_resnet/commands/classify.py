@@ -10,7 +10,8 @@ from typing import Any
 
 from ..errors import ExitCode, InputError
 from ..images import list_images, load_image
-from .modelargs import add_model_args, load_classifier
+from ..model import load_classifier_from_args
+from .modelargs import add_model_args
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     paths = list_images(args.images)
     if not paths:
         raise InputError(f"no images found in {' '.join(args.images)}; pass JPEG/PNG/BMP files or folders")
-    clf = load_classifier(args)
+    clf = load_classifier_from_args(args)
     log.debug("model: %s", clf.engine.describe())
     failed = 0
     for path in paths:

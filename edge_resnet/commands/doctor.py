@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from .. import doctor as d
-from ..engine import DEVICES
+from ..devices import DEVICES
 from ..errors import ConfigError, ExitCode
 
 DEFAULT_CONFIG = "/etc/edge-resnet/config.toml"

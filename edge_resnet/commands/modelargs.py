@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
-from ..classify import Classifier, default_preprocess, read_labels
-from ..engine import DEVICES, Engine
-from ..errors import ConfigError
-from ..preprocess import INTERPOLATIONS, PreprocessSpec, preset
+from ..devices import DEVICES
+from ..prepspec import INTERPOLATIONS
 
 
 def add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
@@ -21,7 +18,7 @@ def add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> N
 
 
 def add_preprocess_args(p: argparse.ArgumentParser, title: str) -> argparse._ArgumentGroup:
-    """The options `preprocess_override` reads, in one group."""
+    """The options `model.preprocess_override` reads, in one group."""
     g = p.add_argument_group(title)
     g.add_argument("--preset", help="imagenet, inception, caffe or raw")
     g.add_argument("--mean", type=rgb_triple, help="R,G,B mean in 0..255 pixel units")
@@ -41,34 +38,3 @@ def rgb_triple(text: str) -> tuple[float, float, float]:
     if len(vals) != 3:
         raise argparse.ArgumentTypeError(f"expected three comma-separated numbers (R,G,B), got {text!r}")
     return vals[0], vals[1], vals[2]
-
-
-def preprocess_override(args: argparse.Namespace, base: PreprocessSpec | None) -> PreprocessSpec | None:
-    """The spec the user asked for on the command line, on top of `base`; None if nothing was asked."""
-    spec = preset(args.preset) if args.preset else base
-    changes = {
-        k: v
-        for k, v in (
-            ("mean", args.mean),
-            ("std", args.std),
-            ("channel_order", args.channel_order),
-            ("crop_fraction", args.crop_fraction),
-            ("interpolation", args.interpolation),
-        )
-        if v is not None
-    }
-    if not changes:
-        return spec if args.preset else None
-    if spec is None:
-        if args.mean is None or args.std is None:
-            raise ConfigError("--mean and --std go together (or start from --preset NAME)")
-        spec = PreprocessSpec()
-    return replace(spec, preset="custom", **changes)
-
-
-def load_classifier(args: argparse.Namespace) -> Classifier:
-    engine = Engine.load(args.model, device=args.device, threads=args.threads)
-    labels = read_labels(args.labels) if args.labels else None
-    # a foreign model's default is what its quantization implies: --crop-fraction alone goes on top of it
-    base = engine.model.meta.preprocess if engine.model.meta else default_preprocess(engine.input)
-    return Classifier(engine, labels, preprocess_override(args, base), args.label_offset)
