@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from tests.helpers.broker import Broker
 
 REPO = Path(__file__).resolve().parents[2]
 LAB = Path(os.environ.get("EDGE_RESNET_LAB_CACHE", REPO / ".cache" / "lab")).resolve()
-ROOTFS = ("arm64-bookworm", "arm64-trixie", "systemd")
+ROOTFS = ("arm64-bookworm", "arm64-trixie", "systemd", "amd64-trixie")
 RESULTS: dict[str, dict[str, Any]] = {}
 FIGURES: dict[str, list[str]] = {}
 
@@ -79,26 +78,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    rootfs = {}
-    for name in ROOTFS:
-        p = LAB / "logs" / f"rootfs-{name}.path"
-        rootfs[name] = p.read_text().strip() if p.exists() else ""
-    host = json.loads((LAB / "host.json").read_text()) if (LAB / "host.json").exists() else {}
-    run = {n: str(LAB / "run" / n) for n in ROOTFS if (LAB / "run" / n).exists()}
-    venvs = {n: f"{run[n]}/root/er" for n in ("arm64-bookworm", "arm64-trixie") if n in run}
-    summary = {
-        "rootfs": rootfs,
-        "run_rootfs": run,
-        # the Pi-like venv made by README.md's pi-install lines in a copy of arm64-bookworm
-        "venv_in_rootfs": venvs.get("arm64-bookworm", ""),
-        "venvs_in_rootfs": venvs,
-        "wheel": host.get("wheel", ""),
-        "resnet18_bundle": host.get("resnet18_bundle", ""),
-        "results": RESULTS,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    LAB.mkdir(parents=True, exist_ok=True)
-    (LAB / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    """This part's results; tests/lab/summary.py merges the parts into summary.json."""
+    part = os.environ.get("EDGE_RESNET_LAB_PART", "all")
+    (LAB / "parts").mkdir(parents=True, exist_ok=True)
+    (LAB / "parts" / f"{part}.json").write_text(json.dumps(RESULTS, indent=2) + "\n")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Prepare what every lab machine uses, on the host (the workstation side of a user's first day):
-the wheel built from this checkout, a ResNet-18 INT8 bundle made by `edge-resnet convert` (under
-the usual umask 022, as a user would), and a short test video. Writes `.cache/lab/host.json`.
+the wheel built from this checkout, INT8 bundles made by `edge-resnet convert` (under the usual umask
+022, as a user would) of a generated ResNet-18 and of the test data's trained MobileNet v2, and a short
+test video. Writes `.cache/lab/host.json`.
 
     .venv/bin/python tests/lab/prepare.py
 """
@@ -39,28 +40,43 @@ def build_wheel(dist: Path) -> Path:
     return wheel
 
 
-def convert_resnet18(work: Path) -> tuple[Path, float]:
-    """`edge-resnet convert` of a generated model-zoo ResNet-18 v1, as a user runs it (umask 022)."""
-    work.mkdir(parents=True, exist_ok=True)
-    onnx_path = work / "resnet18-v1.onnx"
-    import onnx
-
-    onnx.save(make_resnet(18, version=1, input_size=RESNET_SIZE, seed=18), str(onnx_path))
-    out = work / "out"
+def convert(onnx_path: Path, out: Path, *extra: str) -> tuple[Path, float]:
+    """`edge-resnet convert`, as a user runs it (umask 022): calibrated and verified on the data's split."""
     t0 = time.monotonic()
     old = os.umask(0o022)
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "edge_resnet", "convert", str(onnx_path), "--calib", str(DATA / "imagenet-samples"),
-             "--out", str(out), "--calib-count", "64", "--eval-limit", "100", "--max-top1-drop", "100"],
-            capture_output=True, text=True, cwd=work,
+             "--out", str(out), "--calib-count", "64", "--eval-limit", "100", *extra],
+            capture_output=True, text=True, cwd=out.parent,
         )  # fmt: skip
     finally:
         os.umask(old)
     if proc.returncode != 0:
-        raise SystemExit(f"lab: prepare: edge-resnet convert failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"lab: prepare: edge-resnet convert {onnx_path.name} failed ({proc.returncode}):\n"
+                         f"{proc.stderr[-3000:]}")  # fmt: skip
     (bundle,) = out.glob("*_int8.tflite")
     return bundle, time.monotonic() - t0
+
+
+def convert_resnet18(work: Path) -> tuple[Path, float]:
+    """A generated model-zoo ResNet-18 v1 (random weights: for loading, the service and speed, not accuracy;
+    the top-1 gate cannot mean anything for it)."""
+    work.mkdir(parents=True, exist_ok=True)
+    onnx_path = work / "resnet18-v1.onnx"
+    import onnx
+
+    onnx.save(make_resnet(18, version=1, input_size=RESNET_SIZE, seed=18), str(onnx_path))
+    return convert(onnx_path, work / "out", "--max-top1-drop", "100")
+
+
+def convert_mobilenet(work: Path) -> tuple[Path, float]:
+    """The trained MobileNet v2 of the test data, converted by us: a bundle whose top-1 means something,
+    for comparing aarch64 with x86 (a random network's top-1 is mostly near-ties between two classes)."""
+    work.mkdir(parents=True, exist_ok=True)
+    models = DATA / "models"
+    return convert(models / "mobilenet_v2_1.0_224.onnx", work / "out", "--preset", "inception",
+                   "--labels", str(models / "imagenet_labels_1001.txt"))  # fmt: skip
 
 
 def main() -> int:
@@ -70,6 +86,7 @@ def main() -> int:
     work = LAB / "work"
     wheel = build_wheel(LAB / "dist")
     bundle, secs = convert_resnet18(work / "resnet18")
+    mobilenet, m_secs = convert_mobilenet(work / "mobilenet")
     picks = pick_samples(DATA / "imagenet-samples", 3)
     video = work / "three_photos.avi"
     # 8 frames per photo: with the default hysteresis window of 3, each photo is one label change
@@ -78,12 +95,15 @@ def main() -> int:
         "wheel": str(wheel),
         "resnet18_bundle": str(bundle),
         "resnet18_convert_s": round(secs, 1),
+        "mobilenet_bundle": str(mobilenet),
+        "mobilenet_convert_s": round(m_secs, 1),
         "video": str(video),
         "video_classes": [p.class_index for p in picks],
         "data": str(DATA),
     }
     (LAB / "host.json").write_text(json.dumps(state, indent=2) + "\n")
-    print(f"== lab: prepared wheel {wheel.name}, ResNet-18 bundle ({secs:.0f} s to convert), test video")
+    print(f"== lab: prepared wheel {wheel.name}, ResNet-18 and MobileNet v2 bundles ({secs:.0f} s and {m_secs:.0f} s "
+          "to convert), test video")  # fmt: skip
     return 0
 
 

@@ -2,58 +2,74 @@
 # The device lab: a Raspberry Pi user's first day, on arm64 (bookworm and trixie, under qemu-user)
 # and under systemd as PID 1 (an amd64 bookworm container). See README.md, "Device lab".
 #
-#   bash tests/lab/run.sh [pytest args, e.g. -k arm64 or -k systemd]
+#   bash tests/lab/run.sh [PART...]     PART: systemd arm64-bookworm arm64-trixie py313 (default: all)
 #
-# Builds (or reuses, from .cache/lab/rootfs) its root filesystems, prepares the wheel and a converted
-# model on this host, runs tests/lab/test_*.py, writes .cache/lab/summary.json and ends with one line
-# `lab: N passed, M failed`. Exit status 0 only when every check passed. Needs root (mmdebstrap,
-# systemd-nspawn, binfmt_misc).
+# Builds (or reuses, from .cache/lab/rootfs) its root filesystems, prepares the wheel and converted
+# models on this host, runs tests/lab/test_*.py in parts, writes .cache/lab/summary.json and ends
+# with one line `lab: N passed, M failed`. Exit status 0 only when every check passed. Needs root
+# (mmdebstrap, systemd-nspawn, binfmt_misc).
+#
+# Schedule (2 cores): the root filesystems build in parallel while this host converts the models;
+# the systemd part runs as soon as its (quick) root filesystem is there, the two arm64 parts side by
+# side once theirs are. Each part logs to .cache/lab/logs/PART.log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export EDGE_RESNET_LAB_CACHE=${EDGE_RESNET_LAB_CACHE:-$PWD/.cache/lab}
 LAB=$EDGE_RESNET_LAB_CACHE
 t0=$(date +%s)
 mkdir -p "$LAB/logs"
-rm -f "$LAB/summary.json" "$LAB/host.json"
+rm -rf "$LAB/summary.json" "$LAB/host.json" "$LAB/parts"
+ALL=(systemd arm64-bookworm arm64-trixie)
+[ -f tests/lab/test_convert_py313.py ] && ALL+=(py313)
+if [ $# -gt 0 ]; then PARTS=("$@"); else PARTS=("${ALL[@]}"); fi
+for p in "${PARTS[@]}"; do
+  [[ " ${ALL[*]} " == *" $p "* ]] || { echo "lab: unknown part '$p' (parts: ${ALL[*]})" >&2; exit 2; }
+done
+want() { [[ " ${PARTS[*]} " == *" $1 "* ]]; }
 
-finish() {  # the closing line, from summary.json (a lab that broke before its checks counts as failed)
-  local passed=0 failed=1
-  if [ -f "$LAB/summary.json" ]; then
-    python3 - "$LAB/summary.json" <<'PY'
-import json, sys
-for name, r in json.load(open(sys.argv[1]))["results"].items():
-    print(f"  {'ok  ' if r['ok'] else 'FAIL'} {name}: {r['figure'].splitlines()[0] if r['figure'] else ''}"[:400])
-PY
-    read -r passed failed < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"].values(); print(sum(x["ok"] for x in r), sum(not x["ok"] for x in r))' "$LAB/summary.json")
-  fi
-  echo "== lab took $(( $(date +%s) - t0 )) s; summary in $LAB/summary.json"
-  echo "lab: $passed passed, $failed failed"
-  [ "$failed" -eq 0 ]
+finish() {
+  echo "== lab took $(( $(date +%s) - t0 )) s"
+  python3 tests/lab/summary.py "${PARTS[@]}"
 }
+elapsed() { echo "$(( $(date +%s) - t0 )) s"; }
 
 if [ "$(id -u)" -ne 0 ]; then echo "lab: needs root (mmdebstrap, systemd-nspawn, binfmt_misc); run it with sudo" >&2; finish; exit 1; fi
 bash tests/lab/host.sh || { finish; exit 1; }
 bash tests/venvs.sh
 
-# the three root filesystems build in parallel (downloads and qemu), while this host converts a model
-pids=()
-for name in arm64-bookworm arm64-trixie systemd; do
-  bash tests/lab/rootfs.sh "$name" > "$LAB/logs/rootfs-$name.path" 2> "$LAB/logs/rootfs-$name.log" &
-  pids+=($!)
-done
-prep=0
-.venv/bin/python tests/lab/prepare.py || prep=$?
-for i in "${!pids[@]}"; do
-  if ! wait "${pids[$i]}"; then
-    echo "lab: building a root filesystem failed; its log:" >&2
-    tail -n 20 "$LAB/logs/rootfs-"*.log >&2 || true
-  fi
-done
-[ "$prep" -eq 0 ] || echo "lab: preparing the wheel and model failed (exit $prep)" >&2
-for name in arm64-bookworm arm64-trixie systemd; do
-  grep -h "built in" "$LAB/logs/rootfs-$name.log" || echo "== lab: $name reused from the cache: $(cat "$LAB/logs/rootfs-$name.path")"
-done
+build() {  # build NAME...: one after the other, each printing its path to logs/rootfs-NAME.path
+  local name
+  for name in "$@"; do
+    bash tests/lab/rootfs.sh "$name" > "$LAB/logs/rootfs-$name.path" 2> "$LAB/logs/rootfs-$name.log" \
+      || echo "lab: building root filesystem $name failed: $LAB/logs/rootfs-$name.log" >&2
+  done
+}
+# part NAME PYTEST_ARGS...: one pytest run of the lab, its output in logs/NAME.log
+part() {
+  local name=$1; shift
+  echo "== lab: part $name ($(elapsed))"
+  EDGE_RESNET_LAB_RUN=1 EDGE_RESNET_LAB_PART=$name .venv/bin/python -m pytest -p no:cacheprovider -q -o addopts="" \
+    "$@" > "$LAB/logs/$name.log" 2>&1 || true
+  tail -n 1 "$LAB/logs/$name.log"
+}
 
-echo "== lab: checks ($(( $(date +%s) - t0 )) s so far)"
-EDGE_RESNET_LAB_RUN=1 .venv/bin/python -m pytest -p no:cacheprovider -q -o addopts="" tests/lab "$@" || true
+b1=0 b2=0 b3=0
+if want arm64-bookworm; then build arm64-bookworm & b1=$!; fi
+if want arm64-trixie; then build arm64-trixie & b2=$!; fi
+if want systemd || want py313; then build systemd amd64-trixie & b3=$!; fi
+prep=0
+.venv/bin/python tests/lab/prepare.py > "$LAB/logs/prepare.log" 2>&1 || prep=$?
+tail -n 3 "$LAB/logs/prepare.log"
+[ "$prep" -eq 0 ] || echo "lab: preparing the wheel and models failed (exit $prep): $LAB/logs/prepare.log" >&2
+[ "$b3" = 0 ] || wait "$b3"
+if want systemd; then part systemd tests/lab/test_systemd.py; fi
+if want py313; then part py313 tests/lab/test_convert_py313.py; fi
+for b in "$b1" "$b2"; do [ "$b" = 0 ] || wait "$b"; done
+for name in arm64-bookworm arm64-trixie systemd amd64-trixie; do
+  grep -h "built in" "$LAB/logs/rootfs-$name.log" 2>/dev/null || true
+done
+a1=0 a2=0
+if want arm64-bookworm; then part arm64-bookworm tests/lab/test_arm64.py -k bookworm & a1=$!; fi
+if want arm64-trixie; then part arm64-trixie tests/lab/test_arm64.py -k trixie & a2=$!; fi
+for a in "$a1" "$a2"; do [ "$a" = 0 ] || wait "$a"; done
 finish
