@@ -427,7 +427,7 @@ def check_broker(url: str | None, timeout: float = 3.0, ca_file: str | None = No
     if not url:
         return [Check("broker", Result.SKIP, "no MQTT broker configured (--mqtt URL or [mqtt] url)")]
     from .sinkconfig import MqttConfig
-    from .sinks.mqtt import tls_problem
+    from .sinks.mqtt.tls import tls_problem
 
     try:
         host, port, tls = MqttConfig(url=url).endpoint()

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 from edge_resnet.observation import Frame, Observation, Prediction, Status
-from edge_resnet.sinks import eventqueue
-from edge_resnet.sinks.eventqueue import EventQueue
-from edge_resnet.sinks.mqtt import MqttConfig, MqttSink
+from edge_resnet.sinks.mqtt import MqttConfig, MqttSink, eventqueue
+from edge_resnet.sinks.mqtt.eventqueue import EventQueue
 from tests.helpers.broker import Broker, Subscriber, broker
 
 __all__ = ["broker"]  # the fixture

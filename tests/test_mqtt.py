@@ -17,8 +17,8 @@ import pytest
 
 from edge_resnet.errors import ConfigError
 from edge_resnet.observation import Status
-from edge_resnet.sinks.eventqueue import EventQueue
 from edge_resnet.sinks.mqtt import MqttConfig, MqttSink, tls_problem
+from edge_resnet.sinks.mqtt.eventqueue import EventQueue
 from tests.helpers.broker import Broker, Message, Subscriber, broker, free_port, retained
 from tests.helpers.observations import Classified, classify_samples, observation, to_json
 
@@ -418,7 +418,7 @@ def test_full_queue_drops_oldest_and_publishes_the_count(
 
 
 def test_log_rate_limit() -> None:
-    from edge_resnet.sinks.mqtt import _RateLimit
+    from edge_resnet.sinks.mqtt.client import _RateLimit
 
     lim = _RateLimit(0.2)
     assert lim("lost") == (True, "")

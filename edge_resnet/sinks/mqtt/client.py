@@ -1,15 +1,5 @@
-"""MQTT sink (paho-mqtt v2): retained state, QoS 1 events with store and forward, availability, HA discovery.
-
-Topics under `<topic_prefix>/<device_id>/`:
-- `state`: retained JSON (label, score, class_index, top_k, frame_seq, captured_at, published_at, model,
-  healthy, reason, events_dropped); on label change, on health change, every heartbeat_s, after reconnects.
-- `events`: label changes, QoS 1, not retained, `seq` increasing across restarts; at least once, in order.
-- `availability`: `online` / `offline`, retained; the Last Will is `offline`.
-- `<discovery_prefix>/sensor/<device_id>/label/config`: Home Assistant discovery, retained.
-
-A broker that is away is never fatal: `healthy()` stays ok and its reason says what the link is doing;
-the reconnect backoff is capped at 3-5 s (the cap is picked at random per process).
-"""
+"""The MQTT sink itself: paho's client and callbacks, the hand-over queues and the sink thread that
+stores events, sends them in order and publishes state (topics and payloads: see the package)."""
 
 from __future__ import annotations
 
@@ -19,7 +9,6 @@ import logging
 import os
 import queue
 import random
-import socket
 import ssl
 import threading
 import time
@@ -33,13 +22,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from .. import __version__
-from ..config import check_device_id
-from ..errors import ConfigError
-from ..observation import Observation, Status, observation_json
-from ..sinkconfig import MqttConfig
-from .base import SinkContext, StatusFn
+from ...config import check_device_id
+from ...errors import ConfigError
+from ...observation import Observation, Status
+from ...sinkconfig import MqttConfig
+from ..base import SinkContext, StatusFn
 from .eventqueue import EventQueue
+from .payloads import discovery_payload, event_body, state_payload
+from .tls import tls_problem
 
 log = logging.getLogger(__name__)
 
@@ -81,72 +71,6 @@ class Link(Enum):
     DISCONNECTED = "disconnected"
     REFUSED = "refused"  # the broker answered CONNACK with a failure (credentials, client id ...)
     STOPPED = "stopped"
-
-
-def state_payload(obs: Observation | None, status: Status | None, device_id: str, dropped: int) -> dict[str, Any]:
-    """The retained `state` document: the observation's JSON plus the device and the pipeline's health."""
-    doc: dict[str, Any] = {"device_id": device_id, "published_at": round(time.time(), 3), "events_dropped": dropped}
-    doc.update(observation_json(obs))
-    if status is not None:
-        doc.update(healthy=status.healthy, reason=status.reason)
-    return doc
-
-
-def event_body(obs: Observation, previous: str | None, device_id: str) -> dict[str, Any]:
-    """What is stored for a label change; `seq`, `published_at` and `dropped_total` are added when sent."""
-    return {"device_id": device_id, **observation_json(obs), "previous": previous}
-
-
-def discovery_payload(cfg: MqttConfig, device_id: str, model: str | None) -> dict[str, Any]:
-    """Home Assistant MQTT discovery for one sensor: label as state, score and top-k as attributes."""
-    base = f"{cfg.topic_prefix}/{device_id}"
-    return {
-        "name": "Label",
-        "unique_id": f"edge_resnet_{device_id}_label",
-        "state_topic": f"{base}/state",
-        "value_template": "{{ value_json.label }}",
-        "json_attributes_topic": f"{base}/state",
-        "json_attributes_template": (
-            "{{ {'score': value_json.score, 'class_index': value_json.class_index, "
-            "'top_k': value_json.top_k, 'frame_seq': value_json.frame_seq, "
-            "'healthy': value_json.healthy, 'reason': value_json.reason} | tojson }}"
-        ),
-        "availability_topic": f"{base}/availability",
-        "payload_available": "online",
-        "payload_not_available": "offline",
-        "icon": "mdi:eye",
-        "device": {
-            "identifiers": [f"edge_resnet_{device_id}"],
-            "name": f"edge-resnet {device_id}",
-            "manufacturer": "edge-resnet",
-            "model": model or "image classifier",
-            "sw_version": __version__,
-        },
-        "origin": {"name": "edge-resnet", "sw_version": __version__},
-    }
-
-
-def tls_problem(host: str, port: int, ca_file: str | None, timeout: float = 3.0) -> str | None:
-    """Why a TLS connection to host:port fails, phrased as the fix; None when TLS is not the problem
-    (a plain network failure, or the handshake works)."""
-    ctx = ssl.create_default_context(cafile=ca_file)  # what paho's tls_set(cert_reqs=REQUIRED) checks
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError:
-        return None  # not reachable at all: the plain "cannot connect" says it
-    try:
-        with ctx.wrap_socket(sock, server_hostname=host):
-            return None
-    except ssl.SSLCertVerificationError as e:
-        fix = "set [mqtt] ca_file to the CA that signed the broker's certificate"
-        if "hostname" in str(e.verify_message) or "IP address mismatch" in str(e.verify_message):
-            fix = f"use the host name the broker's certificate names instead of {host}"
-        return f"TLS certificate not accepted ({e.verify_message}); {fix}"
-    except OSError as e:  # SSLError, or a plain listener resetting the connection at our ClientHello
-        why = e.reason if isinstance(e, ssl.SSLError) and e.reason else (e.strerror or str(e))
-        return f"TLS handshake failed ({why}); is port {port} a TLS listener? use mqtt:// for a plain one"
-    finally:
-        sock.close()
 
 
 class MqttSink:
