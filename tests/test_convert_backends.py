@@ -19,7 +19,8 @@ from packaging.markers import Marker
 from packaging.requirements import Requirement
 
 from convert import backend_litert, backends
-from edge_resnet.errors import DependencyError
+from edge_resnet.errors import DependencyError, ExitCode
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,3 +81,14 @@ def test_int8_input_on_the_tensorflow_path_is_refused(monkeypatch: pytest.Monkey
     monkeypatch.setattr(backends, "choose", lambda backend: "tf")
     with pytest.raises(DependencyError, match="--backend litert"):
         backends.quantize("tf", None, None, None, Path("."), "auto", True, "int8")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="the workstation venv of this suite is Python 3.11")
+def test_cli_backend_litert_on_311_fails_at_once_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "calib").mkdir()
+    proc = run_cli("convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib"), "--out",
+                   str(tmp_path / "out"), "--backend", "litert")  # fmt: skip
+    assert proc.returncode == int(ExitCode.DEPENDENCY), proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--backend litert" in lines[0] and "3.12" in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
