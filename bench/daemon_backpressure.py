@@ -3,7 +3,7 @@
     .venv/bin/python bench/daemon_backpressure.py VIDEO MODEL.tflite [MODEL2.tflite ...] \
         [--threads 1,2] [--seconds 5] [--repeats 2] [--variants before,after,...]
 
-Everything runs the daemon's own code (`edge_resnet.daemon_bench.bench_daemon`: Capture + Pipeline on a
+Everything runs the daemon's own code (`edge_resnet.bench.daemon.bench_daemon`: Capture + Pipeline on a
 looped file read as fast as it decodes, no sinks). Variants:
 
 - before:       latest-frame capture forced on the file (decode ahead, drop what the pipeline missed)
@@ -35,8 +35,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edge_resnet.bench.daemon import bench_daemon
 from edge_resnet.classify import Classifier
-from edge_resnet.daemon_bench import bench_daemon
 from edge_resnet.engine import Engine
 
 VARIANTS: dict[str, dict[str, Any]] = {

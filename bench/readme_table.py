@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edge_resnet.bench import machine, write_json  # noqa: E402
-from edge_resnet.measure import stderr_progress  # noqa: E402
-from edge_resnet.ort_reference import onnx_input  # noqa: E402
+from edge_resnet.bench.measure import stderr_progress  # noqa: E402
+from edge_resnet.bench.ort_reference import onnx_input  # noqa: E402
 from edge_resnet.preprocess import PRESETS, PreprocessSpec  # noqa: E402
 
 DATA = Path(os.environ.get("EDGE_RESNET_DATA", REPO.parent / "shared" / "data"))

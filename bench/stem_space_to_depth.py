@@ -28,8 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_resnet.bench import delegation
+from edge_resnet.bench.measure import Contender, measure_interleaved
 from edge_resnet.engine import Engine
-from edge_resnet.measure import Contender, measure_interleaved
 
 
 def build(out: Path) -> dict[str, Path]:

@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edge_resnet.bench import delegation, machine  # noqa: E402
+from edge_resnet.bench.measure import Contender, LatencyStats, measure_interleaved  # noqa: E402
 from edge_resnet.engine import Engine  # noqa: E402
-from edge_resnet.measure import Contender, LatencyStats, measure_interleaved  # noqa: E402
 
 
 def log(msg: str) -> None:

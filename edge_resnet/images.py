@@ -13,6 +13,13 @@ import numpy.typing as npt
 from .errors import InputError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+SPLIT_EVERY = 5  # the labels.json split: position % 5 == 0 calibrates, the rest evaluates
+
+
+def in_calibration_split(position: int) -> bool:
+    """The one split rule for a labels.json folder (conversion, evaluation and `bench` all use it),
+    so calibration and evaluation images never overlap."""
+    return position % SPLIT_EVERY == 0
 
 
 def list_images(paths: Iterable[str | os.PathLike[str]], recursive: bool = True) -> list[Path]:

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from edge_resnet.bench import BenchOptions, _calibration, ratios
-from edge_resnet.measure import LatencyStats
+from edge_resnet.bench import BenchOptions, ratios
+from edge_resnet.bench.core import _calibration
+from edge_resnet.bench.measure import LatencyStats
 from tests.conftest import run_cli
 
 STATS = ("runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "fps")

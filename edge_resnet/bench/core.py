@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from .daemon_bench import bench_daemon
-from .engine import Engine
-from .errors import InputError
+from ..engine import Engine
+from ..errors import InputError
+from ..preprocess import PreprocessSpec, TensorInfo, prepare
+from .daemon import bench_daemon
 from .measure import Contender, LatencyStats, Progress, measure_interleaved, peak_rss_mb, rss_mb, stderr_progress, timed
 from .ort_reference import calibration_files, calibration_tensors, onnx_input, ort_contender, quantize_onnx
-from .preprocess import PreprocessSpec, TensorInfo, prepare
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class BenchOptions:
 
 def run_benchmark(opts: BenchOptions, progress: Progress = stderr_progress) -> dict[str, Any]:
     """Everything `edge-resnet bench` reports, as one JSON-ready dict (schema SCHEMA)."""
-    from .classify import Classifier, default_preprocess
+    from ..classify import Classifier, default_preprocess
 
     if opts.runs < 1 or opts.warmup < 0 or not opts.threads or min(opts.threads) < 1:
         raise InputError("bench needs --runs >= 1, --warmup >= 0 and thread counts >= 1")
@@ -367,7 +367,9 @@ def _calibration(opts: BenchOptions, engine: Engine) -> list[Path]:
         if opts.calib_count is not None and opts.calib_count < len(files):
             log.info(
                 "onnxruntime INT8: calibrating on the first %d of the %d images the bundle was calibrated on "
-                "(--calib-count)", opts.calib_count, len(files),
+                "(--calib-count)",
+                opts.calib_count,
+                len(files),
             )
             return files[: opts.calib_count]
         return files
@@ -383,7 +385,7 @@ def _ort_int8_path(
     """Quantize the ONNX model once per (model, calibration set, preprocessing); cached by digest."""
     import hashlib
 
-    from .images import load_image
+    from ..images import load_image
 
     h = hashlib.sha256(Path(opts.onnx or "").read_bytes())
     key = [spec.to_dict(), [f.name for f in files], list(tensor.shape), opts.ort_activations]

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from .engine import Engine
-from .errors import InputError
+from ..engine import Engine
+from ..errors import InputError
 from .measure import Progress, quiet
 
 
@@ -44,9 +44,9 @@ def bench_daemon(
 
     `live=True` forces the old latest-frame capture on the file (decode ahead, drop what the
     pipeline did not take) for before/after comparisons; None keeps the source's own (not live)."""
-    from .capture import Capture
-    from .pipeline import Pipeline
-    from .sources.opencv import OpenCvFrames
+    from ..capture import Capture
+    from ..pipeline import Pipeline
+    from ..sources.opencv import OpenCvFrames
 
     src = OpenCvFrames(str(video), "file", realtime=False, loop=True)
     if live is not None:
@@ -110,4 +110,3 @@ class _AsLive:
 
     def close(self) -> None:
         self._src.close()
-

@@ -133,4 +133,3 @@ def measure_interleaved(
                 f"round {r + 1}/{rounds}: "
                 + ", ".join(f"{c.key} {statistics.median(c.samples_ms):.2f} ms" for c in contenders)
             )
-

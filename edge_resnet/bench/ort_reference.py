@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import DependencyError, InputError, ModelError
+from ..errors import DependencyError, InputError, ModelError
+from ..preprocess import PreprocessSpec, TensorInfo, prepare
 from .measure import Contender, Progress, quiet, rss_mb, timed
-from .preprocess import PreprocessSpec, TensorInfo, prepare
 
 ORT_INSTALL = 'pip install "edge-resnet[bench]"'
 
@@ -158,17 +158,16 @@ def calibration_tensors(
 
 def calibration_files(folder: str | os.PathLike[str], count: int) -> list[Path]:
     """The calibration images of `folder`: with a labels.json (the shared-data layout), the entries
-    whose position is a multiple of 5, i.e. the calibration split; otherwise every image, sorted."""
-    from .images import list_images
+    in the calibration split (`images.in_calibration_split`); otherwise every image, sorted."""
+    from ..images import in_calibration_split, list_images
 
     d = Path(folder)
     index = d / "labels.json"
     if index.exists():
         entries = json.loads(index.read_text(encoding="utf-8"))
-        files = [d / e["file"] for i, e in enumerate(entries) if i % 5 == 0]
+        files = [d / e["file"] for i, e in enumerate(entries) if in_calibration_split(i)]
     else:
         files = list_images([d])
     if not files:
         raise InputError(f"no images in {d}; pass --calib DIR with the calibration images")
     return files[:count]
-

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..bench import BenchOptions, run_benchmark, write_json
+from ..bench.measure import stderr_progress
 from ..devices import DEVICES
 from ..errors import DependencyError, InputError
-from ..measure import stderr_progress
 from ..model import preprocess_override
 from .modelargs import add_preprocess_args
 

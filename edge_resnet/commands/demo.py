@@ -13,14 +13,14 @@ import argparse
 import importlib
 import logging
 import os
-import shutil
-import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from .. import download as downloader
 from ..config import Config, ModelConfig, PipelineConfig
 from ..errors import DependencyError, EdgeResnetError, InputError
 from ..images import list_images, load_image
@@ -108,22 +108,25 @@ def work_dir(arg: str | None) -> Path:
     return d
 
 
-def download(url: str, dest: Path, timeout: float = 60.0) -> Path:
-    """Fetch `url` to `dest` once (kept in the cache); a one-line error names the offline alternative."""
-    if dest.exists() and dest.stat().st_size > 0:
-        return dest
-    tmp = dest.with_suffix(dest.suffix + ".part")
-    log.info("downloading %s", url)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
-            shutil.copyfileobj(r, f)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise InputError(
-            f"cannot download {url} ({e}); offline, pass local files (--onnx, --images, --model)"
-        ) from None
-    tmp.replace(dest)
-    return dest
+OFFLINE = "offline, pass local files (--onnx, --images, --model)"
+
+
+def download(url: str, dest: Path, timeout: float = 60.0, verify: Callable[[Path], None] | None = None) -> Path:
+    """A demo file, kept in the cache, through the one resumable, verifying downloader; a one-line
+    error names the offline alternative."""
+    return downloader.download(
+        url,
+        dest,
+        timeout=timeout,
+        verify=verify,
+        http_hint=OFFLINE,
+        retry_hint=f"run the demo again to resume, or {OFFLINE}",
+    )
+
+
+def _photo(path: Path) -> None:
+    """A sample photo must decode (an HTML error page must not become a frame)."""
+    load_image(path)
 
 
 def sample_images(args: argparse.Namespace, work: Path) -> list[Path]:
@@ -136,10 +139,10 @@ def sample_images(args: argparse.Namespace, work: Path) -> list[Path]:
         return found[::step][: args.count]
     d = work / "images"
     d.mkdir(exist_ok=True)
-    shown = [download(SAMPLES_URL.format(name=n), d / n) for n in SAMPLE_NAMES[: args.count]]
+    shown = [download(SAMPLES_URL.format(name=n), d / n, verify=_photo) for n in SAMPLE_NAMES[: args.count]]
     if not args.model:  # converting: the whole set calibrates
         for n in SAMPLE_NAMES[args.count :] + CALIB_NAMES:
-            download(SAMPLES_URL.format(name=n), d / n)
+            download(SAMPLES_URL.format(name=n), d / n, verify=_photo)
     return shown
 
 
@@ -187,7 +190,12 @@ def convert_model(args: argparse.Namespace, work: Path, images_dir: Path) -> Pat
         ) from None
     from ..preprocess import preset
 
-    onnx = Path(args.onnx) if args.onnx else download(RESNET50_URL, work / "resnet50-v1-7.onnx", timeout=300)
+    onnx_model: Any = importlib.import_module("convert.onnx_model")
+
+    def classifier(path: Path) -> None:  # as `edge-resnet fetch` checks the zoo's files
+        onnx_model.load_classifier(path)
+
+    onnx = Path(args.onnx) if args.onnx else download(RESNET50_URL, work / "resnet50-v1-7.onnx", 300, classifier)
     if not onnx.is_file():
         raise InputError(f"--onnx {onnx} does not exist; pass an ONNX ImageNet classifier")
     if args.labels:
