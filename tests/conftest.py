@@ -1,7 +1,17 @@
-"""Shared fixtures: the test data folder (../shared/data, or $EDGE_RESNET_DATA)."""
+"""Shared fixtures: the test data folder (../shared/data, or $EDGE_RESNET_DATA); and the test layers.
+
+Every test is in one layer, a marker registered in pyproject.toml (`pytest -m unit`, ...):
+- `e2e`: through the CLI or a real child process (`run_cli`, subprocess);
+- `component`: real files, test data, a model, a broker, a server or a temporary folder;
+- `unit`: pure functions on values built in the test (fast; no files, no data, no interpreter).
+A test may say its layer with the marker; otherwise it follows from what the test uses (below),
+so a new test needs no list. `runtime` marks the tests every device environment runs (tests/run.sh).
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import os
 import subprocess
 import sys
@@ -12,6 +22,34 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # the device lab (root filesystems, qemu, systemd-nspawn) runs only through tests/lab/run.sh
 collect_ignore = [] if os.environ.get("EDGE_RESNET_LAB_RUN") == "1" else ["lab"]
+# the device environments (pip install . only) have no convert extra: the converter's tests stay out
+collect_ignore_glob = [] if importlib.util.find_spec("onnx") else ["test_convert_*.py", "test_stem.py"]
+
+LAYERS = ("unit", "component", "e2e")
+_PURE_FIXTURES = {"request", "capsys", "caplog", "recwarn"}  # pytest's own, touching nothing outside
+_CHILD = ("run_cli(", "subprocess.", "Popen(", "sys.executable")
+
+
+def _layer(item: pytest.Item) -> str:
+    """The layer a test's own code and fixtures put it in (see the module docstring)."""
+    fn = getattr(item, "function", None)
+    try:
+        src = inspect.getsource(fn) if fn is not None else ""
+    except (OSError, TypeError):
+        src = ""
+    if any(c in src for c in _CHILD):
+        return "e2e"
+    if item.get_closest_marker("hw"):
+        return "component"  # real hardware is never a unit
+    params = set(getattr(getattr(item, "callspec", None), "params", {}))
+    fixtures = set(getattr(item, "fixturenames", ())) - params - _PURE_FIXTURES
+    return "component" if fixtures else "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(layer) for layer in LAYERS):
+            item.add_marker(_layer(item))
 
 
 def _data_dir() -> Path:

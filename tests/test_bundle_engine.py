@@ -20,6 +20,8 @@ from edge_resnet.errors import EdgeTpuUnavailable, LabelsError, ModelError
 from edge_resnet.images import load_image
 from edge_resnet.preprocess import PRESETS
 
+pytestmark = pytest.mark.runtime  # every device environment runs these (tests/run.sh)
+
 
 @pytest.fixture()
 def bundle(tmp_path: Path, mobilenet_quant: Path, labels_1001: Path) -> Path:

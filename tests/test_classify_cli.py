@@ -13,6 +13,8 @@ from edge_resnet.errors import ExitCode
 
 from .conftest import REPO, run_cli
 
+pytestmark = pytest.mark.runtime  # every device environment runs these (tests/run.sh)
+
 
 def test_parrot_is_a_macaw(data_dir: Path, mobilenet_quant: Path, labels_1001: Path) -> None:
     r = run_cli(

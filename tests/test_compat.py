@@ -20,6 +20,8 @@ from edge_resnet.classify import Classifier
 from edge_resnet.engine import Engine
 from edge_resnet.images import load_image
 
+pytestmark = pytest.mark.runtime  # every device environment runs these (tests/run.sh)
+
 EXPECTED = "expected.json"
 
 

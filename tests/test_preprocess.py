@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from edge_resnet.errors import ConfigError
 from edge_resnet.preprocess import PRESETS, PreprocessSpec, TensorInfo, affine, crop_box, crop_resize, prepare, to_input
 
+pytestmark = pytest.mark.runtime  # every device environment runs these (tests/run.sh)
+
 
 def test_crop_box_matches_resize_256_crop_224() -> None:
     # 500x375 landscape: shorter side 375 -> crop 0.875*375 = 328 px square, centred
