@@ -14,7 +14,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,12 +22,13 @@ import pytest
 from edge_resnet.errors import ConfigError
 from edge_resnet.observation import Status
 from edge_resnet.sinks.http import HttpConfig, HttpSink, parse_listen
-from tests.helpers.observations import Classified, classify_samples, observation
+from tests.helpers.observations import Classified, observation, synthetic_samples
 
 
 @pytest.fixture(scope="module")
-def photos(mobilenet_quant: Path, labels_1001: Path, samples_dir: Path) -> list[Classified]:
-    return classify_samples(mobilenet_quant, labels_1001, samples_dir, 4)
+def photos() -> list[Classified]:
+    """Synthetic: the real-model overlay test is tests/test_overlay_browser.py."""
+    return synthetic_samples(4)
 
 
 @dataclass

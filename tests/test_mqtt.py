@@ -20,7 +20,7 @@ from edge_resnet.observation import Status
 from edge_resnet.sinks.mqtt import MqttConfig, MqttSink, tls_problem
 from edge_resnet.sinks.mqtt.eventqueue import EventQueue
 from tests.helpers.broker import Broker, Message, Subscriber, broker, free_port, retained
-from tests.helpers.observations import Classified, classify_samples, observation, to_json
+from tests.helpers.observations import Classified, classify_samples, observation, synthetic_samples, to_json
 
 __all__ = ["broker"]  # the fixture
 
@@ -37,7 +37,14 @@ HA_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def photos(mobilenet_quant: Path, labels_1001: Path, samples_dir: Path) -> list[Classified]:
+def photos() -> list[Classified]:
+    """Synthetic observations: no model, no data."""
+    return synthetic_samples(8)
+
+
+@pytest.fixture(scope="module")
+def real_photos(mobilenet_quant: Path, labels_1001: Path, samples_dir: Path) -> list[Classified]:
+    """Real photos classified by the real model, for the tests whose child process reloads them."""
     return classify_samples(mobilenet_quant, labels_1001, samples_dir, 8)
 
 
@@ -181,9 +188,11 @@ def wait_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 30) -> 
     raise AssertionError(f"child did not print {prefix!r} within {timeout} s")
 
 
-def test_last_will_after_kill9(broker: Broker, photos: list[Classified], samples_dir: Path, tmp_path: Path) -> None:
+def test_last_will_after_kill9(
+    broker: Broker, real_photos: list[Classified], samples_dir: Path, tmp_path: Path
+) -> None:
     pj = tmp_path / "photos.json"
-    pj.write_text(to_json(photos))
+    pj.write_text(to_json(real_photos))
     sub = Subscriber(broker.port, ["edge-resnet/child/availability"]).start()
     child = start_child(broker, tmp_path / "state", pj, samples_dir, 2)
     try:
@@ -262,10 +271,10 @@ def test_broker_restarts_lose_nothing(broker: Broker, photos: list[Classified], 
 
 
 def test_queue_survives_kill9_of_publisher(
-    broker: Broker, photos: list[Classified], samples_dir: Path, tmp_path: Path
+    broker: Broker, real_photos: list[Classified], samples_dir: Path, tmp_path: Path
 ) -> None:
     pj = tmp_path / "photos.json"
-    pj.write_text(to_json(photos))
+    pj.write_text(to_json(real_photos))
     state = tmp_path / "state"
     sub = Subscriber(broker.port, ["edge-resnet/child/events"]).start()
     broker.kill()  # the broker is down while the daemon queues events

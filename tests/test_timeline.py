@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,7 +15,7 @@ from edge_resnet.annotate import FONT, _scale, annotate, first_synonym, fit_text
 from edge_resnet.observation import Prediction, Status
 from edge_resnet.sinks.http import HttpConfig, HttpSink
 from edge_resnet.sinks.timeline import Timeline
-from tests.helpers.observations import Classified, classify_samples, observation
+from tests.helpers.observations import Classified, observation, synthetic_samples
 
 SHARK = "great white shark, white shark, man-eater, man-eating shark, Carcharodon carcharias"
 
@@ -44,8 +43,8 @@ def test_video_overlay_draws_the_short_label_not_the_synonym_list() -> None:
 
 
 @pytest.fixture(scope="module")
-def photos(mobilenet_quant: Path, labels_1001: Path, samples_dir: Path) -> list[Classified]:
-    return classify_samples(mobilenet_quant, labels_1001, samples_dir, 3)
+def photos() -> list[Classified]:
+    return synthetic_samples(3)
 
 
 def test_timeline_keeps_the_last_changes_newest_first(photos: list[Classified]) -> None:

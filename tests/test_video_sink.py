@@ -12,7 +12,7 @@ import pytest
 from edge_resnet.annotate import TOP1_COLOUR
 from edge_resnet.errors import ConfigError
 from edge_resnet.sinks.video import VideoConfig, VideoSink
-from tests.helpers.observations import classify_samples, observation
+from tests.helpers.observations import classify_samples, observation, synthetic_samples
 
 
 def test_config_errors() -> None:
@@ -53,14 +53,12 @@ def test_writes_annotated_video(mobilenet_quant: Path, labels_1001: Path, sample
     assert np.all(np.abs(top_left - np.array(TOP1_COLOUR, np.int16)) < 60, axis=2).sum() > 50
 
 
-def test_unwritable_path_is_reported_not_fatal(
-    tmp_path: Path, mobilenet_quant: Path, labels_1001: Path, samples_dir: Path
-) -> None:
+def test_unwritable_path_is_reported_not_fatal(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     sink = VideoSink(VideoConfig(path=str(blocker / "out.avi")))
     sink.start()
-    photo = classify_samples(mobilenet_quant, labels_1001, samples_dir, 1)[0]
+    photo = synthetic_samples(1)[0]
     sink.publish(observation(photo, 1, changed=True))
     sink.stop()
     ok, reason = sink.healthy()

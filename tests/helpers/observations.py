@@ -1,4 +1,5 @@
-"""Observations for driving sinks directly: real ImageNet photos classified by the real MobileNet v2."""
+"""Observations for driving sinks directly: synthetic ones (no model, no data: most sink tests) or
+real ImageNet photos classified by the real MobileNet v2 (one test per sink keeps those)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edge_resnet.classify import Classifier, Prediction, read_labels
+from edge_resnet.classify import Classifier, read_labels
 from edge_resnet.engine import Engine
 from edge_resnet.images import load_image
-from edge_resnet.observation import Frame, Observation
+from edge_resnet.observation import Frame, Observation, Prediction
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,39 @@ def classify_samples(model: Path, labels: Path, samples_dir: Path, n: int, strid
         if r.top.class_index == e["class_index"] and r.top.label not in seen:
             seen.add(r.top.label)
             out.append(Classified(e["file"], e["name"], img, r.predictions, r.latency_ms))
+    return out
+
+
+SYNTHETIC_LABELS = [
+    "tench, Tinca tinca",
+    "goldfinch, Carduelis carduelis",
+    "king penguin, Aptenodytes patagonica",
+    "golden retriever",
+    "tabby, tabby cat",
+    "zebra",
+    "African elephant, Loxodonta africana",
+    "airliner",
+    "castle",
+    "sports car, sport car",
+    "banana",
+    "pizza, pizza pie",
+]
+
+
+def synthetic_samples(n: int, size: tuple[int, int] = (480, 640)) -> list[Classified]:
+    """`n` frames (a coloured scene each, photo-sized) with distinct top-1 labels and made-up top-5s."""
+    h, w = size
+    out: list[Classified] = []
+    for i in range(n):
+        label = SYNTHETIC_LABELS[i % len(SYNTHETIC_LABELS)]
+        img = np.zeros((h, w, 3), np.uint8)
+        img[:] = ((37 * i) % 256, (91 * i + 60) % 256, (53 * i + 120) % 256)
+        cv2.circle(img, (w // 2, h // 2), min(h, w) // 3, (255 - 20 * i % 256, 200, 40 * i % 256), -1)
+        cv2.putText(img, str(i), (20, h - 20), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (255, 255, 255), 3)
+        scores = [0.8 - 0.01 * i, 0.1, 0.05, 0.03, 0.02]
+        ks = [(i + j) % len(SYNTHETIC_LABELS) for j in range(5)]
+        top_k = [Prediction(SYNTHETIC_LABELS[k], 100 + k, s) for k, s in zip(ks, scores, strict=True)]
+        out.append(Classified(f"synthetic-{i}.png", label, img, top_k, 5.0 + i))
     return out
 
 
