@@ -272,16 +272,26 @@ def test_broker_restart(device: Device, figure: Callable[[str], None]) -> None:
 
 def test_sigstop_leads_to_a_watchdog_restart(device: Device, figure: Callable[[str], None]) -> None:
     wd = device.show("WatchdogUSec")["WatchdogUSec"]
-    wd_s = float(re.sub(r"[^0-9.]", "", wd)) if wd.endswith("s") and "min" not in wd else 30.0
+    m = re.fullmatch(r"(\d+)s", wd)
+    assert m, f"unexpected WatchdogUSec {wd!r}"
+    wd_s = float(m.group(1))
     pid = device.main_pid()
     t0 = time.monotonic()
     device.ct.sh(f"kill -STOP {pid}")
-    secs = device.wait_active(timeout=wd_s + 60, not_pid=pid)
-    restarted = time.monotonic() - t0
+    restarted = None
+    while time.monotonic() - t0 < wd_s + 60:
+        now = device.main_pid()
+        if now not in (0, pid):  # systemd started a new daemon
+            restarted = time.monotonic() - t0
+            break
+        time.sleep(0.5)
+    assert restarted is not None, f"no restart within {wd_s + 60:.0f} s of SIGSTOP\n{device.journal(30)}"
+    ready = restarted + device.wait_active(timeout=150, not_pid=pid)
     log = device.journal(200)
-    assert "Watchdog timeout" in log, log[-2000:]  # systemd's own line: the watchdog, not something else, restarted it
-    figure(f"SIGSTOP -> watchdog ({wd}) -> active again with a new PID after {restarted:.1f} s ({secs:.1f} s)")
-    assert restarted <= wd_s + 10 + 15, "restart too late"  # + start-up until READY (model load, 1st frame)
+    assert "Watchdog timeout" in log, log[-2000:]  # systemd's own line: the watchdog, not something else
+    figure(f"SIGSTOP -> watchdog ({wd}) -> new daemon started {restarted:.1f} s later (bound {wd_s + 10:.0f} s), "
+           f"READY again at {ready:.1f} s")  # fmt: skip
+    assert restarted <= wd_s + 10
 
 
 def test_kill_9_leads_to_a_restart(device: Device, figure: Callable[[str], None]) -> None:
