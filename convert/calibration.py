@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_resnet.errors import InputError
-from edge_resnet.images import load_image
+from edge_resnet.images import in_calibration_split, load_image
 from edge_resnet.preprocess import ChannelOrder, PreprocessSpec, crop_resize
 
 from .progress import Progress
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 LABELS_JSON = "labels.json"
-SPLIT_EVERY = 5  # shared-data rule: position % 5 == 0 -> calibration, the rest -> evaluation
 MIN_GOOD = 100
 _SYNSET = re.compile(r"^(n\d{8})")
 
@@ -96,9 +95,9 @@ def items(root: str | Path, split: Split = "all") -> list[Item]:
     present = {p.relative_to(r).as_posix(): p for p in files}
     out: list[Item] = []
     for pos, entry in enumerate(labels):
-        if split == "calib" and pos % SPLIT_EVERY != 0:
+        if split == "calib" and not in_calibration_split(pos):
             continue
-        if split == "eval" and pos % SPLIT_EVERY == 0:
+        if split == "eval" and in_calibration_split(pos):
             continue
         p = present.get(entry["file"])
         if p is None:

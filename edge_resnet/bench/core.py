@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from ..engine import Engine
-from ..errors import InputError
+from ..errors import DependencyError, InputError
 from ..preprocess import PreprocessSpec, TensorInfo, prepare
 from .daemon import bench_daemon
 from .measure import Contender, LatencyStats, Progress, measure_interleaved, peak_rss_mb, rss_mb, stderr_progress, timed
-from .ort_reference import calibration_files, calibration_tensors, onnx_input, ort_contender, quantize_onnx
+from .ort_reference import ORT_INSTALL, calibration_files, calibration_tensors, onnx_input, ort_contender
 
 log = logging.getLogger(__name__)
 
@@ -398,6 +398,10 @@ def _ort_int8_path(
     progress(f"preprocessing {len(files)} calibration images from {files[0].parent}")
     data = calibration_tensors((load_image(f) for f in files), spec, tensor)
     tmp = out.with_name(out.name + ".partial.onnx")
+    try:  # workstation-only quantization lives with the converter
+        from convert.ort_quantize import quantize_onnx
+    except ImportError as e:
+        raise DependencyError(f"the onnxruntime INT8 reference needs the converter ({e}); {ORT_INSTALL}") from None
     quantize_onnx(opts.onnx or "", tmp, data, progress, opts.ort_activations)
     tmp.replace(out)
     return out
