@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import time
@@ -67,17 +66,6 @@ class Rootfs:
         proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env_, stdin=subprocess.DEVNULL)
         return _check(proc, f"[{self.root.name}] {cmd}", check)
 
-    def popen(self, cmd: str, log: Path) -> subprocess.Popen[bytes]:
-        """A long-running command (the daemon), its output to `log`; stop it with `stop(proc)`."""
-        args = [NSPAWN, "-q", "-D", str(self.root), "--register=no", "--keep-unit", "--pipe", "--chdir=/root"]
-        for host, inside in self.binds.items():
-            args.append(f"--bind-ro={host}:{inside}")
-        args += ["/bin/bash", "-lc", f"exec {cmd}"]
-        with log.open("wb") as out:
-            return subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **NSPAWN_ENV}
-            )
-
 
 class Container:
     """An amd64 container booted with systemd as PID 1 (`systemd-nspawn -b`); commands run inside
@@ -87,7 +75,6 @@ class Container:
         self.root = root
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
-        self.boots = 0
 
     def path(self, inside: str) -> Path:
         return self.root / inside.lstrip("/")
@@ -103,7 +90,6 @@ class Container:
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **NSPAWN_ENV},
         )  # fmt: skip
         out.close()
-        self.boots += 1
         end = t0 + timeout
         state = ""
         while time.monotonic() < end:
@@ -177,10 +163,3 @@ class Container:
 
 def q(s: str | Path) -> str:
     return shlex.quote(str(s))
-
-
-def tool(name: str) -> str:
-    exe = shutil.which(name)
-    if exe is None:
-        raise LabError(f"{name} is not installed: bash tests/lab/host.sh installs what the lab needs")
-    return exe
