@@ -29,7 +29,7 @@ def convert_one(spec: str, size: int, calib_count: int, eval_limit: int, data: P
     """Runs inside the child process."""
     import onnx
 
-    from convert.pipeline import ConvertJob, run
+    from edge_resnet.convert.pipeline import ConvertJob, run
     from edge_resnet.engine import Engine
     from edge_resnet.preprocess import PRESETS
     from tests.helpers.resnet_onnx import make_resnet

@@ -14,7 +14,7 @@ import time
 from types import TracebackType
 from typing import Any
 
-log = logging.getLogger("convert.progress")
+log = logging.getLogger(__name__)
 
 PLAIN_EVERY_S = 15.0
 

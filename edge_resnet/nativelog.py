@@ -17,8 +17,8 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 
-# our own log records (edge_resnet.*, convert.*), with or without the journal's <N> prefix
-_OURS = re.compile(r"^(<\d>)?(DEBUG|INFO|WARNING|ERROR|CRITICAL) (edge_resnet|convert)[\w.]*: ")
+# our own log records (edge_resnet.*, the converter included), with or without the journal's <N> prefix
+_OURS = re.compile(r"^(<\d>)?(DEBUG|INFO|WARNING|ERROR|CRITICAL) edge_resnet[\w.]*: ")
 KNOWN_NOISE = frozenset({"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."})
 FAILURE_TAIL = 40  # lines of captured output shown when the wrapped call fails
 

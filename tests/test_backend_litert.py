@@ -16,8 +16,8 @@ pytest.importorskip("ai_edge_quantizer")
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from convert import backend_litert, edgetpu, onnx_model, tflite_io  # noqa: E402
-from convert.quantize import sqnr_db  # noqa: E402
+from edge_resnet.convert import backend_litert, edgetpu, onnx_model, tflite_io  # noqa: E402
+from edge_resnet.convert.quantize import sqnr_db  # noqa: E402
 from edge_resnet.errors import ModelError  # noqa: E402
 from edge_resnet.preprocess import PRESETS  # noqa: E402
 

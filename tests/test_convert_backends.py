@@ -18,7 +18,7 @@ import pytest
 from packaging.markers import Marker
 from packaging.requirements import Requirement
 
-from convert import backend_litert, backends
+from edge_resnet.convert import backend_litert, backends
 from edge_resnet.errors import DependencyError, ExitCode
 from tests.conftest import run_cli
 

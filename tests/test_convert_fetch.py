@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from convert import fetch
+from edge_resnet.convert import fetch
 from edge_resnet.errors import InputError, ModelError
 from tests.conftest import run_cli
 

@@ -21,11 +21,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-import convert.quantize
-from convert import edgetpu
-from convert.pipeline import ConvertJob, ConvertResult, run
+import edge_resnet.convert.quantize
 from edge_resnet.bundle import read_model
 from edge_resnet.classify import Classifier
+from edge_resnet.convert import edgetpu
+from edge_resnet.convert.pipeline import ConvertJob, ConvertResult, run
 from edge_resnet.engine import Engine
 from edge_resnet.errors import DependencyError
 from edge_resnet.images import load_image
@@ -96,7 +96,7 @@ def r18v1(work: Path, calib_with_corrupt: Path, samples_dir: Path) -> Iterator[t
     onnx.save(make_resnet(18, 1, input_size=SIZE), str(onnx_path))
     rec = _Recorder()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(convert.quantize, "offline", nullcontext)
+        mp.setattr(edge_resnet.convert.quantize, "offline", nullcontext)
         rec.patch(mp)
         result = run(
             ConvertJob(
@@ -266,10 +266,11 @@ def test_mobilenet_v2_convert_stderr_is_ours_and_short(
     assert len(lines) <= 30, "\n".join(lines)
     assert all(re.match(r"^(INFO|WARNING) (convert|edge_resnet)[\w.]*: ", ln) for ln in lines), "\n".join(lines)
     assert not any("TensorSpec" in ln or "Unable to register" in ln or "XNNPACK delegate" in ln for ln in lines)
-    said = [ln for ln in lines if "convert.pipeline: evaluation:" in ln]
+    said = [ln for ln in lines if "edge_resnet.convert.pipeline: evaluation:" in ln]
     assert len(said) == 1 and "800" in said[0]
-    progress = [ln for ln in lines if "convert.progress: evaluating:" in ln]
-    assert len(progress) >= 2 and progress[-1].startswith("INFO convert.progress: evaluating: 800/800"), progress
+    progress = [ln for ln in lines if "edge_resnet.convert.progress: evaluating:" in ln]
+    last = "INFO edge_resnet.convert.progress: evaluating: 800/800"
+    assert len(progress) >= 2 and progress[-1].startswith(last), progress
 
 
 def test_mobilenet_v2_report_meets_the_fidelity_goal(mobilenet: Path, samples_dir: Path) -> None:

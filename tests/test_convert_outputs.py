@@ -27,8 +27,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from convert.calibration import Item
-from convert.pipeline import ConvertJob, plan_evaluation
+from edge_resnet.convert.calibration import Item
+from edge_resnet.convert.pipeline import ConvertJob, plan_evaluation
 from edge_resnet.errors import ExitCode
 from edge_resnet.preprocess import PRESETS
 from tests.conftest import REPO, run_cli
@@ -104,7 +104,7 @@ def test_broken_calibration_images_without_eval(work: Path, samples_dir: Path, t
     proc = run_cli("convert", str(tiny_onnx), "--calib", str(calib), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
-    said = [i for i, ln in enumerate(lines) if "convert.pipeline: evaluation:" in ln]
+    said = [i for i, ln in enumerate(lines) if "edge_resnet.convert.pipeline: evaluation:" in ln]
     assert len(said) == 1 and "none" in lines[said[0]] and "--eval" in lines[said[0]], proc.stderr
     first_stage = next(i for i, ln in enumerate(lines) if "onnx2tf float model" in ln)
     assert said[0] < first_stage

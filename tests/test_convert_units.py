@@ -14,9 +14,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from convert import bias_correction, calibration, edgetpu, onnx_model, ranges, verify
-from convert.offline import NetworkAccessError, offline
-from convert.quantize import sqnr_db
+from edge_resnet.convert import bias_correction, calibration, edgetpu, onnx_model, ranges, verify
+from edge_resnet.convert.offline import NetworkAccessError, offline
+from edge_resnet.convert.quantize import sqnr_db
 from edge_resnet.errors import InputError, ModelError, VerificationError
 from edge_resnet.preprocess import PRESETS
 from tests.helpers.resnet_onnx import make_resnet

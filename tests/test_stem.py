@@ -16,9 +16,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from convert import onnx_model, stem
-from convert.pipeline import ConvertJob, ConvertResult, run
 from edge_resnet.bench import delegation
+from edge_resnet.convert import onnx_model, stem
+from edge_resnet.convert.pipeline import ConvertJob, ConvertResult, run
 from edge_resnet.engine import Engine
 from edge_resnet.preprocess import PRESETS
 from tests.helpers.resnet_onnx import make_resnet
@@ -95,7 +95,7 @@ def test_asymmetric_padding_5x5_and_9x9_stems_are_exact(opset: int) -> None:
 
 
 def test_non_stems_are_left_unchanged_with_a_reason(models_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="convert.stem")
+    caplog.set_level(logging.INFO, logger="edge_resnet.convert.stem")
     mobilenet = onnx_model.load(models_dir / "mobilenet_v2_1.0_224.onnx")
     cases = [
         (mobilenet, "kernel 3x3"),  # 3x3/2 stem: not worth 2x2 on 12 channels
@@ -177,7 +177,7 @@ def test_cli_flag_turns_the_rewrite_off(monkeypatch: pytest.MonkeyPatch, tmp_pat
         jobs.append(job)
         raise SystemExit(0)
 
-    monkeypatch.setattr("convert.pipeline.run", fake_run)
+    monkeypatch.setattr("edge_resnet.convert.pipeline.run", fake_run)
     for extra, expected in (([], True), (["--no-stem-rewrite"], False)):
         argv = ["convert", "m.onnx", "--calib", str(tmp_path), "--out", str(tmp_path), *extra]
         args = build_parser(argv).parse_args(argv)

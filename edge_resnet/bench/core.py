@@ -399,7 +399,7 @@ def _ort_int8_path(
     data = calibration_tensors((load_image(f) for f in files), spec, tensor)
     tmp = out.with_name(out.name + ".partial.onnx")
     try:  # workstation-only quantization lives with the converter
-        from convert.ort_quantize import quantize_onnx
+        from edge_resnet.convert.ort_quantize import quantize_onnx
     except ImportError as e:
         raise DependencyError(f"the onnxruntime INT8 reference needs the converter ({e}); {ORT_INSTALL}") from None
     quantize_onnx(opts.onnx or "", tmp, data, progress, opts.ort_activations)

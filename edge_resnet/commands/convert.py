@@ -106,9 +106,9 @@ def spec_from_args(args: argparse.Namespace) -> PreprocessSpec:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from convert.backends import choose
-        from convert.pipeline import ConvertJob
-        from convert.pipeline import run as convert_run
+        from edge_resnet.convert.backends import choose
+        from edge_resnet.convert.pipeline import ConvertJob
+        from edge_resnet.convert.pipeline import run as convert_run
     except ImportError:
         raise DependencyError('conversion needs the convert extra: pip install "edge-resnet[convert]"') from None
     choose(args.backend)  # a path that is not installed fails here, before images are loaded

@@ -182,7 +182,7 @@ def labels_for_1000(path: Path, work: Path) -> Path:
 def convert_model(args: argparse.Namespace, work: Path, images_dir: Path) -> Path:
     """ONNX (given or ResNet-50 v1 downloaded) -> verified INT8 bundle, through the convert package."""
     try:  # the workstation-only extra, imported by name: the device install does not have it
-        convert_pipeline: Any = importlib.import_module("convert.pipeline")
+        convert_pipeline: Any = importlib.import_module("edge_resnet.convert.pipeline")
     except ImportError as e:
         raise DependencyError(
             f"converting needs the convert extra ({e}); pip install 'edge-resnet[convert]', "
@@ -190,7 +190,7 @@ def convert_model(args: argparse.Namespace, work: Path, images_dir: Path) -> Pat
         ) from None
     from ..preprocess import preset
 
-    onnx_model: Any = importlib.import_module("convert.onnx_model")
+    onnx_model: Any = importlib.import_module("edge_resnet.convert.onnx_model")
 
     def classifier(path: Path) -> None:  # as `edge-resnet fetch` checks the zoo's files
         onnx_model.load_classifier(path)

@@ -25,7 +25,7 @@ def register(sub: Any, name: str, helptext: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from convert.fetch import fetch
+        from edge_resnet.convert.fetch import fetch
     except ImportError:
         raise DependencyError('fetching models needs the convert extra: pip install "edge-resnet[convert]"') from None
 

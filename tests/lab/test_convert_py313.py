@@ -176,7 +176,7 @@ def test_generated_resnet_dynamic_batch_uint8(py313: Py313, figure: Callable[[st
     assert ev["logit_sqnr_db"] >= 25.0, ev
     pre = py313.fs.run(
         f"{VENV}/bin/python -c \"import json; from edge_resnet.bundle import read_model; "
-        "from convert.edgetpu import preflight; "
+        "from edge_resnet.convert.edgetpu import preflight; "
         f"print(json.dumps(preflight(read_model('{rep['_bundle']}').flatbuffer)))\""
     )
     flight = json.loads(pre.stdout.strip().splitlines()[-1])
