@@ -73,6 +73,15 @@ class MqttConfig:
         tls = u.scheme == "mqtts"
         return u.hostname, port if port is not None else (8883 if tls else 1883), tls
 
+    def clear_text_password(self) -> str | None:
+        """Anyone on the path between device and broker reads a password sent over plain mqtt://; one
+        message for `config check` (before the password is even on the device) and the running daemon."""
+        host, port, tls = self.endpoint()
+        if self.username is None or tls or host in ("127.0.0.1", "::1", "localhost"):
+            return None
+        return (f"[mqtt] the password for {self.username!r} goes to {host}:{port} in clear text (mqtt://); "
+                "use mqtts:// with [mqtt] ca_file, or a broker on this machine")
+
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """Parse `HOST:PORT` (or `[v6]:PORT`, or `:PORT` for all interfaces) into (host, port)."""

@@ -64,6 +64,24 @@ def test_bad_config_names_key_and_fix(tmp_path: Path, text: str, needles: list[s
         assert n in msg, msg
 
 
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [("mqtt://broker.lan", True), ("mqtt://10.0.0.5:1884", True), ("mqtts://broker.lan", False),
+     ("mqtt://127.0.0.1", False), ("mqtt://localhost:1883", False)],
+)
+def test_config_check_warns_of_a_password_over_plain_mqtt(tmp_path: Path, url: str, warned: bool) -> None:
+    """Before the device is set up: the password need not be in this environment to be warned about."""
+    p = write(tmp_path, f'[model]\npath = "m.tflite"\n[mqtt]\nurl = "{url}"\nusername = "cam"\n')
+    r = run_cli("config", "check", str(p))
+    assert r.returncode == 0, r.stderr
+    clear = [ln for ln in r.stdout.splitlines() if "clear text" in ln]
+    assert len(clear) == int(warned), r.stdout
+    if warned:
+        assert clear[0].startswith("warning: [mqtt] the password for 'cam' goes to ") and "mqtts://" in clear[0]
+    p = write(tmp_path, f'[model]\npath = "m.tflite"\n[mqtt]\nurl = "{url}"\n')
+    assert "clear text" not in run_cli("config", "check", str(p)).stdout, "no username, no password to leak"
+
+
 def test_config_check_cli_bad_exit_3(tmp_path: Path) -> None:
     p = write(tmp_path, '[source]\ntype = "file"\npath = "a.mp4"\nspeed = 2\n')
     r = run_cli("config", "check", str(p))

@@ -24,8 +24,9 @@ def register(sub: Any, name: str, helptext: str) -> None:
     c.set_defaults(func=check)
 
 
-def missing_files(cfg: configmod.Config) -> list[str]:
-    """Files the config names that are not there (warnings: they may exist on the device only)."""
+def warnings_for(cfg: configmod.Config) -> list[str]:
+    """Files the config names that are not there (warnings: they may exist on the device only), and a
+    password that would cross the network in clear text."""
     out = []
     named: list[tuple[str, str | None]] = [("[model] path", cfg.model.path), ("[model] labels", cfg.model.labels)]
     if cfg.mqtt is not None:
@@ -38,6 +39,8 @@ def missing_files(cfg: configmod.Config) -> list[str]:
             out.append(f"{key}: {value} does not exist here")
     if cfg.mqtt is not None and cfg.mqtt.username and not os.environ.get(cfg.mqtt.password_env):
         out.append(f"[mqtt] username is set but ${cfg.mqtt.password_env} is empty here")
+    if cfg.mqtt is not None and (clear := cfg.mqtt.clear_text_password()):
+        out.append(clear)
     return out
 
 
@@ -45,6 +48,6 @@ def check(args: argparse.Namespace) -> int:
     cfg = configmod.load(args.file)
     print(f"OK: {args.file}")
     print(configmod.summary(cfg))
-    for w in missing_files(cfg):
+    for w in warnings_for(cfg):
         print(f"warning: {w}")
     return 0

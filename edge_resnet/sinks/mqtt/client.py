@@ -157,14 +157,9 @@ class MqttSink:
                     cfg.password_env,
                 )
             c.username_pw_set(cfg.username, password)
-            if password and not self.tls and self.host not in ("127.0.0.1", "::1", "localhost"):
-                log.warning(
-                    "mqtt: the password for %r goes to %s:%d in clear text (mqtt://); use mqtts:// with "
-                    "[mqtt] ca_file, or a broker on this machine",
-                    cfg.username,
-                    self.host,
-                    self.port,
-                )
+            clear = cfg.clear_text_password()
+            if password and clear:
+                log.warning("mqtt: %s", clear)
         if self.tls:
             try:
                 c.tls_set(ca_certs=cfg.ca_file, cert_reqs=ssl.CERT_REQUIRED)
