@@ -75,8 +75,10 @@ def test_half_given_normalisation_is_a_config_error(tmp_path: Path, tiny_onnx: P
 
 
 def test_without_the_convert_extra(tmp_path: Path, tiny_onnx: Path) -> None:
-    """A device install has no `convert` package: one line with the pip command."""
-    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['convert'] = None\n")
+    """A device install has edge_resnet.convert but none of the convert extra's packages: one line
+    with the pip command."""
+    extra = ["onnx", "onnxruntime", "onnx2tf", "tensorflow", "ai_edge_quantizer", "tqdm", "psutil"]
+    (tmp_path / "sitecustomize.py").write_text(f"import sys\nsys.modules.update(dict.fromkeys({extra!r}))\n")
     convert = ["convert", str(tiny_onnx), "--calib", str(tmp_path), "--out", str(tmp_path)]
     for cmd in (convert, ["fetch", "resnet18-v1"]):
         proc = run_cli(*cmd, env={"PYTHONPATH": str(tmp_path)})
