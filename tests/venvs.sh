@@ -28,6 +28,8 @@ venv .venv "$key" -e ".[convert,dev]"
 venv .venv-device "$key" "$ROOT" pytest hypothesis
 venv .venv-old "$key" "numpy<2" "tflite-runtime==2.14.0" "opencv-python-headless<4.12" "paho-mqtt>=2,<3" pytest hypothesis
 # the device environments get this checkout's code (the old one without dependency resolution:
-# tflite-runtime instead of ai-edge-litert)
+# tflite-runtime instead of ai-edge-litert). setuptools packs whatever an earlier build left in
+# build/lib (a module since moved or deleted would ship again), so each install starts without it.
+rm -rf "$ROOT/build"
 .venv-device/bin/pip install -q --no-deps --force-reinstall "$ROOT" > .venv-device.pip.log 2>&1 || { cat .venv-device.pip.log; exit 1; }
 .venv-old/bin/pip install -q --no-deps --force-reinstall "$ROOT" > .venv-old.pip.log 2>&1 || { cat .venv-old.pip.log; exit 1; }
