@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -27,24 +26,12 @@ import numpy.typing as npt
 import onnx
 
 from edge_resnet.errors import DependencyError, ModelError
-from edge_resnet.nativelog import filtered_stderr, ours
 
-from . import bias_correction, ranges, tflite_io
+from . import ranges, tflite_io
 from .offline import offline
 from .onnx_model import PIXEL_INPUT, OnnxInfo
 from .progress import Progress
-from .quantize import (
-    ONNX2TF_SAMPLE,
-    SCORE_IMAGES,
-    Quantized,
-    RangeMethod,
-    _Candidate,
-    _chdir,
-    _name,
-    _Stages,
-    onnx2tf_sample,
-    sqnr_db,
-)
+from .quantize import Quantized, RangeMethod, _Stages, choose, run_onnx2tf
 
 log = logging.getLogger(__name__)
 
@@ -89,33 +76,19 @@ def build_float(prepared: onnx.ModelProto, info: OnnxInfo, workdir: Path, images
     except ImportError:
         raise DependencyError('conversion needs the convert extra: pip install "edge-resnet[convert]"') from None
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    onnx_path = workdir / "model.onnx"
-    onnx.save(prepared, str(onnx_path))
-    # onnx2tf downloads sample images unless this file is in its working folder
-    np.save(workdir / ONNX2TF_SAMPLE, onnx2tf_sample(images))
     nhwc = [PIXEL_INPUT] if info.layout == "NHWC" else None
     out = workdir / "tflite"
-    t0 = time.perf_counter()
-    with _chdir(workdir), offline(), _venv_bin_on_path(), contextlib.redirect_stdout(sys.stderr):
-        try:
-            onnx2tf.convert(
-                input_onnx_file_path=str(onnx_path),
-                output_folder_path=str(out),
-                tflite_backend="flatbuffer_direct",
-                keep_nwc_or_nhwc_or_ndhwc_input_names=nhwc,
-                keep_shape_absolutely_input_names=nhwc,
-                non_verbose=True,
-            )
-        except SystemExit:
-            raise ModelError(
-                f"onnx2tf could not convert {info.path.name} (see its messages with -v); "
-                "check the model runs in onnxruntime, or report the failing op"
-            ) from None
+    seconds = run_onnx2tf(
+        onnx2tf.convert, prepared, info, workdir, images, _venv_bin_on_path(), "see its messages with -v",
+        output_folder_path=str(out),
+        tflite_backend="flatbuffer_direct",
+        keep_nwc_or_nhwc_or_ndhwc_input_names=nhwc,
+        keep_shape_absolutely_input_names=nhwc,
+    )
     path = out / "model_float32.tflite"
     if not path.is_file():
         raise ModelError(f"onnx2tf wrote no float TFLite model for {info.path.name}; run with -v to see why")
-    log.info("onnx2tf float model built in %.1f s", time.perf_counter() - t0)
+    log.info("onnx2tf float model built in %.1f s", seconds)
     return path.read_bytes()
 
 
@@ -412,66 +385,30 @@ def quantize(
     input_type: InputType = "int8",
 ) -> Quantized:
     """Float build, statistics, then MSE / min-max ranges and bias correction, the best by output SQNR."""
-    timings: dict[str, float] = {}
     methods: tuple[str, ...] = ("mse", "minmax") if range_method == "auto" else (range_method,)
     with Progress("converting", 2 + len(methods) + int(correct_bias), unit="stage") as bar:
         stage = _Stages(bar)
-        t = time.perf_counter()
-        with stage("onnx2tf float model"):
+        with stage("onnx2tf float model", "onnx2tf_s"):
             float_tflite = build_float(prepared, info, workdir, images)
-        timings["onnx2tf_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        with stage("activation statistics"):
+        with stage("activation statistics", "calibrate_s"):
             stats = Statistics(float_tflite, images)
             to_quantize, ties, padv2 = for_int8(float_tflite, stats)
-        timings["calibrate_s"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        score_images = images[:SCORE_IMAGES]
-        with filtered_stderr(ours):
-            ref = tflite_io.outputs(float_tflite, score_images)
+        def int8(method: str) -> tuple[bytes, dict[str, Any], bytes]:
+            act, range_stats = stats.ranges(method)
+            act.update({dst: act[src] for dst, src in ties.items()})
+            return to_int8(to_quantize, act, images), range_stats, float_tflite
 
-        def scored(c: _Candidate) -> _Candidate:
-            out = tflite_io.outputs(c.model, score_images)
-            c.sqnr_db = sqnr_db(ref, out)
-            c.agreement_pct = float(np.mean(out.argmax(axis=1) == ref.argmax(axis=1)) * 100.0)
-            return c
-
-        candidates: list[_Candidate] = []
-        for method in methods:
-            with stage(f"{method} ranges"):
-                act, range_stats = stats.ranges(method)
-                act.update({dst: act[src] for dst, src in ties.items()})
-                candidates.append(scored(_Candidate(method, False, to_int8(to_quantize, act, images), range_stats,
-                                                    {"layers": 0})))
-        best = max(candidates, key=lambda c: c.sqnr_db)
-        if correct_bias:
-            with stage("bias correction"):
-                fixed, bias_stats = bias_correction.correct(best.model, float_tflite, images)
-                candidates.append(scored(_Candidate(best.ranges, True, fixed, best.range_stats, bias_stats)))
-            best = max(candidates, key=lambda c: c.sqnr_db)
-        timings["refine_s"] = time.perf_counter() - t
-    log.info(
-        "quantization candidates (output SQNR on %d calibration images): %s; keeping %s",
-        len(score_images), ", ".join(f"{_name(c)} {c.sqnr_db:.1f} dB" for c in candidates), _name(best),
-    )
+        choice = choose(float_tflite, images, methods, int8, correct_bias, stage)
+    best = choice.best
     model = with_uint8_input(best.model) if input_type == "uint8" else best.model
     details = {
         "backend": "onnx2tf flatbuffer_direct + ai-edge-quantizer (no TensorFlow)",
-        "method": _name(best),
-        "range_method": best.ranges,
-        "ranges": best.range_stats,
-        "bias_correction": best.bias_stats if best.bias_corrected else {"layers": 0, "rejected": correct_bias},
-        "candidates": [
-            {"method": _name(c), "calib_sqnr_db": round(c.sqnr_db, 2), "calib_agreement_pct": round(c.agreement_pct, 1)}
-            for c in candidates
-        ],
-        "weights": "int8 per-channel",
-        "activations": "int8 per-tensor",
+        **choice.report(log),
         "maxpool_padding": f"{padv2} PADV2(-inf) -> PAD(0) on non-negative inputs" if padv2 else "none rewritten",
         "input": ("uint8 pixels (normalisation folded into the model)" if input_type == "uint8"
                   else "int8 pixels: scale 1, zero point -128 (normalisation folded into the model)"),
         "output": "int8",
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "timings_s": stage.timings_s(),
     }
     return Quantized(float_tflite, model, details)

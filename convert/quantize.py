@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -66,7 +66,7 @@ def _chdir(path: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _stop_after_saved_model() -> Iterator[None]:
-    """Let onnx2tf write its SavedModel, then stop it.
+    """Let onnx2tf write its SavedModel, then stop it (the stop is ours, so it ends the block quietly).
 
     Its next steps convert the Keras model to float32, float16, dynamic-range and four calibrated
     INT8 variants; the Keras-path float conversion alone is minutes for a ResNet-18, while
@@ -84,6 +84,8 @@ def _stop_after_saved_model() -> Iterator[None]:
         c.convert = stop
     try:
         yield
+    except _FloatDone:
+        pass
     finally:
         for c, orig in zip(classes, originals, strict=True):
             c.convert = orig
@@ -97,41 +99,57 @@ def onnx2tf_sample(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     return out
 
 
+def run_onnx2tf(
+    convert: Callable[..., Any],
+    prepared: onnx.ModelProto,
+    info: OnnxInfo,
+    workdir: Path,
+    images: npt.NDArray[np.uint8],
+    around: contextlib.AbstractContextManager[Any],
+    see: str,
+    **options: Any,
+) -> float:
+    """onnx2tf (`convert`, 1.x or 2.x) on the pixel-input model the way both paths need it; returns its seconds.
+
+    It runs in `workdir` with our sample images there (else it downloads some), offline, inside
+    `around`; its exit on a failed op becomes a ModelError pointing at its messages (`see`).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    onnx_path = workdir / "model.onnx"
+    onnx.save(prepared, str(onnx_path))
+    np.save(workdir / ONNX2TF_SAMPLE, onnx2tf_sample(images))
+    t0 = time.perf_counter()
+    # onnx2tf and Keras print progress to stdout; keep stdout for the command's own result
+    with _chdir(workdir), offline(), around, contextlib.redirect_stdout(sys.stderr):
+        try:
+            convert(input_onnx_file_path=str(onnx_path), non_verbose=True, **options)
+        except SystemExit:
+            raise ModelError(
+                f"onnx2tf could not convert {info.path.name} ({see}); "
+                "check the model runs in onnxruntime, or report the failing op"
+            ) from None
+    return time.perf_counter() - t0
+
+
 def build_float(prepared: onnx.ModelProto, info: OnnxInfo, workdir: Path, images: npt.NDArray[np.uint8]) -> Path:
     """Run onnx2tf on the pixel-input model; returns its SavedModel folder."""
     import onnx2tf
 
     workdir.mkdir(parents=True, exist_ok=True)
-    onnx_path = workdir / "model.onnx"
-    onnx.save(prepared, str(onnx_path))
-    np.save(workdir / ONNX2TF_SAMPLE, onnx2tf_sample(images))
     np.save(workdir / "calib.npy", images[:4].astype(np.float32))
     zeros = np.zeros((1, 1, 1, 3), np.float32)
     ones = np.ones((1, 1, 1, 3), np.float32)
-    keep_nhwc = [PIXEL_INPUT] if info.layout == "NHWC" else None
     out = workdir / "tf"
-    t0 = time.perf_counter()
-    # onnx2tf and Keras print progress to stdout; keep stdout for the command's own result
-    with _chdir(workdir), offline(), _stop_after_saved_model(), contextlib.redirect_stdout(sys.stderr):
-        try:
-            onnx2tf.convert(
-                input_onnx_file_path=str(onnx_path),
-                output_folder_path=str(out),
-                output_integer_quantized_tflite=True,
-                custom_input_op_name_np_data_path=[[PIXEL_INPUT, "calib.npy", zeros, ones]],
-                keep_nwc_or_nhwc_or_ndhwc_input_names=keep_nhwc,
-                non_verbose=True,
-            )
-        except _FloatDone:
-            pass
-        except SystemExit:
-            raise ModelError(
-                f"onnx2tf could not convert {info.path.name} (see its messages above); "
-                "check the model runs in onnxruntime, or report the failing op"
-            ) from None
+    seconds = run_onnx2tf(
+        onnx2tf.convert, prepared, info, workdir, images, _stop_after_saved_model(), "see its messages above",
+        output_folder_path=str(out),
+        output_integer_quantized_tflite=True,
+        custom_input_op_name_np_data_path=[[PIXEL_INPUT, "calib.npy", zeros, ones]],
+        keep_nwc_or_nhwc_or_ndhwc_input_names=[PIXEL_INPUT] if info.layout == "NHWC" else None,
+    )
     if not (out / "saved_model.pb").is_file():
         raise ModelError(f"onnx2tf produced no TensorFlow model for {info.path.name}; see its messages above")
-    log.info("onnx2tf float model built in %.1f s", time.perf_counter() - t0)
+    log.info("onnx2tf float model built in %.1f s", seconds)
     return out
 
 
@@ -209,50 +227,109 @@ def quantize(
     top-1 agreement on MobileNet v2 and costs SQNR on a pre-activation ResNet), so each candidate
     is scored by its output SQNR against the FP32 model on calibration images and the best kept.
     """
-    timings: dict[str, float] = {}
     methods: tuple[str, ...] = ("mse", "minmax") if range_method == "auto" else (range_method,)
     with Progress("converting", 3 + len(methods) + int(correct_bias), unit="stage") as bar:
         stage = _Stages(bar)
-        t = time.perf_counter()
-        with stage("onnx2tf float model"):
+        with stage("onnx2tf float model", "onnx2tf_s"):
             saved = build_float(prepared, info, workdir, images)
-        timings["onnx2tf_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        with stage("float TFLite"):
+        with stage("float TFLite", "float_tflite_s"):
             float_tflite = to_float(saved)
-        timings["float_tflite_s"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        with stage("calibrating activation ranges"):
+        with stage("calibrating activation ranges", "calibrate_s"):
             calibrated = calibrate(saved, images)
-        timings["calibrate_s"] = time.perf_counter() - t
-        return _refine(float_tflite, calibrated, images, methods, correct_bias, timings, stage)
+
+        def int8(method: str) -> tuple[bytes, dict[str, Any], bytes]:
+            refined, range_stats = ranges.refine(calibrated, images, method)
+            return to_int8(refined), range_stats, refined
+
+        choice = choose(float_tflite, images, methods, int8, correct_bias, stage)
+        details = {
+            **choice.report(log),
+            "input": "uint8 pixels (normalisation folded into the model)",
+            "output": "int8",
+            "timings_s": stage.timings_s(),
+        }
+        return Quantized(float_tflite, choice.best.model, details)
 
 
 class _Stages:
-    """One conversion stage: a step of the progress bar, TensorFlow's own printing captured (shown with -v)."""
+    """One conversion stage: a step of the progress bar, TensorFlow's own printing captured (shown with -v),
+    its time kept under `timing` for the report."""
 
     def __init__(self, bar: Progress) -> None:
         self.bar = bar
+        self.timings: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
+    def __call__(self, name: str, timing: str | None = None) -> Iterator[None]:
+        t = time.perf_counter()
         self.bar.note(name)
         with filtered_stderr(ours, self.bar.write):
             yield
         self.bar.update()
+        if timing is not None:
+            self.timings[timing] = time.perf_counter() - t
+
+    def timings_s(self) -> dict[str, float]:
+        """The report's `timings_s`: seconds per timed step, in the order they ran."""
+        return {k: round(v, 2) for k, v in self.timings.items()}
 
 
-def _refine(
+def _name(c: _Candidate) -> str:
+    return f"{c.ranges} ranges" + (" + bias correction" if c.bias_corrected else "")
+
+
+# method -> (int8 model, range stats, the float model whose weights the int8 model rounded)
+Int8Maker = Callable[[str], tuple[bytes, dict[str, Any], bytes]]
+
+
+@dataclass
+class Choice:
+    """The kept INT8 model and every candidate scored, so each path logs and reports them alike."""
+
+    best: _Candidate
+    candidates: list[_Candidate]
+    scored_on: int
+    correct_bias: bool
+
+    def report(self, logger: logging.Logger) -> dict[str, Any]:
+        """Log the candidates' SQNR on the path's `logger` and return the report fields both paths share.
+
+        Separate from `choose` because the TensorFlow-free path logs this after its progress bar closes.
+        """
+        best, candidates = self.best, self.candidates
+        logger.info(
+            "quantization candidates (output SQNR on %d calibration images): %s; keeping %s",
+            self.scored_on, ", ".join(f"{_name(c)} {c.sqnr_db:.1f} dB" for c in candidates), _name(best),
+        )
+        not_corrected = {"layers": 0, "rejected": self.correct_bias}
+        return {
+            "method": _name(best),
+            "range_method": best.ranges,
+            "ranges": best.range_stats,
+            "bias_correction": best.bias_stats if best.bias_corrected else not_corrected,
+            "candidates": [
+                {"method": _name(c), "calib_sqnr_db": round(c.sqnr_db, 2),
+                 "calib_agreement_pct": round(c.agreement_pct, 1)}
+                for c in candidates
+            ],
+            "weights": "int8 per-channel",
+            "activations": "int8 per-tensor",
+        }
+
+
+def choose(
     float_tflite: bytes,
-    calibrated: bytes,
     images: npt.NDArray[np.uint8],
     methods: tuple[str, ...],
+    int8: Int8Maker,
     correct_bias: bool,
-    timings: dict[str, float],
     stage: _Stages,
-) -> Quantized:
-    """Range candidates, then bias correction on the better one; the best by output SQNR is kept."""
+) -> Choice:
+    """Range candidates, then bias correction on the better one; the best by output SQNR is kept.
+
+    Both conversion paths make their INT8 models differently (`int8`) but must choose between them
+    the same way, scored against the same float model on the same images.
+    """
     t = time.perf_counter()
     score_images = images[:SCORE_IMAGES]
     with filtered_stderr(ours):
@@ -267,43 +344,19 @@ def _refine(
     # Ranges first, then bias correction on the better ranges only: each bias pass runs the INT8
     # model without XNNPACK, the slowest step on deep networks.
     candidates: list[_Candidate] = []
-    refined_by: dict[str, bytes] = {}
+    weights_of: dict[str, bytes] = {}
     for method in methods:
         with stage(f"{method} ranges"):
-            refined, range_stats = ranges.refine(calibrated, images, method)
-            refined_by[method] = refined
-            candidates.append(scored(_Candidate(method, False, to_int8(refined), range_stats, {"layers": 0})))
+            model, range_stats, weights_of[method] = int8(method)
+            candidates.append(scored(_Candidate(method, False, model, range_stats, {"layers": 0})))
     best = max(candidates, key=lambda c: c.sqnr_db)
     if correct_bias:
         with stage("bias correction"):
-            fixed, bias_stats = bias_correction.correct(best.model, refined_by[best.ranges], images)
+            fixed, bias_stats = bias_correction.correct(best.model, weights_of[best.ranges], images)
             candidates.append(scored(_Candidate(best.ranges, True, fixed, best.range_stats, bias_stats)))
         best = max(candidates, key=lambda c: c.sqnr_db)
-    timings["refine_s"] = time.perf_counter() - t
-    log.info(
-        "quantization candidates (output SQNR on %d calibration images): %s; keeping %s",
-        len(score_images), ", ".join(f"{_name(c)} {c.sqnr_db:.1f} dB" for c in candidates), _name(best),
-    )
-    details = {
-        "method": _name(best),
-        "range_method": best.ranges,
-        "ranges": best.range_stats,
-        "bias_correction": best.bias_stats if best.bias_corrected else {"layers": 0, "rejected": correct_bias},
-        "candidates": [
-            {"method": _name(c), "calib_sqnr_db": round(c.sqnr_db, 2), "calib_agreement_pct": round(c.agreement_pct, 1)}
-            for c in candidates
-        ],
-        "weights": "int8 per-channel",
-        "activations": "int8 per-tensor",
-        "input": "uint8 pixels (normalisation folded into the model)",
-        "output": "int8",
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
-    }
-    return Quantized(float_tflite, best.model, details)
-
-
-def _name(c: _Candidate) -> str:
-    return f"{c.ranges} ranges" + (" + bias correction" if c.bias_corrected else "")
+    stage.timings["refine_s"] = time.perf_counter() - t
+    return Choice(best, candidates, len(score_images), correct_bias)
 
 
 def sqnr_db(ref: npt.NDArray[np.float64], test: npt.NDArray[np.float64]) -> float:
