@@ -37,7 +37,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from faults import LABELS, MODEL, confident_photos, make_video  # noqa: E402
+from faults import LABELS, MODEL, confident_photos, make_video, wait_until  # noqa: E402
 
 from tests.helpers.broker import Broker, Subscriber, free_port  # noqa: E402
 
@@ -108,7 +108,7 @@ class Daemon:
         )
         self.err: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
-        if not wait(lambda: self.metric("frames_classified_total") > 0, 60):
+        if not wait_until(lambda: self.metric("frames_classified_total") > 0, 60):
             self.stop()
             raise RuntimeError("daemon did not become healthy:\n" + "\n".join(self.err[-20:]))
 
@@ -164,15 +164,6 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.p.kill()
         return self.p.returncode
-
-
-def wait(pred: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 # ----------------------------------------------------------------------------------- scenarios
@@ -335,7 +326,7 @@ def scenario_disk(work: Path, video: Path) -> None:
         finally:
             os.close(fd)
         t0 = time.monotonic()
-        got_degraded = wait(degraded, 30)
+        got_degraded = wait_until(degraded, 30)
         t_deg = time.monotonic() - t0
         n_ev = len(events())
         time.sleep(5)
@@ -358,8 +349,8 @@ def scenario_disk(work: Path, video: Path) -> None:
         _mount("-o", "remount,size=4m", str(tiny))
         seq_before = max((int(str(e.get("seq") or 0)) for e in events()), default=0)
         t0 = time.monotonic()
-        recovered = wait(lambda: d is not None and d.get("/healthz")[0] == 200, 30)
-        resumed = wait(lambda: max((int(str(e.get("seq") or 0)) for e in events()), default=0) > seq_before, 20)
+        recovered = wait_until(lambda: d is not None and d.get("/healthz")[0] == 200, 30)
+        resumed = wait_until(lambda: max((int(str(e.get("seq") or 0)) for e in events()), default=0) > seq_before, 20)
         print(
             f"disk: tmpfs grown to 4 MB: healthy again after {time.monotonic() - t0:.1f} s, "
             f"queued delivery resumed: {resumed}"
@@ -373,7 +364,7 @@ def scenario_disk(work: Path, video: Path) -> None:
         ro_mounted = _mount("-o", "remount,ro", str(tiny))
         n_ev = len(events())
         d = Daemon(work, video, mqtt=broker.url, state=tiny)
-        ro = wait(degraded, 30)
+        ro = wait_until(degraded, 30)
         code, body = d.get("/healthz")
         time.sleep(4)
         live = [e for e in events()[n_ev:] if e.get("stored") is False]
@@ -381,7 +372,7 @@ def scenario_disk(work: Path, video: Path) -> None:
             f"disk: read-only ({ro_mounted}): /healthz {code} {body.splitlines()[0][:140]!r}; {len(live)} events live"
         )
         _mount("-o", "remount,rw", str(tiny))
-        ro_back = wait(lambda: d is not None and d.get("/healthz")[0] == 200, 30)
+        ro_back = wait_until(lambda: d is not None and d.get("/healthz")[0] == 200, 30)
         check(ro_mounted and ro and ro_back and bool(live), "read-only queue: degraded, events live, then recovers")
         check(d.p.poll() is None and not any("Traceback" in ln for ln in d.err), "no exit, no traceback")
     finally:
@@ -424,7 +415,7 @@ def scenario_logs(work: Path, video: Path) -> None:
         )
         check(len(wrong) <= 2 and codes.count(429) > 0, "wrong passwords: throttled, at most a line or two now")
         n2 = len(d.err)
-        summary = wait(lambda: any("in the last minute" in ln for ln in d.err[n2:]), 70, step=1.0)
+        summary = wait_until(lambda: any("in the last minute" in ln for ln in d.err[n2:]), 70, step=1.0)
         later = d.err[n2:]
         for ln in later:
             print("    " + ln[:200])
