@@ -39,10 +39,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +50,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.helpers.broker import Broker, Subscriber, free_port  # noqa: E402
+from tests.helpers.run_child import RunChild, http_get  # noqa: E402
 from tests.helpers.video import Sample, pick_samples, write_folder, write_video  # noqa: E402
 
 DATA = Path(os.environ.get("EDGE_RESNET_DATA", REPO.parent / "shared" / "data")).resolve()
@@ -123,37 +121,19 @@ def make_video(path: Path, photos: Sequence[Sample], seconds_each: float = 1.0) 
 # ------------------------------------------------------------------------------------ the daemon
 
 
-class Daemon:
+class Daemon(RunChild):
     """`python -m edge_resnet run ARGS` as a child process; stderr kept (and written to `log`)."""
 
     def __init__(self, args: Sequence[str], state_dir: Path, log: Path, http_port: int | None = None) -> None:
         env = dict(os.environ, STATE_DIRECTORY=str(state_dir), PYTHONUNBUFFERED="1")
         for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM"):
             env.pop(k, None)
-        self.args = list(args)
         self.http_port = http_port
-        self.err: list[str] = []
         self._log = log.open("a", encoding="utf-8")
-        self._log.write(f"--- {time.strftime('%H:%M:%S')} run {' '.join(self.args)}\n")
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "edge_resnet", "run", *self.args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=REPO,
-        )
+        self._log.write(f"--- {time.strftime('%H:%M:%S')} run {' '.join(args)}\n")
+        super().__init__(args, env, log=self._log)
         self.pid = self.p.pid
-        self._pump_t = threading.Thread(target=self._pump, daemon=True)
-        self._pump_t.start()
-
-    def _pump(self) -> None:
-        assert self.p.stderr is not None
-        for line in self.p.stderr:
-            line = line.rstrip("\n")
-            self.err.append(line)
-            self._log.write(line + "\n")
-            self._log.flush()
+        self._pump_t = self.readers[0]
 
     @property
     def alive(self) -> bool:
@@ -162,13 +142,8 @@ class Daemon:
     def lines(self, text: str) -> list[str]:
         return [ln for ln in list(self.err) if text in ln]
 
-    def tail(self, n: int = 25) -> str:
-        return "\n".join(list(self.err)[-n:])
-
     def kill9(self) -> None:
-        if self.alive:
-            self.p.send_signal(signal.SIGKILL)
-            self.p.wait(10)
+        self.kill(10)
 
     def terminate(self, timeout: float = 10.0) -> tuple[int | None, float]:
         """SIGTERM; (exit code, seconds to exit)."""
@@ -192,13 +167,7 @@ class Daemon:
     # -- HTTP overlay ---------------------------------------------------------------------------
     def http(self, path: str, timeout: float = 3.0) -> tuple[int, str]:
         """(status, body); status 0 when nothing answers."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=timeout) as r:
-                return int(r.status), r.read().decode("utf-8", "replace")
-        except urllib.error.HTTPError as e:
-            return int(e.code), e.read().decode("utf-8", "replace")
-        except OSError as e:
-            return 0, str(e)
+        return http_get(f"http://127.0.0.1:{self.http_port}{path}", timeout)
 
     def healthz(self) -> tuple[int, str]:
         return self.http("/healthz")

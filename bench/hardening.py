@@ -35,8 +35,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,6 +46,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from faults import LABELS, MODEL, confident_photos, make_video, wait_until  # noqa: E402
 
 from tests.helpers.broker import Broker, Subscriber, free_port  # noqa: E402
+from tests.helpers.run_child import RunChild, http_get  # noqa: E402
 
 PASSWORD = "bench-pass"
 AUTH = "Basic " + base64.b64encode(f"viewer:{PASSWORD}".encode()).decode()
@@ -64,7 +63,7 @@ def check(ok: bool, what: str) -> None:
         FAILED.append(what)
 
 
-class Daemon:
+class Daemon(RunChild):
     """The CLI daemon as a child, with its config (auth on) and an optional fd limit."""
 
     def __init__(
@@ -97,37 +96,13 @@ class Daemon:
             if nofile:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "edge_resnet", "run", "--config", str(cfg)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=REPO,
-            preexec_fn=limit,
-        )
-        self.err: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
+        super().__init__(["--config", str(cfg)], env, preexec_fn=limit)
         if not wait_until(lambda: self.metric("frames_classified_total") > 0, 60):
             self.stop()
-            raise RuntimeError("daemon did not become healthy:\n" + "\n".join(self.err[-20:]))
-
-    def _pump(self) -> None:
-        assert self.p.stderr is not None
-        for line in self.p.stderr:
-            self.err.append(line.rstrip("\n"))
+            raise RuntimeError("daemon did not become healthy:\n" + self.tail(20))
 
     def get(self, path: str, timeout: float = 3.0, auth: str | None = AUTH) -> tuple[int, str]:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", headers={"Authorization": auth} if auth else {}
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return int(r.status), r.read().decode("utf-8", "replace")
-        except urllib.error.HTTPError as e:
-            return int(e.code), e.read().decode("utf-8", "replace")
-        except OSError as e:
-            return 0, str(e)
+        return http_get(f"http://127.0.0.1:{self.port}{path}", timeout, {"Authorization": auth} if auth else {})
 
     def metric(self, name: str) -> float:
         _, body = self.get("/metrics")

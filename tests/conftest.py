@@ -1,7 +1,7 @@
 """Shared fixtures: the test data folder (../shared/data, or $EDGE_RESNET_DATA); and the test layers.
 
 Every test is in one layer, a marker registered in pyproject.toml (`pytest -m unit`, ...):
-- `e2e`: through the CLI or a real child process (`run_cli`, subprocess);
+- `e2e`: through the CLI or a real child process (`run_cli`, `RunChild`, subprocess);
 - `component`: real files, test data, a model, a broker, a server or a temporary folder;
 - `unit`: pure functions on values built in the test (fast; no files, no data, no interpreter).
 A test may say its layer with the marker; otherwise it follows from what the test uses (below),
@@ -27,7 +27,7 @@ collect_ignore_glob = [] if importlib.util.find_spec("onnx") else ["test_convert
 
 LAYERS = ("unit", "component", "e2e")
 _PURE_FIXTURES = {"request", "capsys", "caplog", "recwarn"}  # pytest's own, touching nothing outside
-_CHILD = ("run_cli(", "subprocess.", "Popen(", "sys.executable")
+_CHILD = ("run_cli(", "RunChild(", "subprocess.", "Popen(", "sys.executable")
 
 
 def _layer(item: pytest.Item) -> str:

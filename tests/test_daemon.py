@@ -24,6 +24,7 @@ from edge_resnet.daemon import Daemon
 
 from .conftest import REPO, run_cli
 from .helpers.notify_socket import NotifySocket
+from .helpers.run_child import RunChild, http_get
 from .helpers.video import pick_samples, write_video
 
 
@@ -155,29 +156,11 @@ def test_camera_index_fatal_when_retry_is_off(
 # -- signals and systemd notifications, with a real process ---------------------------------------
 
 
-class Proc:
+class Proc(RunChild):
     """`edge-resnet run` as a child process, with its stdout and stderr read on threads."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        full = dict(os.environ)
-        full.update(env)
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "edge_resnet", "run", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=full,
-            cwd=REPO,
-        )
-        self.out: list[str] = []
-        self.err: list[str] = []
-        for stream, sink in ((self.p.stdout, self.out), (self.p.stderr, self.err)):
-            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(stream: Any, sink: list[str]) -> None:
-        for line in stream:
-            sink.append(line.rstrip("\n"))
+        super().__init__(args, {**os.environ, **env}, keep_stdout=True)
 
     def wait_for(self, pred: Any, timeout: float) -> bool:
         end = time.monotonic() + timeout
@@ -192,11 +175,6 @@ class Proc:
 
     def json_lines(self) -> list[dict[str, Any]]:
         return [json.loads(x) for x in list(self.out) if x.startswith("{")]
-
-    def kill(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait(5)
 
 
 @pytest.fixture()
@@ -490,9 +468,6 @@ def test_source_gone_30s_healthz_reports_it_and_resumes_within_5s(
 ) -> None:
     """Issue 7 must-show 3, through the CLI and /healthz: the video source disappears for 30 s; the
     daemon stays up and says so; classification resumes within 5 s of the source returning."""
-    import urllib.error
-    import urllib.request
-
     cam = tmp_path / "cam.avi"
     cam.write_bytes(video.read_bytes())
     port = _free_port()
@@ -506,13 +481,7 @@ def test_source_gone_30s_healthz_reports_it_and_resumes_within_5s(
     procs.append(proc)
 
     def healthz() -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError as e:
-            return 0, str(e)
+        return http_get(f"http://127.0.0.1:{port}/healthz", timeout=2)
 
     assert proc.wait_for(lambda: healthz()[0] == 200, 30), "\n".join(proc.err)
     cam.rename(tmp_path / "away.avi")

@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -18,11 +15,10 @@ import cv2
 import numpy as np
 
 from tests.helpers.broker import free_port
+from tests.helpers.run_child import RunChild
 from tests.helpers.video import pick_samples, write_video
 from tests.test_http import get, parse_prometheus
 from tests.test_overlay_browser import browser
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def read_parts(url: str, n: int, timeout: float = 10.0) -> list[bytes]:
@@ -53,17 +49,8 @@ def test_run_with_overlay(samples_dir: Path, mobilenet_quant: Path, labels_1001:
         f'[source]\ntype = "file"\npath = "{cam}"\nloop = true\nwatchdog_s = 1.0\nbackoff_max_s = 0.5\n'
         f'[http]\nlisten = "127.0.0.1:{port}"\n'
     )
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    p = subprocess.Popen(
-        [sys.executable, "-m", "edge_resnet", "run", "--config", str(cfg)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=REPO,
-    )
-    err: list[str] = []
-    threading.Thread(target=lambda: err.extend(line.rstrip() for line in p.stderr or []), daemon=True).start()
+    child = RunChild(["--config", str(cfg)], dict(os.environ, PYTHONUNBUFFERED="1"))
+    p, err = child.p, child.err
     url = f"http://127.0.0.1:{port}/"
     try:
         end = time.monotonic() + 30
@@ -114,6 +101,4 @@ def test_run_with_overlay(samples_dir: Path, mobilenet_quant: Path, labels_1001:
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(5)
+        child.kill()

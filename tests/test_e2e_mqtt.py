@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,45 +14,25 @@ from typing import Any
 from edge_resnet.classify import Classifier, read_labels
 from edge_resnet.engine import Engine
 from tests.helpers.broker import Broker, Subscriber, broker, retained
+from tests.helpers.run_child import RunChild
 from tests.helpers.video import Sample, pick_samples, write_video
 
 __all__ = ["broker"]  # the fixture
 
-REPO = Path(__file__).resolve().parents[1]
 N_PHOTOS = 10
 SECONDS_EACH = 2.0
 FPS = 10.0
 SIZE = (320, 240)
 
 
-class Daemon:
+class Daemon(RunChild):
     """`edge-resnet run` as a child process; stderr kept for failure messages."""
 
     def __init__(self, args: list[str], state_dir: Path) -> None:
-        env = dict(os.environ, STATE_DIRECTORY=str(state_dir), PYTHONUNBUFFERED="1")
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "edge_resnet", "run", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=REPO,
-        )
-        self.err: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
+        super().__init__(args, dict(os.environ, STATE_DIRECTORY=str(state_dir), PYTHONUNBUFFERED="1"))
 
-    def _pump(self) -> None:
-        assert self.p.stderr is not None
-        for line in self.p.stderr:
-            self.err.append(line.rstrip("\n"))
-
-    def tail(self) -> str:
-        return "\n".join(self.err[-30:])
-
-    def kill(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait(5)
+    def tail(self, n: int = 30) -> str:
+        return super().tail(n)
 
 
 def recognisable(samples_dir: Path, model: Path, labels: Path, tmp: Path) -> tuple[list[Sample], int]:
