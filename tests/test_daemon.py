@@ -4,10 +4,10 @@ inputs a user meets first (missing model, bad config, a camera index that does n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +23,7 @@ from edge_resnet.config import FileSource, ModelConfig, StdoutConfig
 from edge_resnet.daemon import Daemon
 
 from .conftest import REPO, run_cli
+from .helpers.broker import free_port
 from .helpers.notify_socket import NotifySocket
 from .helpers.run_child import RunChild, http_get
 from .helpers.video import pick_samples, write_video
@@ -38,6 +39,11 @@ def video(tmp_path_factory: pytest.TempPathFactory, samples_dir: Path) -> Path:
 @pytest.fixture()
 def state_env(tmp_path: Path) -> dict[str, str]:
     return {"STATE_DIRECTORY": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
+
+
+def run_args(model: Path, labels: Path, source: Path | str, *more: str) -> list[str]:
+    """`edge-resnet run` options: a model, its labels and a source, then `more`."""
+    return ["-m", str(model), "--labels", str(labels), "--source", str(source), *more]
 
 
 def test_run_prints_json_lines_and_exits_at_end_of_file(
@@ -78,18 +84,7 @@ def test_run_without_labels_publishes_imagenet_indices(
 
 def test_max_frames(video: Path, mobilenet_quant: Path, labels_1001: Path, state_env: dict[str, str]) -> None:
     r = run_cli(
-        "run",
-        "-m",
-        str(mobilenet_quant),
-        "--labels",
-        str(labels_1001),
-        "--source",
-        str(video),
-        "--loop",
-        "--max-frames",
-        "5",
-        env=state_env,
-        timeout=60,
+        "run", *run_args(mobilenet_quant, labels_1001, video, "--loop", "--max-frames", "5"), env=state_env, timeout=60
     )
     assert r.returncode == 0, r.stderr
     assert "5 frames classified" in r.stderr
@@ -117,19 +112,7 @@ def test_camera_index_that_does_not_exist_is_retried_not_fatal(
     mobilenet_quant: Path, labels_1001: Path, state_env: dict[str, str]
 ) -> None:
     t0 = time.monotonic()
-    r = run_cli(
-        "run",
-        "-m",
-        str(mobilenet_quant),
-        "--labels",
-        str(labels_1001),
-        "--source",
-        "47",
-        "--duration",
-        "3",
-        env=state_env,
-        timeout=60,
-    )
+    r = run_cli("run", *run_args(mobilenet_quant, labels_1001, "47", "--duration", "3"), env=state_env, timeout=60)
     assert r.returncode == 0, r.stderr
     assert time.monotonic() - t0 >= 3
     lost = [ln for ln in r.stderr.splitlines() if "camera lost" in ln and "edge_resnet.capture" in ln]
@@ -195,7 +178,7 @@ def test_sigterm_exits_0_within_5s_with_systemd_notifications(
 ) -> None:
     with NotifySocket() as ns:
         env = {**state_env, "NOTIFY_SOCKET": ns.path, "WATCHDOG_USEC": "2000000"}
-        proc = Proc(["-m", str(mobilenet_quant), "--labels", str(labels_1001), "--source", str(video), "--loop"], env)
+        proc = Proc(run_args(mobilenet_quant, labels_1001, video, "--loop"), env)
         procs.append(proc)
         assert proc.wait_for(lambda: ns.has("READY=1"), 30), "\n".join(proc.err)
         t_ready = ns.times("READY=1")[0]
@@ -217,7 +200,7 @@ def test_sigterm_exits_0_within_5s_with_systemd_notifications(
 def test_sigint_exits_0(
     video: Path, mobilenet_quant: Path, labels_1001: Path, state_env: dict[str, str], procs: list[Proc]
 ) -> None:
-    proc = Proc(["-m", str(mobilenet_quant), "--labels", str(labels_1001), "--source", str(video), "--loop"], state_env)
+    proc = Proc(run_args(mobilenet_quant, labels_1001, video, "--loop"), state_env)
     procs.append(proc)
     assert proc.wait_for(lambda: proc.json_lines(), 30)
     t0 = time.monotonic()
@@ -273,6 +256,27 @@ def test_sighup_keeps_old_model_when_new_is_corrupt_then_takes_a_good_one(
 # -- in-process: status while the source is gone and back ---------------------------------------
 
 
+@contextlib.contextmanager
+def on_a_thread(d: Daemon) -> Iterator[list[int]]:
+    """`d.run()` on a thread; at the end the daemon is asked to stop and the thread joined. The list
+    gets what run() returned."""
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(d.run()), daemon=True)
+    t.start()
+    try:
+        yield result
+    finally:
+        d.request_stop("test done")
+        t.join(10)
+
+
+def wait_first_frame(d: Daemon, timeout: float = 30) -> None:
+    """Until the daemon's pipeline has classified its first frame (or `timeout` passed)."""
+    deadline = time.monotonic() + timeout
+    while (d.pipeline is None or not d.pipeline.wait_first(0.1)) and time.monotonic() < deadline:
+        pass
+
+
 def test_daemon_reports_source_gone_and_recovers(
     tmp_path: Path, video: Path, mobilenet_quant: Path, labels_1001: Path
 ) -> None:
@@ -285,10 +289,7 @@ def test_daemon_reports_source_gone_and_recovers(
         sinks={"stdout": StdoutConfig(enabled=False)},
     )
     d = Daemon(cfg, watch_model=False)
-    result: list[int] = []
-    t = threading.Thread(target=lambda: result.append(d.run()), daemon=True)
-    t.start()
-    try:
+    with on_a_thread(d) as result:
         deadline = time.monotonic() + 30
         while (d.pipeline is None or not d.pipeline.status().healthy) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -309,9 +310,6 @@ def test_daemon_reports_source_gone_and_recovers(
         print(f"classifying again {took:.2f} s after the source returned")
         assert d.pipeline.status().healthy and took < 5
         assert d.pipeline.status().counters["camera_reconnects_total"] >= 1
-    finally:
-        d.request_stop("test done")
-        t.join(10)
     assert result == [0]
 
 
@@ -330,12 +328,8 @@ def test_model_file_replaced_in_place_is_validated_refused_once_then_taken(
         sinks={"stdout": StdoutConfig(enabled=False)},
     )
     d = Daemon(cfg)
-    t = threading.Thread(target=d.run, daemon=True)
-    t.start()
-    try:
-        deadline = time.monotonic() + 30
-        while (d.pipeline is None or not d.pipeline.wait_first(0.1)) and time.monotonic() < deadline:
-            pass
+    with on_a_thread(d):
+        wait_first_frame(d)
         assert d.pipeline is not None
         tmp = tmp_path / "push.tmp"
         tmp.write_bytes(good[: len(good) // 3])
@@ -362,15 +356,6 @@ def test_model_file_replaced_in_place_is_validated_refused_once_then_taken(
         assert d.pipeline.last_observation is not None
         assert d.pipeline.status().labels["model"] == "current.tflite"
         assert d.pipeline.classifier.engine.input.shape == (1, 192, 192, 3)  # the new network runs
-    finally:
-        d.request_stop("test done")
-        t.join(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_demo_offline_with_local_files(
@@ -379,7 +364,7 @@ def test_demo_offline_with_local_files(
     """`edge-resnet demo` without the network: local model, labels and photos; overlay served while it runs."""
     import urllib.request
 
-    port = _free_port()
+    port = free_port()
     args = [
         "--model",
         str(mobilenet_quant),
@@ -435,12 +420,8 @@ def test_reload_switches_source_settings_and_sinks_in_process(
     head = f'state_dir = "{tmp_path / "state"}"\n[model]\npath = "{mobilenet_quant}"\nlabels = "{labels_1001}"\n'
     cfg_file.write_text(head + f'[source]\ntype = "file"\npath = "{video}"\nloop = true\n[stdout]\nenabled = false\n')
     d = Daemon(configmod.load(cfg_file), config_path=cfg_file, watch_model=False)
-    t = threading.Thread(target=d.run, daemon=True)
-    t.start()
-    try:
-        deadline = time.monotonic() + 30
-        while (d.pipeline is None or not d.pipeline.wait_first(0.1)) and time.monotonic() < deadline:
-            pass
+    with on_a_thread(d):
+        wait_first_frame(d)
         assert d.pipeline is not None and d.sinks == []
         cfg_file.write_text(
             head + f'[source]\ntype = "folder"\npath = "{folder}"\ninterval_s = 0\nloop = true\n'
@@ -457,9 +438,6 @@ def test_reload_switches_source_settings_and_sinks_in_process(
         rate = (d.pipeline.classified - n0) / 2.0
         print(f"after reload: {rate:.1f} fps with max_fps 4")
         assert 2.0 <= rate <= 5.0
-    finally:
-        d.request_stop("test done")
-        t.join(10)
 
 
 @pytest.mark.slow
@@ -470,7 +448,7 @@ def test_source_gone_30s_healthz_reports_it_and_resumes_within_5s(
     daemon stays up and says so; classification resumes within 5 s of the source returning."""
     cam = tmp_path / "cam.avi"
     cam.write_bytes(video.read_bytes())
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "c.toml"
     cfg.write_text(
         f'[model]\npath = "{mobilenet_quant}"\nlabels = "{labels_1001}"\n'
@@ -512,15 +490,7 @@ def test_run_writes_annotated_video_with_flag(
     out = tmp_path / "annotated.avi"
     r = run_cli(
         "run",
-        "-m",
-        str(mobilenet_quant),
-        "--labels",
-        str(labels_1001),
-        "--source",
-        str(video),
-        "--video",
-        str(out),
-        "--stdout",
+        *run_args(mobilenet_quant, labels_1001, video, "--video", str(out), "--stdout"),
         env=state_env,
         timeout=60,
     )
