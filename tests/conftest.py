@@ -88,9 +88,12 @@ def labels_1001(models_dir: Path) -> Path:
     return models_dir / "imagenet_labels_1001.txt"
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run `edge-resnet ARGS` in a fresh interpreter, as a user would."""
-    full_env = dict(os.environ)
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, unset: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run `edge-resnet ARGS` in a fresh interpreter, as a user would: our environment without the
+    variables named in `unset`, plus `env`."""
+    full_env = {k: v for k, v in os.environ.items() if k not in unset}
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "edge_resnet", *args],

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, run_cli
 from .helpers.notify_socket import NotifySocket
 from .helpers.video import pick_samples, write_folder
 
@@ -197,27 +197,18 @@ def test_without_systemd_nothing_is_sent(tmp_path: Path, mobilenet_quant: Path, 
     if not samples.exists():
         pytest.skip("no samples")
     folder = write_folder(tmp_path / "frames", _pick(samples, 2), size=(320, 240))
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edge_resnet",
-            "run",
-            "--model",
-            str(mobilenet_quant),
-            "--labels",
-            str(labels_1001),
-            "--source",
-            str(folder),
-            "--max-frames",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
+    r = run_cli(
+        "run",
+        "--model",
+        str(mobilenet_quant),
+        "--labels",
+        str(labels_1001),
+        "--source",
+        str(folder),
+        "--max-frames",
+        "2",
         timeout=120,
-        env=env,
-        cwd=REPO,
+        unset=("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"),
     )
     assert r.returncode == 0, r.stderr
     assert "notification failed" not in r.stderr
