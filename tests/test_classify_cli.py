@@ -122,8 +122,10 @@ def test_bad_models(
     assert words in _one_line_error(r)
 
 
-def test_edgetpu_auto_uses_cpu_twin_with_warning(data_dir: Path, models_dir: Path, labels_1001: Path) -> None:
-    r = run_cli(
+def edgetpu_auto(data_dir: Path, models_dir: Path, labels_1001: Path) -> list[str]:
+    """`classify` the parrot with an Edge TPU model and `--device auto`: no Edge TPU here, so its CPU
+    twin runs, with a warning."""
+    return [
         "classify",
         str(data_dir / "images" / "parrot.jpg"),
         "--model",
@@ -132,7 +134,11 @@ def test_edgetpu_auto_uses_cpu_twin_with_warning(data_dir: Path, models_dir: Pat
         "auto",
         "--labels",
         str(labels_1001),
-    )
+    ]
+
+
+def test_edgetpu_auto_uses_cpu_twin_with_warning(data_dir: Path, models_dir: Path, labels_1001: Path) -> None:
+    r = run_cli(*edgetpu_auto(data_dir, models_dir, labels_1001))
     assert r.returncode == 0, r.stderr
     assert "WARNING" in r.stderr and "CPU model" in r.stderr
     assert "macaw" in r.stdout
@@ -184,17 +190,7 @@ def test_version() -> None:
 
 def test_journal_log_lines_carry_priority(data_dir: Path, models_dir: Path, labels_1001: Path) -> None:
     """Under systemd, warnings reach journald as warnings (`<4>`), each on one line."""
-    r = run_cli(
-        "classify",
-        str(data_dir / "images" / "parrot.jpg"),
-        "--model",
-        str(models_dir / "mobilenet_v1_0.75_192_quant_edgetpu.tflite"),
-        "--device",
-        "auto",
-        "--labels",
-        str(labels_1001),
-        env={"JOURNAL_STREAM": "8:1234"},
-    )
+    r = run_cli(*edgetpu_auto(data_dir, models_dir, labels_1001), env={"JOURNAL_STREAM": "8:1234"})
     assert r.returncode == 0, r.stderr
     assert any(ln.startswith("<4>WARNING edge_resnet.engine:") for ln in r.stderr.splitlines()), r.stderr
 
