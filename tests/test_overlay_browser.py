@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,7 @@ import pytest
 from edge_resnet.annotate import TOP1_COLOUR
 from edge_resnet.observation import Status
 from edge_resnet.sinks.http import HttpConfig, HttpSink
+from tests.helpers.cdp import HEADLESS, Chromium
 from tests.helpers.observations import Classified, classify_samples, observation
 
 
@@ -33,21 +35,7 @@ def chromium() -> str:
 
 
 def browser(url: str, tmp: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        chromium(),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp / 'profile'}",
-        "--window-size=1280,800",
-        *args,
-        url,
-    ]
+    cmd = [chromium(), *HEADLESS, f"--user-data-dir={tmp / 'profile'}", "--window-size=1280,800", *args, url]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -56,9 +44,10 @@ def photo(mobilenet_quant: Path, labels_1001: Path, samples_dir: Path) -> Classi
     return classify_samples(mobilenet_quant, labels_1001, samples_dir, 1)[0]
 
 
-@pytest.fixture
-def live(photo: Classified) -> Iterator[HttpSink]:
-    """An overlay fed at 10 fps, as the pipeline would."""
+@contextlib.contextmanager
+def overlay(feed: Callable[[HttpSink, threading.Event], None]) -> Iterator[HttpSink]:
+    """An overlay on a free port (device cam1, healthy), fed by `feed(sink, stop)` on a thread, as the
+    pipeline would, until the end: then `stop` is set and the overlay stopped."""
     sink = HttpSink(
         HttpConfig(listen="127.0.0.1:0"),
         lambda: Status(True, "ok", {"frames_total": 1.0}, {"device_id": "cam1", "device": "cpu"}),
@@ -69,15 +58,7 @@ def live(photo: Classified) -> Iterator[HttpSink]:
         assert time.monotonic() < end
         time.sleep(0.02)
     stop = threading.Event()
-
-    def feed() -> None:
-        seq = 0
-        while not stop.is_set():
-            seq += 1
-            sink.publish(observation(photo, seq, changed=seq == 1))
-            stop.wait(0.1)
-
-    t = threading.Thread(target=feed, daemon=True)
+    t = threading.Thread(target=feed, args=(sink, stop), daemon=True)
     t.start()
     try:
         yield sink
@@ -85,6 +66,21 @@ def live(photo: Classified) -> Iterator[HttpSink]:
         stop.set()
         t.join(2)
         sink.stop()
+
+
+@pytest.fixture
+def live(photo: Classified) -> Iterator[HttpSink]:
+    """An overlay fed at 10 fps, as the pipeline would."""
+
+    def feed(sink: HttpSink, stop: threading.Event) -> None:
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            sink.publish(observation(photo, seq, changed=seq == 1))
+            stop.wait(0.1)
+
+    with overlay(feed) as sink:
+        yield sink
 
 
 def test_page_shows_live_annotated_stream(live: HttpSink, photo: Classified, tmp_path: Path) -> None:
@@ -138,21 +134,10 @@ def test_overlay_timeline_compact_scores_and_short_labels(changing: list[Classif
     """Issue 14 case 10 / must-show 4: after five label changes the side panel lists them newest first,
     with times and thumbnails; every score stays on one line in a narrow panel; labels show their first
     synonym. Measured in the page with JavaScript, and a screenshot is kept (docs/overlay.png)."""
-    from tests.helpers.cdp import Chromium
-
     assert any(len(c.top_k[0].label) > 60 for c in changing), [c.top_k[0].label for c in changing]
-    sink = HttpSink(
-        HttpConfig(listen="127.0.0.1:0"),
-        lambda: Status(True, "ok", {"frames_total": 1.0}, {"device_id": "cam1", "device": "cpu"}),
-    )
-    sink.start()
-    end = time.monotonic() + 5
-    while sink.bound_port == 0:
-        assert time.monotonic() < end
-        time.sleep(0.02)
-    stop = threading.Event()
 
-    def feed() -> None:  # each photo for 0.6 s, as a scene changing in front of the camera
+    def feed(sink: HttpSink, stop: threading.Event) -> None:
+        # each photo for 0.6 s, as a scene changing in front of the camera
         seq = 0
         for c in changing:
             for i in range(6):
@@ -164,14 +149,13 @@ def test_overlay_timeline_compact_scores_and_short_labels(changing: list[Classif
             sink.publish(observation(changing[-1], seq, changed=False))
             stop.wait(0.1)
 
-    t = threading.Thread(target=feed, daemon=True)
-    t.start()
-    page = Chromium(chromium(), tmp_path / "profile", width=1160, height=760)
-    try:
-        page.open(sink.url)
-        page.wait_for("document.querySelectorAll('#timeline li img').length === 5", timeout=30)
-        layout = page.eval(
-            """(() => {
+    with overlay(feed) as sink:
+        page = Chromium(chromium(), tmp_path / "profile", width=1160, height=760)
+        try:
+            page.open(sink.url)
+            page.wait_for("document.querySelectorAll('#timeline li img').length === 5", timeout=30)
+            layout = page.eval(
+                """(() => {
               const lines = el => { const r = document.createRange(); r.selectNodeContents(el);
                                     return new Set([...r.getClientRects()].map(b => Math.round(b.top))).size; };
               const scores = [...document.querySelectorAll('#topk td.score')];
@@ -186,15 +170,12 @@ def test_overlay_timeline_compact_scores_and_short_labels(changing: list[Classif
                   thumbLoaded: li.querySelector('img').naturalWidth})),
               };
             })()"""
-        )
-        time.sleep(0.5)
-        shot = tmp_path / "overlay.png"
-        page.screenshot(shot)
-    finally:
-        page.close()
-        stop.set()
-        t.join(2)
-        sink.stop()
+            )
+            time.sleep(0.5)
+            shot = tmp_path / "overlay.png"
+            page.screenshot(shot)
+        finally:
+            page.close()
     print(f"\nside panel {layout['side']:.0f} px wide; scores {layout['scores']}; timeline {layout['events']}")
     assert layout["side"] < 340  # beside the stream, narrow enough that a wrapping score column would wrap
     assert len(layout["scores"]) == 5 and layout["scoreLines"] == [1] * 5, layout

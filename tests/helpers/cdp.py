@@ -16,6 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+# The flags every test starts headless Chromium with (here and tests/test_overlay_browser.py's browser()).
+HEADLESS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync")  # fmt: skip
+
 
 class Chromium:
     def __init__(self, exe: str, profile: Path, width: int = 1280, height: int = 800) -> None:
@@ -27,10 +31,8 @@ class Chromium:
             os.dup2(from_w, 4)
 
         self.proc = subprocess.Popen(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--remote-debugging-pipe", f"--user-data-dir={profile}", f"--window-size={width},{height}",
-             "about:blank"],
+            [exe, *HEADLESS, "--remote-debugging-pipe", f"--user-data-dir={profile}",
+             f"--window-size={width},{height}", "about:blank"],
             # close_fds would close the dup2'ed 3 and 4 again; the pipes themselves are not inheritable
             preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
