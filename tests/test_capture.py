@@ -64,17 +64,23 @@ class FakeSource:
         pass
 
 
+def take_slowly(cap: Capture) -> list[int]:
+    """A slow consumer: ten frames taken 50 ms apart; their sequence numbers."""
+    seqs = []
+    for _ in range(10):
+        time.sleep(0.05)
+        f = cap.get(timeout=1.0)
+        assert f is not None
+        seqs.append(f.seq)
+    return seqs
+
+
 def test_latest_frame_semantics_frames_never_queue() -> None:
     src = FakeSource(period_s=0.001)
     cap = Capture(src, watchdog_s=2.0)
     cap.start()
     try:
-        seqs = []
-        for _ in range(10):
-            time.sleep(0.05)  # a slow consumer: ~50 frames arrive per take
-            f = cap.get(timeout=1.0)
-            assert f is not None
-            seqs.append(f.seq)
+        seqs = take_slowly(cap)  # ~50 frames arrive per take
         src.stall.set()  # freeze the count: every frame was either taken, dropped, or is in the slot
         time.sleep(0.05)
         st = cap.stats()
@@ -102,12 +108,7 @@ def test_non_live_source_waits_for_the_consumer_and_drops_nothing() -> None:
     cap = Capture(src, watchdog_s=0.3)
     cap.start()
     try:
-        seqs = []
-        for _ in range(10):
-            time.sleep(0.05)  # the same slow consumer that makes a live source drop ~50 frames a take
-            f = cap.get(timeout=1.0)
-            assert f is not None
-            seqs.append(f.seq)
+        seqs = take_slowly(cap)  # the same slow consumer that makes a live source drop ~50 frames a take
         assert seqs == list(range(10))  # every frame, in order
         time.sleep(0.6)  # the consumer stalls for twice the watchdog: the source is not to blame
         st = cap.stats()
