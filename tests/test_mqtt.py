@@ -56,6 +56,11 @@ def seqs_of(msgs: list[Message]) -> list[int]:
     return [int(m.json()["seq"]) for m in msgs]
 
 
+def all_arrived(sub: Subscriber, sent: list[int], timeout: float = 30) -> bool:
+    """Waits until every seq in `sent` has arrived at `sub` (or `timeout` passed)."""
+    return sub.wait_for(lambda ms: set(seqs_of(ms)) >= set(sent), timeout)
+
+
 def check_delivery(sent: list[int], got: list[int], what: str) -> tuple[int, int]:
     """0 lost and in order (first arrivals increase); returns (lost, duplicates) and prints them."""
     first: list[int] = []
@@ -262,7 +267,7 @@ def test_broker_restarts_lose_nothing(broker: Broker, photos: list[Classified], 
         done.set()
         t.join()
     sent = list(range(1, count[0] + 1))
-    ok = sub.wait_for(lambda ms: {int(m.json()["seq"]) for m in ms} >= set(sent), 30)
+    ok = all_arrived(sub, sent)
     check_delivery(sent, seqs_of(sub.on("edge-resnet/flap/events")), f"{restarts} broker kill -9/restarts")
     assert ok
     sink.stop()
@@ -291,7 +296,7 @@ def test_queue_survives_kill9_of_publisher(
     broker.start()
     child = start_child(broker, state, pj, samples_dir, 3, hold=30)  # restarted daemon: 3 more label changes
     try:
-        assert sub.wait_for(lambda ms: {int(m.json()["seq"]) for m in ms} >= set(range(1, 24)), 30)
+        assert all_arrived(sub, list(range(1, 24)))
         check_delivery(list(range(1, 24)), seqs_of(sub.on("edge-resnet/child/events")), "queued across kill -9")
         child.send_signal(signal.SIGTERM)
         assert child.wait(5) == 0
@@ -327,7 +332,7 @@ def test_broker_paused_like_a_partition(broker: Broker, photos: list[Classified]
     finally:
         broker.resume()
     sent = list(range(1, n + 1))
-    assert sub.wait_for(lambda ms: {int(m.json()["seq"]) for m in ms} >= set(sent), 30), sink.healthy()
+    assert all_arrived(sub, sent), sink.healthy()
     check_delivery(sent, seqs_of(sub.on("edge-resnet/part/events")), "9 s broker SIGSTOP")
     sink.stop()
     sub.stop()
@@ -400,7 +405,7 @@ def test_new_events_do_not_overtake_resent_ones(broker: Broker, photos: list[Cla
     broker.start()
     more(10)
     sent = list(range(1, n + 1))
-    assert sub.wait_for(lambda ms: {int(m.json()["seq"]) for m in ms} >= set(sent), 30), sink.healthy()
+    assert all_arrived(sub, sent), sink.healthy()
     check_delivery(sent, seqs_of(sub.on("edge-resnet/order/events")), "reconnect with events in flight")
     sink.stop()
     sub.stop()
