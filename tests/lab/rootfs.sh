@@ -11,6 +11,7 @@
 #   arm64-*   Raspberry Pi OS-like system site: apt's numpy (1.24 on bookworm), the picamera2
 #             dependencies Debian has (python3-av, python3-prctl) and python3-scipy standing in
 #             for the Pi's apt-built simplejpeg (a C extension built against apt's numpy).
+#             arm64-bookworm also boots, as Raspberry Pi OS does: systemd as PID 1 (under qemu-user), sudo.
 #   systemd   amd64 bookworm that boots under systemd-nspawn -b (systemd as PID 1), with sudo.
 #   amd64-trixie  Python 3.13 on x86 (a workstation without a TensorFlow wheel), for the converter.
 set -euo pipefail
@@ -24,8 +25,9 @@ SECURITY=http://deb.debian.org/debian-security
 OPTS_VERSION=2  # bump when the mmdebstrap options below change
 PI_SITE=python3,python3-venv,python3-pip,ca-certificates,python3-numpy,python3-av,python3-prctl,python3-scipy
 
+BOOTS=systemd,systemd-sysv,dbus,udev,sudo,procps,less
 case "$name" in
-  arm64-bookworm) arch=arm64 suite=bookworm include=$PI_SITE ;;
+  arm64-bookworm) arch=arm64 suite=bookworm include=$PI_SITE,$BOOTS ;;
   arm64-trixie) arch=arm64 suite=trixie include=$PI_SITE ;;
   systemd) arch=amd64 suite=bookworm
     include=systemd,systemd-sysv,dbus,udev,sudo,python3,python3-venv,python3-pip,ca-certificates,procps,less ;;
@@ -49,7 +51,7 @@ if [ "$arch" = arm64 ]; then
     --customize-hook='rm -f "$1/usr/bin/py3compile" && chroot "$1" dpkg-divert --quiet --local --rename --remove /usr/bin/py3compile'
   )
 fi
-if [ "$name" = systemd ]; then
+if [ "$name" = systemd ] || [ "$name" = arm64-bookworm ]; then
   hooks+=(
     --customize-hook='echo lab-device > "$1/etc/hostname"'
     --customize-hook='chroot "$1" passwd -d root >/dev/null'

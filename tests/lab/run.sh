@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The device lab: a Raspberry Pi user's first day, on arm64 (bookworm and trixie, under qemu-user)
-# and under systemd as PID 1 (an amd64 bookworm container). See README.md, "Device lab".
+# and under systemd as PID 1 (an amd64 bookworm container, and the arm64 bookworm one booted under
+# qemu-user). See README.md, "Device lab".
 #
-#   bash tests/lab/run.sh [PART...]     PART: systemd arm64-bookworm arm64-trixie py313 (default: all)
+#   bash tests/lab/run.sh [PART...]     PART: systemd arm64-bookworm arm64-trixie arm64-systemd py313
+#                                       (default: all)
 #
 # Builds (or reuses, from .cache/lab/rootfs) its root filesystems, prepares the wheel and converted
 # models on this host, runs tests/lab/test_*.py in parts, writes .cache/lab/summary.json and ends
@@ -10,16 +12,16 @@
 # (mmdebstrap, systemd-nspawn, binfmt_misc).
 #
 # Schedule (2 cores): the root filesystems build in parallel while this host converts the models;
-# the systemd part runs as soon as its (quick) root filesystem is there, the two arm64 parts side by
-# side once theirs are. Each part logs to .cache/lab/logs/PART.log.
+# the systemd part runs as soon as its (quick) root filesystem is there, the three arm64 parts side
+# by side once theirs are. Each part logs to .cache/lab/logs/PART.log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export EDGE_RESNET_LAB_CACHE=${EDGE_RESNET_LAB_CACHE:-$PWD/.cache/lab}
 LAB=$EDGE_RESNET_LAB_CACHE
 t0=$(date +%s)
 mkdir -p "$LAB/logs"
-rm -rf "$LAB/summary.json" "$LAB/host.json" "$LAB/parts"
-ALL=(systemd arm64-bookworm arm64-trixie)
+rm -rf "$LAB/summary.json" "$LAB/host.json" "$LAB/parts" "$LAB"/logs/rootfs-*.log  # nothing left from an earlier run
+ALL=(systemd arm64-bookworm arm64-trixie arm64-systemd)
 [ -f tests/lab/test_convert_py313.py ] && ALL+=(py313)
 if [ $# -gt 0 ]; then PARTS=("$@"); else PARTS=("${ALL[@]}"); fi
 for p in "${PARTS[@]}"; do
@@ -54,7 +56,7 @@ part() {
 }
 
 b1=0 b2=0 b3=0
-if want arm64-bookworm; then build arm64-bookworm & b1=$!; fi
+if want arm64-bookworm || want arm64-systemd; then build arm64-bookworm & b1=$!; fi
 if want arm64-trixie; then build arm64-trixie & b2=$!; fi
 if want systemd || want py313; then build systemd amd64-trixie & b3=$!; fi
 prep=0
@@ -68,8 +70,13 @@ for b in "$b1" "$b2"; do [ "$b" = 0 ] || wait "$b"; done
 for name in arm64-bookworm arm64-trixie systemd amd64-trixie; do
   grep -h "built in" "$LAB/logs/rootfs-$name.log" 2>/dev/null || true
 done
-a1=0 a2=0
+a1=0 a2=0 a3=0
 if want arm64-bookworm; then part arm64-bookworm tests/lab/test_arm64.py -k bookworm & a1=$!; fi
 if want arm64-trixie; then part arm64-trixie tests/lab/test_arm64.py -k trixie & a2=$!; fi
-for a in "$a1" "$a2"; do [ "$a" = 0 ] || wait "$a"; done
+# systemd as PID 1 on aarch64: the same field day as the systemd part, on the Pi-like root
+# filesystem; DevicePolicy's BPF filter is not enforced under qemu-user (tests/lab/test_systemd.py)
+if want arm64-systemd; then
+  EDGE_RESNET_LAB_SYSTEMD_ARCH=arm64 part arm64-systemd tests/lab/test_systemd.py -k "not device_policy" & a3=$!
+fi
+for a in "$a1" "$a2" "$a3"; do [ "$a" = 0 ] || wait "$a"; done
 finish

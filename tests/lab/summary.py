@@ -29,7 +29,7 @@ def main(parts: list[str]) -> int:
         p = LAB / "logs" / f"rootfs-{name}.path"
         rootfs[name] = p.read_text().strip() if p.exists() else ""
     host = json.loads((LAB / "host.json").read_text()) if (LAB / "host.json").exists() else {}
-    run = {n: str(LAB / "run" / n) for n in ROOTFS if (LAB / "run" / n).exists()}
+    run = {n: str(LAB / "run" / n) for n in (*ROOTFS, "arm64-systemd") if (LAB / "run" / n).exists()}
     venvs = {n: f"{run[n]}/root/er" for n in ("arm64-bookworm", "arm64-trixie") if n in run}
     summary = {
         "rootfs": rootfs,

@@ -1,7 +1,16 @@
-"""A device's first day under real systemd (PID 1 in an amd64 bookworm container): deploy/README.md's
-steps, then the field: reload with a new model, a corrupt model pushed, the broker restarted,
-SIGSTOP (watchdog), kill -9, a reboot, an upgrade run of install.sh, `systemctl stop` and
-`--uninstall`. The checks run in file order on one container; each is one lab result.
+"""A device's first day under real systemd (PID 1 in a booted container): deploy/README.md's steps,
+then the field: reload with a new model, a corrupt model pushed, the broker restarted, SIGSTOP
+(watchdog), kill -9, a reboot, an upgrade run of install.sh, `systemctl stop` and `--uninstall`.
+The checks run in file order on one container; each is one lab result.
+
+Two machines, one lab part each (tests/lab/run.sh picks with EDGE_RESNET_LAB_SYSTEMD_ARCH):
+- amd64 (part `systemd`): Debian bookworm on this host's CPU, every check.
+- arm64 (part `arm64-systemd`): the Pi-like arm64 bookworm root filesystem (apt's numpy 1.24,
+  python3-av, ...) booted with an aarch64 systemd under qemu-user. What qemu-user cannot emulate
+  is named, not hidden: systemd's IPC namespace setup fails there ("Failed to set up IPC namespacing:
+  Input/output error", status 226/NAMESPACE), so this part adds one drop-in, PrivateIPC=no (a real
+  Pi needs none); and its cgroup device filter (a BPF program DevicePolicy= loads) is not enforced
+  under emulation, so the DevicePolicy check runs on amd64 only.
 
 The camera is the one fake: a looping video file of three ImageNet photos (`[source] type = "file"`).
 """
@@ -9,6 +18,7 @@ The camera is the one fake: a looping video file of three ImageNet photos (`[sou
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -23,10 +33,20 @@ import pytest
 from tests.helpers.broker import Broker, Subscriber, free_port
 
 from .conftest import LAB, REPO, rootfs
-from .machine import Container, fresh_copy
+from .machine import Container, fresh_copy, q
 
+ARCH = os.environ.get("EDGE_RESNET_LAB_SYSTEMD_ARCH", "amd64")
+# arch -> (root filesystem it boots, lab part and run folder)
+MACHINES = {"amd64": ("systemd", "systemd"), "arm64": ("arm64-bookworm", "arm64-systemd")}
+QEMU_DROP_IN = """\
+# Added by the device lab on the emulated arm64 machine only: qemu-user fails systemd's IPC
+# namespace setup (226/NAMESPACE). A real Raspberry Pi runs the unit as shipped.
+[Service]
+PrivateIPC=no
+"""
 UNIT = "edge-resnet"
 VENV_BIN = "/opt/edge-resnet/venv/bin/edge-resnet"
+VENV_PY = "/opt/edge-resnet/venv/bin/python"
 DEVICE_ID = "lab-device"
 CONFIG = "/etc/edge-resnet/config.toml"
 MODELS = "/var/lib/edge-resnet/models"
@@ -43,7 +63,10 @@ README_STEPS = [
 
 
 class Device:
-    def __init__(self, ct: Container, broker: Broker, sub: Subscriber, bundle: str, http_port: int) -> None:
+    def __init__(
+        self, arch: str, ct: Container, broker: Broker, sub: Subscriber, bundle: str, http_port: int
+    ) -> None:
+        self.arch = arch
         self.ct = ct
         self.broker = broker
         self.sub = sub
@@ -104,9 +127,11 @@ def _edit_config(text: str, port: int, http_port: int, model: str) -> str:
     return text
 
 
-@pytest.fixture(scope="module")
-def device(prepared: dict[str, Any], host_broker: Broker) -> Iterator[Device]:
-    root = fresh_copy(rootfs(prepared, "systemd"), LAB / "run" / "systemd")
+@pytest.fixture(scope="module", params=[ARCH])
+def device(request: pytest.FixtureRequest, prepared: dict[str, Any], host_broker: Broker) -> Iterator[Device]:
+    """One booted machine for the whole module; its arch is in every check's name (`[amd64]`, `[arm64]`)."""
+    image, part = MACHINES[request.param]
+    root = fresh_copy(rootfs(prepared, image), LAB / "run" / part)
     # the checkout, as `git clone` leaves it (tracked files), with the wheel a user built into dist/
     src = root / "root" / "edge-resnet"
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
@@ -126,17 +151,21 @@ def device(prepared: dict[str, Any], host_broker: Broker) -> Iterator[Device]:
     shutil.copy2(prepared["video"], root / "srv" / "camera" / "camera.avi")
     (root / "srv" / "camera" / "camera.avi").chmod(0o644)
 
-    ct = Container(root, LAB / "logs" / "systemd-container.log")
+    if request.param == "arm64":
+        drop_in = root / "etc/systemd/system/edge-resnet.service.d/lab-qemu.conf"
+        drop_in.parent.mkdir(parents=True)
+        drop_in.write_text(QEMU_DROP_IN)
+    ct = Container(root, LAB / "logs" / f"{part}-container.log")
     ct.log.parent.mkdir(parents=True, exist_ok=True)
     ct.boot()
     sub = Subscriber(host_broker.port, [f"edge-resnet/{DEVICE_ID}/#"], client_id="lab-field-subscriber").start()
     try:
-        yield Device(ct, host_broker, sub, bundle.name, free_port())
+        yield Device(request.param, ct, host_broker, sub, bundle.name, free_port())
     finally:
         sub.stop()
         (LAB / "logs").mkdir(exist_ok=True)
         if ct.leader() is not None:
-            (LAB / "logs" / "systemd-journal.txt").write_text(ct.sh("journalctl -b --no-pager", check=False).stdout)
+            (LAB / "logs" / f"{part}-journal.txt").write_text(ct.sh("journalctl -b --no-pager", check=False).stdout)
         ct.poweroff()
 
 
@@ -159,7 +188,14 @@ def test_install_as_the_readme_says(device: Device, figure: Callable[[str], None
           "/etc/edge-resnet/secrets.env")  # fmt: skip
     check = ct.sh(f"sudo -u edge-resnet {VENV_BIN} config check {CONFIG}", check=False)
     assert check.returncode == 0, check.stdout + check.stderr
-    figure(f"install.sh (venv, pip from PyPI, units) took {install_s:.0f} s; config check: ok")
+    machine = ct.sh("uname -m").stdout.strip()
+    probe = "import sys, numpy, cv2; print(sys.version.split()[0], numpy.__version__, numpy.__file__, cv2.__version__)"
+    py, np_version, np_file, cv = ct.sh(f"{VENV_PY} -c {q(probe)}").stdout.split()
+    figure(f"{machine}: install.sh (venv, pip from PyPI, units) took {install_s:.0f} s; Python {py}, numpy "
+           f"{np_version} ({np_file}), OpenCV {cv}; config check: ok")
+    assert machine == {"amd64": "x86_64", "arm64": "aarch64"}[device.arch]
+    if device.arch == "arm64":  # the Pi's apt numpy (picamera2's) stays in front: install.sh pins it
+        assert np_file.startswith("/usr/lib/python3/dist-packages/"), np_file
     assert "edge-resnet.service" in r.stdout
 
 
