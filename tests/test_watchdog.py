@@ -189,14 +189,11 @@ def test_camera_lost_keeps_the_watchdog_fed(
     assert "camera lost" in log.read_text()
 
 
-def test_without_systemd_nothing_is_sent(tmp_path: Path, mobilenet_quant: Path, labels_1001: Path) -> None:
+def test_without_systemd_nothing_is_sent(
+    tmp_path: Path, samples_dir: Path, mobilenet_quant: Path, labels_1001: Path
+) -> None:
     """No NOTIFY_SOCKET: the daemon runs normally (sd_notify calls are no-ops)."""
-    from .helpers.video import pick_samples as _pick
-
-    samples = Path(os.environ.get("EDGE_RESNET_DATA", REPO.parent / "shared" / "data")) / "imagenet-samples"
-    if not samples.exists():
-        pytest.skip("no samples")
-    folder = write_folder(tmp_path / "frames", _pick(samples, 2), size=(320, 240))
+    folder = write_folder(tmp_path / "frames", pick_samples(samples_dir, 2), size=(320, 240))
     r = run_cli(
         "run",
         "--model",
