@@ -17,8 +17,8 @@ import numpy.typing as npt
 import pytest
 
 from edge_resnet.capture import Capture, CaptureState, EndOfStream
-from edge_resnet.config import Picamera2Source
 from edge_resnet.errors import DependencyError, HardwareError, InputError
+from edge_resnet.sourceconfig import Picamera2Source
 from edge_resnet.sources.folder import FolderFrames
 from edge_resnet.sources.opencv import OpenCvFrames
 

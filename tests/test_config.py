@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from edge_resnet import config as configmod
+from edge_resnet import sinkconfig
 from edge_resnet.commands.run import apply_overrides, parse_source
-from edge_resnet.config import FileSource, FolderSource, OpenCvSource, Picamera2Source, UrlSource
 from edge_resnet.errors import ConfigError, InputError
+from edge_resnet.sourceconfig import FileSource, FolderSource, OpenCvSource, Picamera2Source, UrlSource
 
 from .conftest import REPO, run_cli
 
@@ -196,11 +197,11 @@ def test_example_documents_every_key() -> None:
         configmod.ModelConfig,
         configmod.PreprocessOverrides,
         configmod.PipelineConfig,
-        configmod.StdoutConfig,
+        sinkconfig.StdoutConfig,
         *(kind.config for kind in configmod.SOURCES.values()),
-        configmod.MqttConfig,
-        configmod.HttpConfig,
-        configmod.VideoConfig,
+        sinkconfig.MqttConfig,
+        sinkconfig.HttpConfig,
+        sinkconfig.VideoConfig,
     ]
     nested = {"model", "source", "pipeline", "sinks", *configmod.SINKS, "preprocess"}
     missing = sorted(

@@ -19,8 +19,10 @@ from typing import Any
 import pytest
 
 from edge_resnet import config as configmod
-from edge_resnet.config import FileSource, ModelConfig, StdoutConfig
+from edge_resnet.config import ModelConfig
 from edge_resnet.daemon import Daemon
+from edge_resnet.sinkconfig import StdoutConfig
+from edge_resnet.sourceconfig import FileSource
 
 from .conftest import REPO, run_cli
 from .helpers.broker import free_port

@@ -11,7 +11,6 @@ import cv2
 import pytest
 
 from edge_resnet.errors import HardwareError
-from edge_resnet.sources import opencv as opencvmod
 from edge_resnet.sources.opencv import OpenCvFrames
 
 
@@ -24,7 +23,7 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append(str(args[0]))
         return real(*args)
 
-    monkeypatch.setattr(opencvmod.cv2, "VideoCapture", counting)
+    monkeypatch.setattr(cv2, "VideoCapture", counting)  # the module edge_resnet.sources.opencv uses
     return calls
 
 

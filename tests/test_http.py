@@ -21,7 +21,8 @@ import pytest
 
 from edge_resnet.errors import ConfigError
 from edge_resnet.observation import Status
-from edge_resnet.sinks.http import HttpConfig, HttpSink, parse_listen
+from edge_resnet.sinkconfig import HttpConfig, parse_listen
+from edge_resnet.sinks.http import HttpSink
 from tests.helpers.observations import Classified, observation, synthetic_samples
 
 

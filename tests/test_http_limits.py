@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from edge_resnet.observation import Status
+from edge_resnet.sinkconfig import HttpConfig
 from edge_resnet.sinks import front as frontmod
 from edge_resnet.sinks.front import Limits
-from edge_resnet.sinks.http import HttpConfig, HttpSink
+from edge_resnet.sinks.http import HttpSink
 
 PASSWORD = "s3cret pass"
 

@@ -18,7 +18,8 @@ import pytest
 
 from edge_resnet.annotate import TOP1_COLOUR
 from edge_resnet.observation import Status
-from edge_resnet.sinks.http import HttpConfig, HttpSink
+from edge_resnet.sinkconfig import HttpConfig
+from edge_resnet.sinks.http import HttpSink
 from tests.helpers.cdp import HEADLESS, Chromium
 from tests.helpers.observations import Classified, classify_samples, observation
 

@@ -352,8 +352,7 @@ def test_edgetpu_failure_falls_back_to_cpu_twin_and_reports_degraded(
 
 
 def _obs(seq: int, changed: bool) -> Observation:
-    from edge_resnet.classify import Prediction
-    from edge_resnet.observation import Frame
+    from edge_resnet.observation import Frame, Prediction
 
     p = Prediction("cat", 1, 0.9)
     frame = Frame(np.zeros((2, 2, 3), np.uint8), seq, time.time(), time.monotonic())

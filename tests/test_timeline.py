@@ -13,7 +13,8 @@ import pytest
 
 from edge_resnet.annotate import FONT, _scale, annotate, first_synonym, fit_text
 from edge_resnet.observation import Prediction, Status
-from edge_resnet.sinks.http import HttpConfig, HttpSink
+from edge_resnet.sinkconfig import HttpConfig
+from edge_resnet.sinks.http import HttpSink
 from edge_resnet.sinks.timeline import Timeline
 from tests.helpers.observations import Classified, observation, synthetic_samples
 

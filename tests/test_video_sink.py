@@ -11,7 +11,8 @@ import pytest
 
 from edge_resnet.annotate import TOP1_COLOUR
 from edge_resnet.errors import ConfigError
-from edge_resnet.sinks.video import VideoConfig, VideoSink
+from edge_resnet.sinkconfig import VideoConfig
+from edge_resnet.sinks.video import VideoSink
 from tests.helpers.observations import classify_samples, observation, synthetic_samples
 
 
