@@ -9,7 +9,7 @@ import threading
 import time
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -386,7 +386,7 @@ def fake_picamera2(bgr: npt.NDArray[np.uint8], stride_pad: int = 0) -> types.Mod
             if fmt == "RGB888":  # libcamera's RGB888 is B,G,R in memory
                 arr = bgr.copy()
             else:  # YUV420 (I420), rows padded to the stride like the ISP does
-                i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+                i420 = cast("npt.NDArray[np.uint8]", cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420))  # uint8 in, uint8 out
                 h, w = bgr.shape[:2]
                 if stride_pad:
                     s = w + stride_pad

@@ -23,7 +23,7 @@ from tests.test_overlay_browser import browser
 
 def read_parts(url: str, n: int, timeout: float = 10.0) -> list[bytes]:
     """The first `n` JPEG parts of an MJPEG stream."""
-    parts = []
+    parts: list[bytes] = []
     with urllib.request.urlopen(url, timeout=timeout) as r:
         assert r.headers["Content-Type"].startswith("multipart/x-mixed-replace; boundary=frame")
         while len(parts) < n:

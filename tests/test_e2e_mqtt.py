@@ -9,13 +9,17 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from edge_resnet.classify import Classifier, read_labels
 from edge_resnet.engine import Engine
 from tests.helpers.broker import Broker, Subscriber, broker, retained
 from tests.helpers.run_child import RunChild
 from tests.helpers.video import Sample, pick_samples, write_video
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = ["broker"]  # the fixture
 
@@ -52,7 +56,7 @@ def recognisable(samples_dir: Path, model: Path, labels: Path, tmp: Path) -> tup
         got, frame = cap.read()
         assert got, "cannot read the probe video back"
         looked += 1
-        if clf.classify(frame, k=1).top.class_index == s.class_index:
+        if clf.classify(cast("npt.NDArray[np.uint8]", frame), k=1).top.class_index == s.class_index:  # 8-bit BGR
             chosen.append(s)
         if len(chosen) == N_PHOTOS:
             break

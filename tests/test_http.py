@@ -176,7 +176,7 @@ def test_stream_delivers_jpeg_parts_newest_frame(served: tuple[HttpSink, str], p
         with urllib.request.urlopen(url + "stream.mjpg", timeout=5) as r:
             ctype = r.headers["Content-Type"]
             assert ctype == "multipart/x-mixed-replace; boundary=frame"
-            parts = []
+            parts: list[cv2.typing.MatLike | None] = []  # imdecode gives None for a bad JPEG
             t0 = time.monotonic()
             while len(parts) < 10:
                 assert r.readline() == b"--frame\r\n"

@@ -104,7 +104,7 @@ def test_page_shows_live_annotated_stream(live: HttpSink, photo: Classified, tmp
     assert score > 0.8, "the photo is not visible on the page"
 
     # The overlay is drawn on it: the top-1 label's green text in the top-left box.
-    def green(a: np.ndarray) -> int:
+    def green(a: cv2.typing.MatLike) -> int:
         return int(np.all(np.abs(a.astype(np.int16) - np.array(TOP1_COLOUR, np.int16)) < 60, axis=2).sum())
 
     on_page = green(img[max(0, y0) : y0 + th // 3, max(0, x0) : x0 + tw // 2])

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -117,10 +119,10 @@ def test_spec_validation_and_round_trip() -> None:
 def test_area_fast_is_a_box_filter_close_to_area_on_a_720p_photo(data_dir: Path) -> None:
     """The default resize takes its two-step path on a 720p frame and stays within a fraction of a
     pixel level of INTER_AREA; a spec (an older bundle) that says "area" still gets exactly INTER_AREA."""
-    frame = cv2.imread(str(data_dir / "images" / "cat_720p.jpg"))
+    frame = cast("npt.NDArray[np.uint8] | None", cv2.imread(str(data_dir / "images" / "cat_720p.jpg")))  # 8-bit BGR
     assert frame is not None and frame.shape[:2] == (720, 1280)
     x0, y0, x1, y1 = crop_box(720, 1280, 224, 224, 0.875)
-    exact = cv2.resize(frame[y0:y1, x0:x1], (224, 224), interpolation=cv2.INTER_AREA)
+    exact = cast("npt.NDArray[np.uint8]", cv2.resize(frame[y0:y1, x0:x1], (224, 224), interpolation=cv2.INTER_AREA))
     assert PreprocessSpec().interpolation == "area_fast" == PRESETS["imagenet"].interpolation
     fast = crop_resize(frame, (224, 224), 0.875, "area_fast")
     diff = np.abs(fast.astype(np.int16) - exact.astype(np.int16))
@@ -140,7 +142,10 @@ def test_area_fast_is_area_at_integer_factors_and_two_step_otherwise() -> None:
         frame = rng.integers(0, 256, (side, side + 40, 3), dtype=np.uint8)
         a = crop_resize(frame, (224, 224), 1.0, "area_fast")
         assert np.array_equal(a, crop_resize(frame, (224, 224), 1.0, "area")), side
-    frame = cv2.resize(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC)
+    frame = cast(
+        "npt.NDArray[np.uint8]",  # cv2.resize keeps uint8
+        cv2.resize(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC),
+    )
     fast, exact = crop_resize(frame, (224, 224), 0.875, "area_fast"), crop_resize(frame, (224, 224), 0.875, "area")
     diff = np.abs(fast.astype(np.int16) - exact.astype(np.int16))
     assert 0.0 < diff.mean() < 1.0, diff.mean()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 import pytest
@@ -26,9 +27,9 @@ from tests.helpers.resnet_onnx import make_resnet
 SIZE = 64
 
 
-def _outputs(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+def _outputs(model: onnx.ModelProto, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    out: np.ndarray = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    out: npt.NDArray[np.float32] = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     return out
 
 
