@@ -130,7 +130,7 @@ def test_preprocess_overrides() -> None:
 
 
 def _args(**kw: object) -> argparse.Namespace:
-    base = {
+    base: dict[str, object] = {
         "model": None,
         "labels": None,
         "device": None,

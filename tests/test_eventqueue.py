@@ -7,7 +7,7 @@ import logging
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +130,9 @@ def corrupt_page(path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", [corrupt_header, corrupt_page])
-def test_corrupt_queue_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: object) -> None:
+def test_corrupt_queue_moved_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: Callable[[Path], None]
+) -> None:
     path = tmp_path / "events.sqlite"
     q = EventQueue(path, 100000)
     for i in range(200):
@@ -186,7 +188,12 @@ def test_sink_publishes_live_while_degraded(broker: Broker, tiny_disk: Path) -> 
 
 @pytest.mark.parametrize("damage", [corrupt_header, corrupt_page])
 def test_daemon_starts_on_a_corrupt_queue(
-    broker: Broker, tmp_path: Path, samples_dir: Path, mobilenet_quant: Path, labels_1001: Path, damage: object
+    broker: Broker,
+    tmp_path: Path,
+    samples_dir: Path,
+    mobilenet_quant: Path,
+    labels_1001: Path,
+    damage: Callable[[Path], None],
 ) -> None:
     """Must-show 4: the daemon moves the corrupt file aside, warns once, publishes; no traceback, no exit."""
     import os

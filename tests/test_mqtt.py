@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -380,9 +381,10 @@ def test_new_events_do_not_overtake_resent_ones(broker: Broker, photos: list[Cla
     sub = Subscriber(broker.port, ["edge-resnet/order/events"]).start()
     sink = MqttSink(MqttConfig(url=broker.url, keepalive=5), "order", ok_status, tmp_path)
     fast_on_connect = sink._client.on_connect
+    assert fast_on_connect is not None
 
-    def slow_on_connect(*args: object) -> None:
-        fast_on_connect(*args)  # type: ignore[misc]
+    def slow_on_connect(*args: Any) -> None:  # paho's on_connect arguments, passed on as they come
+        fast_on_connect(*args)
         time.sleep(0.5)  # the sink thread is awake and CONNECTED; paho has not re-sent yet
 
     sink._client.on_connect = slow_on_connect

@@ -248,7 +248,7 @@ class Subscriber:
             self.cond.notify_all()
 
     def start(self, timeout: float = 10.0) -> Subscriber:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves __init__ unannotated
         if self.persistent:
             props.SessionExpiryInterval = 3600
         self.client.connect_async(

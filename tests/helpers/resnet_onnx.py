@@ -13,9 +13,10 @@ test nothing a real model does). No torch needed.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
@@ -37,17 +38,17 @@ class _Builder:
         self.n += 1
         return f"{kind}{self.n}"
 
-    def const(self, arr: np.ndarray, kind: str) -> str:
+    def const(self, arr: npt.NDArray[np.floating[Any]], kind: str) -> str:
         nm = self.name(kind)
         self.inits.append(numpy_helper.from_array(arr.astype(np.float32), nm))
         return nm
 
-    def node(self, op: str, inputs: list[str], **attrs: object) -> str:
+    def node(self, op: str, inputs: list[str], **attrs: Any) -> str:  # ONNX attributes: ints, floats, lists
         out = self.name(op.lower() + "_out")
         self.nodes.append(helper.make_node(op, inputs, [out], name=self.name(op.lower()), **attrs))
         return out
 
-    def bn_params(self, c: int, gamma: float = 1.0) -> tuple[np.ndarray, ...]:
+    def bn_params(self, c: int, gamma: float = 1.0) -> tuple[npt.NDArray[np.float64], ...]:
         r = self.rng
         scale = gamma * r.uniform(0.7, 1.3, c)
         bias = r.normal(0.0, 0.1, c)

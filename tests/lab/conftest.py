@@ -10,13 +10,16 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.helpers.broker import Broker
+
+if TYPE_CHECKING:
+    import pluggy
 
 REPO = Path(__file__).resolve().parents[2]
 LAB = Path(os.environ.get("EDGE_RESNET_LAB_CACHE", REPO / ".cache" / "lab")).resolve()
@@ -65,7 +68,9 @@ def figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
     outcome = yield
     rep = outcome.get_result()
     if rep.when == "call" or (rep.when == "setup" and not rep.passed):
