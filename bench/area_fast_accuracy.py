@@ -17,9 +17,11 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -46,7 +48,7 @@ def main() -> int:
     for e in evaluation:
         img = cv2.imread(str(data / "imagenet-samples" / e["file"]))
         f = 720 / min(img.shape[:2])
-        big = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC)
+        big = cast("npt.NDArray[np.uint8]", cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC))
         top = {k: int(np.argmax(c.classify(big, k=1).probs)) - base.label_offset for k, c in variants.items()}
         top["area, 1 px shift"] = int(np.argmax(variants["area"].classify(big[1:, 1:], k=1).probs)) - base.label_offset
         for k in names:

@@ -43,7 +43,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -96,7 +100,7 @@ def confident_photos(n: int = N_PHOTOS, min_score: float = MIN_SCORE) -> list[Sa
                 ok, frame = cap.read()
                 if not ok:
                     break
-                top = clf.classify(frame, k=1).top
+                top = clf.classify(cast("npt.NDArray[np.uint8]", frame), k=1).top  # 8-bit BGR
                 if (
                     top.class_index == s.class_index
                     and top.score >= min_score

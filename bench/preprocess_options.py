@@ -17,9 +17,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -28,7 +30,10 @@ from edge_resnet.preprocess import PRESETS, TensorInfo, crop_box, crop_resize, p
 
 def main() -> int:
     rng = np.random.default_rng(0)
-    photo = cv2.imread(str(Path(__file__).resolve().parents[2] / "shared" / "data" / "images" / "cat_720p.jpg"))
+    photo = cast(  # 8-bit BGR, or None when the file is missing
+        "npt.NDArray[np.uint8] | None",
+        cv2.imread(str(Path(__file__).resolve().parents[2] / "shared" / "data" / "images" / "cat_720p.jpg")),
+    )
     frame = photo if photo is not None else rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
     spec = PRESETS["imagenet"]
     int8_in = TensorInfo("x", (1, 224, 224, 3), np.dtype(np.int8), 0.018658, -14)  # onnx2tf-style int8 input

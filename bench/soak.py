@@ -208,10 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     thr_growth = last.threads - base.threads
     pairs = list(itertools.pairwise(post))
     ev_rate = [float(b.events - a.events) for a, b in pairs]
-    fps = [(b.classified - a.classified) / (b.t - a.t) for a, b in pairs]
+    fps_rate = [(b.classified - a.classified) / (b.t - a.t) for a, b in pairs]
     st_rate = [float(b.state - a.state) for a, b in pairs]
     e_min, e_mean, e_max = rates(ev_rate)
-    f_min, f_mean, f_max = rates(fps)
+    f_min, f_mean, f_max = rates(fps_rate)
     s_min, s_mean, s_max = rates(st_rate)
 
     print()
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"RSS growth < {RSS_LIMIT_PCT:.0f} %", rss_growth < RSS_LIMIT_PCT, f"{rss_growth:+.2f} %"),
         ("no fd growth", fd_growth <= 0, f"{fd_growth:+d}"),
         ("steady event rate", steady(ev_rate) and e_min > 0, f"{e_min:.0f}/{e_mean:.1f}/{e_max:.0f}"),
-        ("steady classification rate", steady(fps), f"{f_min:.2f}/{f_mean:.2f}/{f_max:.2f}"),
+        ("steady classification rate", steady(fps_rate), f"{f_min:.2f}/{f_mean:.2f}/{f_max:.2f}"),
         ("0 lost events", not dv.lost and drained, f"{len(dv.lost)} lost"),
         ("daemon up all along, SIGTERM exit 0", not failures and rc == 0, "; ".join(failures) or f"exit {rc}"),
     ]

@@ -18,6 +18,7 @@ The converter now does this rewrite on the ONNX graph (convert/stem.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -89,7 +90,7 @@ def compare_bundles(paths: list[Path], runs: int) -> None:
         for t in (1, 2):
             e = Engine.load(p, threads=t)
             x = np.random.default_rng(0).integers(0, 256, e.input.shape).astype(e.input.dtype)
-            contenders.append(Contender(name, t, lambda e=e, x=x: e.invoke(x), 0.0, 0.0, 0.0))
+            contenders.append(Contender(name, t, functools.partial(e.invoke, x), 0.0, 0.0, 0.0))
     measure_interleaved(contenders, runs, 5, 10)
     med = {c.key: float(np.median(c.samples_ms)) for c in contenders}
     for c in contenders:
@@ -116,7 +117,7 @@ def main() -> int:
         for t in (1, 2):
             e = Engine.load(p, threads=t)
             x = np.zeros(e.input.shape, e.input.dtype)
-            contenders.append(Contender(name, t, lambda e=e, x=x: e.invoke(x), 0.0, 0.0, 0.0))
+            contenders.append(Contender(name, t, functools.partial(e.invoke, x), 0.0, 0.0, 0.0))
     measure_interleaved(contenders, 150, 5, 10)
     med = {c.key: float(np.median(c.samples_ms)) for c in contenders}
     for c in contenders:

@@ -171,7 +171,7 @@ def ort_stage_profile(path: Path, threads_list: tuple[int, ...], runs: int) -> d
                 continue
             args = e.get("args", {})
             shapes = args.get("output_type_shape") or [{}]
-            shape = next(iter(shapes[0].values()), []) if shapes else []
+            shape: list[int] = next(iter(shapes[0].values()), []) if shapes else []
             stage = _ort_stage(str(args.get("op_name", "")), list(shape))
             per_run[j][stage] = per_run[j].get(stage, 0.0) + e["dur"] / 1000.0
         keys = sorted({k for r in per_run for k in r})
