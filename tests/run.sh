@@ -26,7 +26,7 @@ bash tests/venvs.sh
 echo "== ruff"
 .venv/bin/ruff check edge_resnet convert tests bench  # ruff does not follow the link edge_resnet/convert
 echo "== mypy"
-.venv/bin/mypy edge_resnet  # convert/ is in it, as edge_resnet.convert (the link edge_resnet/convert)
+.venv/bin/mypy edge_resnet tests bench  # convert/ is in it, as edge_resnet.convert (the link edge_resnet/convert)
 
 RUNTIME_TESTS=(-m "runtime and not hw")  # the `runtime` marker (pyproject.toml), not a list of files
 ARTIFACTS=$(mktemp -d)
