@@ -12,7 +12,8 @@ Two machines, one lab part each (tests/lab/run.sh picks with EDGE_RESNET_LAB_SYS
   Pi needs none); and its cgroup device filter (a BPF program DevicePolicy= loads) is not enforced
   under emulation, so the DevicePolicy check runs on amd64 only.
 
-The camera is the one fake: a looping video file of three ImageNet photos (`[source] type = "file"`).
+The camera is the one fake: a looping video file of three ImageNet photos (`[source] type = "file"`),
+each shown 0.8 s (5 s on the emulated arm64 machine, which classifies about a frame a second).
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ def device(request: pytest.FixtureRequest, prepared: dict[str, Any], host_broker
     for f in ("mobilenet_v2_1.0_224_quant.tflite", "imagenet_labels_1001.txt"):
         shutil.copy2(data / "models" / f, root / "root" / f)
     (root / "srv" / "camera").mkdir(parents=True)
-    shutil.copy2(prepared["video"], root / "srv" / "camera" / "camera.avi")
+    video = prepared["video_emulated"] if request.param == "arm64" else prepared["video"]  # prepare.py: why
+    shutil.copy2(video, root / "srv" / "camera" / "camera.avi")
     (root / "srv" / "camera" / "camera.avi").chmod(0o644)
 
     if request.param == "arm64":
