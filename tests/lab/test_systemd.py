@@ -327,9 +327,12 @@ def test_sigstop_leads_to_a_watchdog_restart(device: Device, figure: Callable[[s
     ready = restarted + device.wait_active(timeout=150, not_pid=pid)
     log = device.journal(200)
     assert "Watchdog timeout" in log, log[-2000:]  # systemd's own line: the watchdog, not something else
-    figure(f"SIGSTOP -> watchdog ({wd}) -> new daemon started {restarted:.1f} s later (bound {wd_s + 10:.0f} s), "
+    # the watchdog's SIGABRT, faulthandler's stack dump and the exit, then RestartSec=5: 10 s on top
+    # of WatchdogSec; 20 s under emulation, where all of that runs in qemu (measured 29-36 s there)
+    bound = wd_s + (20 if device.arch == "arm64" else 10)
+    figure(f"SIGSTOP -> watchdog ({wd}) -> new daemon started {restarted:.1f} s later (bound {bound:.0f} s), "
            f"READY again at {ready:.1f} s")  # fmt: skip
-    assert restarted <= wd_s + 10
+    assert restarted <= bound
 
 
 def test_kill_9_leads_to_a_restart(device: Device, figure: Callable[[str], None]) -> None:
