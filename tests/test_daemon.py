@@ -27,7 +27,7 @@ from edge_resnet.sourceconfig import FileSource
 from .conftest import REPO, run_cli
 from .helpers.broker import free_port
 from .helpers.notify_socket import NotifySocket
-from .helpers.run_child import RunChild, http_get
+from .helpers.run_child import RunChild, http_get, run_args
 from .helpers.video import pick_samples, write_video
 
 
@@ -43,14 +43,10 @@ def state_env(tmp_path: Path) -> dict[str, str]:
     return {"STATE_DIRECTORY": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
 
 
-def run_args(model: Path, labels: Path, source: Path | str, *more: str) -> list[str]:
-    """`edge-resnet run` options: a model, its labels and a source, then `more`."""
-    return ["-m", str(model), "--labels", str(labels), "--source", str(source), *more]
-
-
 def test_run_prints_json_lines_and_exits_at_end_of_file(
     video: Path, mobilenet_quant: Path, labels_1001: Path, state_env: dict[str, str]
 ) -> None:
+    # spelled out as README.md does (`--model`); the other tests take run_args' `-m`
     r = run_cli(
         "run",
         "--model",

@@ -25,6 +25,7 @@ import pytest
 
 from .conftest import REPO, run_cli
 from .helpers.notify_socket import NotifySocket
+from .helpers.run_child import run_args
 from .helpers.video import pick_samples, write_folder
 
 WATCHDOG_SEC = 3.0
@@ -196,14 +197,7 @@ def test_without_systemd_nothing_is_sent(
     folder = write_folder(tmp_path / "frames", pick_samples(samples_dir, 2), size=(320, 240))
     r = run_cli(
         "run",
-        "--model",
-        str(mobilenet_quant),
-        "--labels",
-        str(labels_1001),
-        "--source",
-        str(folder),
-        "--max-frames",
-        "2",
+        *run_args(mobilenet_quant, labels_1001, folder, "--max-frames", "2"),
         timeout=120,
         unset=("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"),
     )

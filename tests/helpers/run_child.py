@@ -4,6 +4,7 @@ daemon (bench/faults.py, bench/hardening.py)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -14,6 +15,12 @@ from pathlib import Path
 from typing import TextIO
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def run_args(model: str | os.PathLike[str], labels: str | os.PathLike[str], source: str | os.PathLike[str],
+             *more: str) -> list[str]:
+    """`edge-resnet run` options: a model, its labels and a source, then `more`."""
+    return ["-m", str(model), "--labels", str(labels), "--source", str(source), *more]
 
 
 class RunChild:
