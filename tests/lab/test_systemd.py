@@ -26,6 +26,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,23 @@ from .conftest import LAB, REPO, rootfs
 from .machine import Container, fresh_copy, q
 
 ARCH = os.environ.get("EDGE_RESNET_LAB_SYSTEMD_ARCH", "amd64")
-# arch -> (root filesystem it boots, lab part and run folder)
-MACHINES = {"amd64": ("systemd", "systemd"), "arm64": ("arm64-bookworm", "arm64-systemd")}
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What differs between the two machines this module boots, in one place."""
+
+    image: str  # the root filesystem it boots
+    part: str  # its lab part, run folder and log names
+    uname: str  # `uname -m` inside
+    emulated: bool  # under qemu-user: the PrivateIPC drop-in, the slower camera, more watchdog slack
+    apt_numpy: bool  # a Pi-like system site whose numpy the service's venv must keep
+
+
+MACHINES = {
+    "amd64": Machine("systemd", "systemd", "x86_64", emulated=False, apt_numpy=False),
+    "arm64": Machine("arm64-bookworm", "arm64-systemd", "aarch64", emulated=True, apt_numpy=True),
+}
 QEMU_DROP_IN = """\
 # Added by the device lab on the emulated arm64 machine only: qemu-user fails systemd's IPC
 # namespace setup (226/NAMESPACE). A real Raspberry Pi runs the unit as shipped.
@@ -65,9 +81,9 @@ README_STEPS = [
 
 class Device:
     def __init__(
-        self, arch: str, ct: Container, broker: Broker, sub: Subscriber, bundle: str, http_port: int
+        self, machine: Machine, ct: Container, broker: Broker, sub: Subscriber, bundle: str, http_port: int
     ) -> None:
-        self.arch = arch
+        self.machine = machine
         self.ct = ct
         self.broker = broker
         self.sub = sub
@@ -131,8 +147,8 @@ def _edit_config(text: str, port: int, http_port: int, model: str) -> str:
 @pytest.fixture(scope="module", params=[ARCH])
 def device(request: pytest.FixtureRequest, prepared: dict[str, Any], host_broker: Broker) -> Iterator[Device]:
     """One booted machine for the whole module; its arch is in every check's name (`[amd64]`, `[arm64]`)."""
-    image, part = MACHINES[request.param]
-    root = fresh_copy(rootfs(prepared, image), LAB / "run" / part)
+    machine = MACHINES[request.param]
+    root = fresh_copy(rootfs(prepared, machine.image), LAB / "run" / machine.part)
     # the checkout, as `git clone` leaves it (tracked files), with the wheel a user built into dist/
     src = root / "root" / "edge-resnet"
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
@@ -149,25 +165,26 @@ def device(request: pytest.FixtureRequest, prepared: dict[str, Any], host_broker
     for f in ("mobilenet_v2_1.0_224_quant.tflite", "imagenet_labels_1001.txt"):
         shutil.copy2(data / "models" / f, root / "root" / f)
     (root / "srv" / "camera").mkdir(parents=True)
-    video = prepared["video_emulated"] if request.param == "arm64" else prepared["video"]  # prepare.py: why
+    video = prepared["video_emulated"] if machine.emulated else prepared["video"]  # prepare.py: why
     shutil.copy2(video, root / "srv" / "camera" / "camera.avi")
     (root / "srv" / "camera" / "camera.avi").chmod(0o644)
 
-    if request.param == "arm64":
+    if machine.emulated:
         drop_in = root / "etc/systemd/system/edge-resnet.service.d/lab-qemu.conf"
         drop_in.parent.mkdir(parents=True)
         drop_in.write_text(QEMU_DROP_IN)
-    ct = Container(root, LAB / "logs" / f"{part}-container.log")
+    ct = Container(root, LAB / "logs" / f"{machine.part}-container.log")
     ct.log.parent.mkdir(parents=True, exist_ok=True)
     ct.boot()
     sub = Subscriber(host_broker.port, [f"edge-resnet/{DEVICE_ID}/#"], client_id="lab-field-subscriber").start()
     try:
-        yield Device(request.param, ct, host_broker, sub, bundle.name, free_port())
+        yield Device(machine, ct, host_broker, sub, bundle.name, free_port())
     finally:
         sub.stop()
         (LAB / "logs").mkdir(exist_ok=True)
         if ct.leader() is not None:
-            (LAB / "logs" / f"{part}-journal.txt").write_text(ct.sh("journalctl -b --no-pager", check=False).stdout)
+            journal = ct.sh("journalctl -b --no-pager", check=False).stdout
+            (LAB / "logs" / f"{machine.part}-journal.txt").write_text(journal)
         ct.poweroff()
 
 
@@ -190,13 +207,13 @@ def test_install_as_the_readme_says(device: Device, figure: Callable[[str], None
           "/etc/edge-resnet/secrets.env")  # fmt: skip
     check = ct.sh(f"sudo -u edge-resnet {VENV_BIN} config check {CONFIG}", check=False)
     assert check.returncode == 0, check.stdout + check.stderr
-    machine = ct.sh("uname -m").stdout.strip()
+    uname = ct.sh("uname -m").stdout.strip()
     probe = "import sys, numpy, cv2; print(sys.version.split()[0], numpy.__version__, numpy.__file__, cv2.__version__)"
     py, np_version, np_file, cv = ct.sh(f"{VENV_PY} -c {q(probe)}").stdout.split()
-    figure(f"{machine}: install.sh (venv, pip from PyPI, units) took {install_s:.0f} s; Python {py}, numpy "
+    figure(f"{uname}: install.sh (venv, pip from PyPI, units) took {install_s:.0f} s; Python {py}, numpy "
            f"{np_version} ({np_file}), OpenCV {cv}; config check: ok")
-    assert machine == {"amd64": "x86_64", "arm64": "aarch64"}[device.arch]
-    if device.arch == "arm64":  # the Pi's apt numpy (picamera2's) stays in front: install.sh pins it
+    assert uname == device.machine.uname
+    if device.machine.apt_numpy:  # the Pi's apt numpy (picamera2's) stays in front: install.sh pins it
         assert np_file.startswith("/usr/lib/python3/dist-packages/"), np_file
     assert "edge-resnet.service" in r.stdout
 
@@ -329,7 +346,7 @@ def test_sigstop_leads_to_a_watchdog_restart(device: Device, figure: Callable[[s
     assert "Watchdog timeout" in log, log[-2000:]  # systemd's own line: the watchdog, not something else
     # the watchdog's SIGABRT, faulthandler's stack dump and the exit, then RestartSec=5: 10 s on top
     # of WatchdogSec; 20 s under emulation, where all of that runs in qemu (measured 29-36 s there)
-    bound = wd_s + (20 if device.arch == "arm64" else 10)
+    bound = wd_s + (20 if device.machine.emulated else 10)
     figure(f"SIGSTOP -> watchdog ({wd}) -> new daemon started {restarted:.1f} s later (bound {bound:.0f} s), "
            f"READY again at {ready:.1f} s")  # fmt: skip
     assert restarted <= bound
