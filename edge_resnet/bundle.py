@@ -4,7 +4,9 @@ Format (version 1): the TFLite flatbuffer, followed by a ZIP archive holding `ed
 (metadata) and `labels.txt`. This is the same trick TFLite Support uses for associated files: the
 flatbuffer is untouched and interpreters ignore what follows it, so the file still loads anywhere,
 while `unzip -l model.tflite` shows the metadata. The JSON records the flatbuffer's length and
-SHA-256, so a copy with flipped bits is refused before it can classify silently wrong.
+SHA-256, so a copy with flipped bits is refused before it can classify silently wrong. Version 2
+adds a head trained on the device (`head.npz`, written by `learn`): an older reader refuses it
+rather than read the user's labels against the backbone's own outputs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,9 +26,11 @@ from .errors import ModelError
 from .preprocess import PreprocessSpec
 
 FORMAT = "edge-resnet-bundle"
-VERSION = 1
+VERSION = 2  # the newest this reader knows; a bundle is written as v1 unless it carries a head
+HEAD_VERSION = 2
 META_NAME = "edge_resnet.json"
 LABELS_NAME = "labels.txt"
+HEAD_NAME = "head.npz"
 TFLITE_IDENT = b"TFL3"
 EDGETPU_OP = b"edgetpu-custom-op"
 
@@ -43,24 +48,30 @@ class BundleMeta:
     model_sha256: str = ""
     model_size: int = 0
     source: dict[str, Any] = field(default_factory=dict)
-    version: int = VERSION
+    version: int = 1
+    # the pooled feature output in front of the classifier: {"output": TFLite tensor name, "size": D,
+    # "onnx_tensor": where it came from}; None for older bundles and foreign models
+    embedding: dict[str, Any] | None = None
+    # a head trained on the device (`learn`): kind, classes, backbone digest, head.npz digest, report summary
+    head: dict[str, Any] | None = None
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "format": FORMAT,
-                "version": self.version,
-                "model_sha256": self.model_sha256,
-                "model_size": self.model_size,
-                "preprocess": self.preprocess.to_dict(),
-                "label_offset": self.label_offset,
-                "output_kind": self.output_kind,
-                "num_labels": len(self.labels),
-                "source": self.source,
-            },
-            indent=2,
-            sort_keys=True,
-        )
+        d: dict[str, Any] = {
+            "format": FORMAT,
+            "version": HEAD_VERSION if self.head is not None else self.version,
+            "model_sha256": self.model_sha256,
+            "model_size": self.model_size,
+            "preprocess": self.preprocess.to_dict(),
+            "label_offset": self.label_offset,
+            "output_kind": self.output_kind,
+            "num_labels": len(self.labels),
+            "source": self.source,
+        }
+        if self.embedding is not None:
+            d["embedding"] = self.embedding
+        if self.head is not None:
+            d["head"] = self.head
+        return json.dumps(d, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, labels: list[str], where: str) -> BundleMeta:
@@ -82,6 +93,8 @@ class BundleMeta:
                 model_size=int(d["model_size"]),
                 source=dict(d.get("source", {})),
                 version=int(d["version"]),
+                embedding=dict(d["embedding"]) if d.get("embedding") else None,
+                head=dict(d["head"]) if d.get("head") else None,
             )
         except ModelError:
             raise
@@ -96,6 +109,7 @@ class ModelFile:
     path: Path
     flatbuffer: bytes
     meta: BundleMeta | None
+    files: dict[str, bytes] = field(default_factory=dict)  # associated files beyond metadata and labels
 
     @property
     def is_edgetpu(self) -> bool:
@@ -119,20 +133,21 @@ def read_model(path: str | os.PathLike[str]) -> ModelFile:
         raise ModelError(f"model {p} cannot be read ({e.strerror}); check its permissions") from None
     if len(data) < 8 or data[4:8] != TFLITE_IDENT:
         raise ModelError(f"{p} is not a TFLite model (no TFL3 identifier); pass a .tflite file")
-    meta = _read_meta(data, p)
-    if meta is None:
+    found = _read_meta(data, p)
+    if found is None:
         _check_sidecar_digest(p, data)
         return ModelFile(p, data, None)
+    meta, files = found
     flat = data[: meta.model_size]
     digest = hashlib.sha256(flat).hexdigest()
     if len(flat) != meta.model_size or digest != meta.model_sha256:
         raise ModelError(
             f"{p} is corrupt: its SHA-256 does not match the one recorded at conversion; copy it again or re-convert"
         )
-    return ModelFile(p, flat, meta)
+    return ModelFile(p, flat, meta, files)
 
 
-def _read_meta(data: bytes, p: Path) -> BundleMeta | None:
+def _read_meta(data: bytes, p: Path) -> tuple[BundleMeta, dict[str, bytes]] | None:
     if b"PK\x05\x06" not in data[-65557:]:
         return None
     try:
@@ -145,9 +160,10 @@ def _read_meta(data: bytes, p: Path) -> BundleMeta | None:
     try:
         text = zf.read(META_NAME).decode("utf-8")
         labels = zf.read(LABELS_NAME).decode("utf-8").splitlines() if LABELS_NAME in names else []
-    except (zipfile.BadZipFile, UnicodeDecodeError, OSError) as e:
+        files = {n: zf.read(n) for n in sorted(names - {META_NAME, LABELS_NAME}) if not n.endswith("/")}
+    except (zipfile.BadZipFile, UnicodeDecodeError, OSError, zlib.error) as e:
         raise ModelError(f"{p}: damaged metadata archive ({e}); copy the model again") from None
-    return BundleMeta.from_json(text, labels, str(p))
+    return BundleMeta.from_json(text, labels, str(p)), files
 
 
 def _check_sidecar_digest(p: Path, data: bytes) -> None:
@@ -167,8 +183,11 @@ def current_umask() -> int:
     return mask
 
 
-def write_bundle(flatbuffer: bytes, meta: BundleMeta, out: str | os.PathLike[str]) -> Path:
-    """Write flatbuffer + metadata atomically (temp file + rename), so a reader never sees half a model.
+def write_bundle(
+    flatbuffer: bytes, meta: BundleMeta, out: str | os.PathLike[str], files: dict[str, bytes] | None = None
+) -> Path:
+    """Write flatbuffer + metadata (+ associated `files`, e.g. a learned head) atomically (temp file +
+    rename), so a reader never sees half a model.
 
     The file gets the mode a plain `open()` would give it (0644 under umask 022): mkstemp's 0600
     would leave a model copied with `sudo cp` unreadable to the service user.
@@ -181,6 +200,8 @@ def write_bundle(flatbuffer: bytes, meta: BundleMeta, out: str | os.PathLike[str
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(META_NAME, meta.to_json())
         zf.writestr(LABELS_NAME, "\n".join(meta.labels) + ("\n" if meta.labels else ""))
+        for name, data in sorted((files or {}).items()):
+            zf.writestr(name, data)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tflite", dir=out_path.parent)

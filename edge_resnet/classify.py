@@ -14,8 +14,9 @@ import numpy as np
 import numpy.typing as npt
 
 from .bundle import OutputKind
-from .engine import Engine
-from .errors import LabelsError
+from .engine import NO_EMBEDDING_HINT, Engine
+from .errors import LabelsError, ModelError
+from .learn.learned import read_head
 from .observation import Prediction
 from .preprocess import PRESETS, Box, ChannelOrder, PreprocessSpec, TensorInfo, prepare
 
@@ -154,6 +155,15 @@ class Classifier:
     ) -> None:
         self.engine = engine
         meta = engine.model.meta
+        emb = engine.embedding
+        # a model from `learn`: its head over the embedding gives the user's classes (+ unknown)
+        self.head = read_head(engine.model, int(np.prod(emb.shape)) if emb is not None else None)
+        if self.head is not None:
+            if labels is not None:
+                raise LabelsError(
+                    f"{engine.model.path.name} is a learned model with its own classes; drop --labels / [model] labels"
+                )
+            labels, label_offset, output_kind = self.head.labels, 0, "probabilities"
         if preprocess is None:
             if meta is not None:
                 preprocess = meta.preprocess
@@ -170,7 +180,12 @@ class Classifier:
             output_kind = output_kind_of(engine.output)
         self.preprocess = preprocess
         self.output_kind = output_kind
-        num_outputs = int(np.prod(engine.output.shape[1:])) if len(engine.output.shape) > 1 else engine.output.shape[0]
+        if self.head is not None:
+            num_outputs = len(self.head.labels)
+        elif len(engine.output.shape) > 1:
+            num_outputs = int(np.prod(engine.output.shape[1:]))
+        else:
+            num_outputs = engine.output.shape[0]
         self.labels, self.label_offset = resolve_labels(labels, num_outputs, label_offset, engine.model.path.name)
 
     def prepare(
@@ -186,7 +201,29 @@ class Classifier:
         t1 = time.perf_counter()
         raw = self.engine.invoke(x)
         t2 = time.perf_counter()
-        probs = to_probabilities(raw, self.engine.output, self.output_kind)
+        if self.head is not None:
+            probs = self.head.scores(self.embedding_of_last())
+        else:
+            probs = to_probabilities(raw, self.engine.output, self.output_kind)
         preds = top_k(probs, k, self.labels, self.label_offset)
         t3 = time.perf_counter()
         return Result(preds, probs, (t2 - t1) * 1000.0, (t3 - t0) * 1000.0)
+
+    def embedding_of_last(self) -> npt.NDArray[np.float32]:
+        """The last classified frame's embedding, dequantized (what a head and `learn` take)."""
+        emb = self.engine.embedding
+        if emb is None:
+            raise ModelError(
+                f"{self.engine.model.path.name} has no embedding output (an older bundle or a foreign model); "
+                f"{NO_EMBEDDING_HINT}"
+            )
+        return dequantize(self.engine.embedding_row(), emb)
+
+    def embed(
+        self, frame: npt.NDArray[np.uint8], frame_order: ChannelOrder = "BGR", roi: Box | None = None
+    ) -> npt.NDArray[np.float32]:
+        """One image's embedding, preprocessed exactly as classification does."""
+        if self.engine.embedding is None:
+            self.embedding_of_last()  # raises the one-line error
+        self.engine.invoke(self.prepare(frame, frame_order, roi))
+        return self.embedding_of_last()

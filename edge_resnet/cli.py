@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("classify", "classify images or folders of images"),
     "info": ("info", "describe a .tflite model: tensors, quantization, ops, metadata"),
     "convert": ("convert", "convert an ONNX classifier to a verified INT8 TFLite bundle"),
+    "learn": ("learn", "learn your own classes from a few labelled images of yours, on the device"),
     "fetch": ("fetch", "download an ONNX model zoo ResNet into the cache"),
     "run": ("run", "run the camera daemon: frames to labels on MQTT and a live overlay"),
     "config": ("config", "check a daemon configuration file"),

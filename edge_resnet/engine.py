@@ -96,6 +96,26 @@ def edgetpu_twin(path: Path) -> Path | None:
     return twin if twin.exists() else None
 
 
+NO_EMBEDDING_HINT = (
+    "convert the ONNX model again with this edge-resnet (`edge-resnet convert`), which writes bundles "
+    "with the pooled features as a second output"
+)
+
+
+def _embedding_output(model: ModelFile, outputs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The output the bundle names as its embedding: by tensor name, else by size (a compiler may
+    rename tensors); None for models without one."""
+    spec = model.meta.embedding if model.meta is not None else None
+    if not spec or len(outputs) < 2:
+        return None
+    by_name = [d for d in outputs if str(d["name"]) == str(spec.get("output"))]
+    if by_name:
+        return by_name[0]
+    size = int(spec.get("size", -1))
+    by_size = [d for d in outputs[1:] if int(np.prod(d["shape"])) == size]
+    return by_size[0] if len(by_size) == 1 else None
+
+
 def _tensor_info(d: dict[str, Any]) -> TensorInfo:
     q = d.get("quantization_parameters", {})
     scales = q.get("scales", np.zeros(0))
@@ -134,9 +154,14 @@ class Engine:
         if len(inputs) != 1:
             raise ModelError(f"{model.path} has {len(inputs)} inputs; an image classifier has one")
         self._in_index = int(inputs[0]["index"])
-        self._out_index = int(outputs[0]["index"])
+        emb = _embedding_output(model, outputs)
+        scores = next((d for d in outputs if d is not emb), outputs[0])
+        self._out_index = int(scores["index"])
         self.input = _tensor_info(inputs[0])
-        self.output = _tensor_info(outputs[0])
+        self.output = _tensor_info(scores)
+        # the pooled features in front of the classifier (bundles from `convert`), read after invoke
+        self.embedding: TensorInfo | None = _tensor_info(emb) if emb is not None else None
+        self._emb_index = int(emb["index"]) if emb is not None else -1
         if len(self.input.shape) != 4 or 3 not in (self.input.shape[1], self.input.shape[3]):
             raise ModelError(
                 f"{model.path} input shape {self.input.shape} is not a 3-channel image; "
@@ -234,6 +259,13 @@ class Engine:
         self._it.invoke()
         out: npt.NDArray[Any] = self._it.get_tensor(self._out_index)
         return out.reshape(-1).copy() if out.shape[0] == 1 else out.copy()
+
+    def embedding_row(self) -> npt.NDArray[Any]:
+        """The last invoke's embedding (raw, output dtype); only for models with one (`self.embedding`)."""
+        if self._emb_index < 0:
+            raise ModelError(f"{self.model.path.name} has no embedding output; {NO_EMBEDDING_HINT}")
+        out: npt.NDArray[Any] = self._it.get_tensor(self._emb_index)
+        return out.reshape(-1).copy()
 
     def ops(self) -> list[dict[str, Any]]:
         return _ops(self._it)

@@ -1,0 +1,80 @@
+"""The `learn` job as one importable function: examples folder + backbone bundle in, learned bundle out.
+
+Nothing is written until every check passed and the head is fitted; the bundle is written
+atomically, so a failure at any step leaves no model and an interrupted write no half one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..classify import Classifier
+from ..devices import Device
+from ..engine import NO_EMBEDDING_HINT, Engine
+from ..errors import InputError, ModelError
+from . import examples as examples_mod
+from . import report as report_mod
+from .fit import train
+from .learned import write_learned
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Learned:
+    out: Path
+    report: dict[str, Any]
+
+
+def embed_all(clf: Classifier, images: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
+    """Each example's embedding through the model's own preprocessing (as the daemon will see frames)."""
+    return np.stack([clf.embed(img) for img in images]).astype(np.float32)
+
+
+def check_out(out: Path) -> None:
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder; give the file name of the new model, e.g. {out}/my_classes.tflite")
+    if out.suffix != ".tflite":
+        raise InputError(f"--out {out} must end in .tflite (the learned model is a TFLite bundle)")
+    if not out.parent.exists():
+        raise InputError(f"--out {out}: folder {out.parent} does not exist; create it first")
+
+
+def learn(
+    examples_dir: Path,
+    model: Path,
+    out: Path,
+    *,
+    device: Device = "cpu",
+    threads: int | None = None,
+    seed: int = 0,
+    unknown_below: float | None = None,
+) -> Learned:
+    check_out(out)
+    if unknown_below is not None and not 0.0 <= unknown_below < 1.0:
+        raise InputError(f"--unknown-below {unknown_below} must be in 0..1 (0 turns `unknown` off)")
+    engine = Engine.load(model, device=device, threads=threads)
+    if engine.model.meta is None or engine.embedding is None:
+        what = "a foreign .tflite" if engine.model.meta is None else "a bundle from an older edge-resnet"
+        raise ModelError(f"{model} has no embedding output ({what}); {NO_EMBEDDING_HINT}")
+    clf = Classifier(engine)
+    ex = examples_mod.load(examples_dir)
+    for p, why in ex.skipped:
+        log.warning("skipped %s: %s", p, why)
+    t0 = time.perf_counter()
+    emb = embed_all(clf, ex.images)
+    t_embed = time.perf_counter() - t0
+    ex.images.clear()
+    log.info("embeddings: %d images in %.1f s (%s)", len(emb), t_embed, engine.describe())
+    trained = train(emb, ex.labels, ex.classes, seed=seed, unknown_below=unknown_below)
+    rep = report_mod.build(ex, emb, trained, {"embeddings": t_embed})
+    rep["model"] = {"backbone": str(model), "backbone_sha256": engine.model.sha256, "out": str(out)}
+    write_learned(engine.model, trained.head, rep, out)
+    return Learned(out, rep)
