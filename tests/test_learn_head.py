@@ -87,7 +87,8 @@ def test_logistic_wins_where_a_nuisance_direction_fools_class_means() -> None:
     def make(yy: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         amp = rng.uniform(0, 3, (yy.size, 1))
         x = base + yy[:, None] * cls_dir + amp * nuisance + rng.normal(0, 0.3, (yy.size, D))
-        return np.maximum(x, 0).astype(np.float32)
+        out: npt.NDArray[np.float32] = np.maximum(x, 0).astype(np.float32)
+        return out
 
     x = make(y)
     t = train(x, y, names(2))
