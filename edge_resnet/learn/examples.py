@@ -45,12 +45,20 @@ def check_class_name(name: str, where: str) -> str:
     return stripped
 
 
+GREY_SATURATION = 12.0  # mean HSV saturation (0..255) under which a picture is a grey (night-mode) frame
+
+
 @dataclass(frozen=True)
 class Example:
     path: Path
     label: int
     height: int
     width: int
+    grey: bool = False  # a grey (night-mode) frame
+
+
+def is_grey(image: npt.NDArray[np.uint8]) -> bool:
+    return float(cv2.cvtColor(image, cv2.COLOR_BGR2HSV)[..., 1].mean()) < GREY_SATURATION
 
 
 @dataclass
@@ -103,8 +111,9 @@ def load(folder: str | Path) -> ExampleSet:
             if img is None or img.size == 0:
                 skipped.append((f, "not a readable image"))
                 continue
-            examples.append(Example(f, label, int(img.shape[0]), int(img.shape[1])))
-            images.append(np.asarray(img, dtype=np.uint8))
+            bgr = np.asarray(img, dtype=np.uint8)
+            examples.append(Example(f, label, int(bgr.shape[0]), int(bgr.shape[1]), is_grey(bgr)))
+            images.append(bgr)
     left = np.bincount([e.label for e in examples], minlength=len(classes))
     if (left == 0).any():
         bad = dirs[int(np.flatnonzero(left == 0)[0])]

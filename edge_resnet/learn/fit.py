@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .features import Floats, centre_of, prepare
-from .head import Head, HeadKind
+from .head import Head, HeadKind, class_logits
 
 Ints = npt.NDArray[np.int64]
 
@@ -115,14 +115,26 @@ def fit_logistic(z: Floats, y: Ints, c: int, lam: float) -> tuple[Floats, Floats
     return w.astype(np.float32), np.zeros(c, np.float32)
 
 
-def _fit(kind: HeadKind, param: float, z: Floats, y: Ints, c: int) -> tuple[Floats, Floats]:
+def _fit(kind: HeadKind, param: float, z: Floats, y: Ints, c: int, look: Ints) -> tuple[Floats, Floats, Ints]:
+    """Weights, bias and each column's class. `look`: 0 for an example, 1.. for a kind of variant;
+    `ncm-looks` gives each class one prototype per look it has (its day and its night mean)."""
+    if kind == "logistic":
+        w, b = fit_logistic(z, y, c, param)
+        return w, b, np.arange(c, dtype=np.int64)
     if kind == "ncm":
-        return (class_means(z, y, c) * np.float32(param)).astype(np.float32), np.zeros(c, np.float32)
-    return fit_logistic(z, y, c, param)
+        return (class_means(z, y, c) * np.float32(param)).astype(np.float32), np.zeros(c, np.float32), np.arange(c)
+    protos, cols = [], []
+    for k in range(c):
+        for lk in np.unique(look[y == k]):
+            m = z[(y == k) & (look == lk)].mean(axis=0)
+            protos.append(m / max(float(np.linalg.norm(m)), 1e-12))
+            cols.append(k)
+    w = (np.stack(protos, axis=1) * np.float32(param)).astype(np.float32)
+    return w, np.zeros(len(cols), np.float32), np.asarray(cols, np.int64)
 
 
 def folds_for(y: Ints, seed: int) -> tuple[list[Ints], str]:
-    """Held-out index sets: leave-one-out for small sets, else stratified k-fold (k <= the smallest class)."""
+    """Held-out example sets: leave-one-out for small sets, else stratified k-fold (k <= the smallest class)."""
     n = y.size
     if n <= LOO_MAX:
         return [np.array([i]) for i in range(n)], f"leave-one-out ({n} folds)"
@@ -136,44 +148,60 @@ def folds_for(y: Ints, seed: int) -> tuple[list[Ints], str]:
     return [np.array(sorted(p), dtype=np.int64) for p in parts], f"stratified {k}-fold"
 
 
-def _candidates(counts: Ints) -> list[tuple[str, HeadKind, tuple[float, ...]]]:
+def _candidates(counts: Ints, looks: int) -> list[tuple[str, HeadKind, tuple[float, ...]]]:
     out: list[tuple[str, HeadKind, tuple[float, ...]]] = [("ncm", "ncm", NCM_SCALES)]
+    if looks > 1:
+        out.append(("ncm-looks", "ncm-looks", NCM_SCALES))
     if counts.min() >= 2:
         out += [(f"logistic l2={lam:g}", "logistic", (lam,)) for lam in LAMBDAS]
     return out
 
 
-def cross_validate(x: Floats, y: Ints, c: int, seed: int = 0) -> CrossValidation:
-    """Every candidate's held-out predictions on the same folds; the best is chosen."""
-    folds, method = folds_for(y, seed)
+def _looks(n: int, of: Ints | None) -> Ints:
+    """0 for each of the n examples, 1 for each variant after them."""
+    return np.concatenate([np.zeros(n, np.int64), np.ones(0 if of is None else of.size, np.int64)])
+
+
+def cross_validate(
+    x: Floats, y: Ints, c: int, seed: int = 0, of: Ints | None = None
+) -> CrossValidation:
+    """Every candidate's held-out predictions on the same folds; the best is chosen.
+
+    The first n = len(y) rows of `x` are the examples; rows after them are variants made from
+    them (`of[j]`: the example row j was made from). A variant trains only when its example does:
+    a held-out example's own variant in training would flatter every score."""
     n = y.size
+    folds, method = folds_for(y, seed)
+    origin = np.concatenate([np.arange(n), of if of is not None else np.zeros(0, np.int64)])
+    y_all = y[origin]
+    look = _looks(n, of)
     scored: list[tuple[Candidate, Floats]] = []
-    for name, kind, params in _candidates(np.bincount(y, minlength=c)):
+    for name, kind, params in _candidates(np.bincount(y, minlength=c), int(look.max()) + 1):
         logits = {prm: np.zeros((n, c), np.float32) for prm in params}
         for test in folds:
-            train = np.setdiff1d(np.arange(n), test)
-            if np.unique(y[train]).size < c:  # a class absent from training: nothing to learn it from
+            train = np.flatnonzero(~np.isin(origin, test))
+            if np.unique(y_all[train]).size < c:  # a class absent from training: nothing to learn it from
                 for prm in params:
                     logits[prm][test] = 0.0
                 continue
             centre = centre_of(x[train])
             zt, zs = prepare(x[train], centre), prepare(x[test], centre)
             base = params[0] if kind == "logistic" else 1.0
-            w, b = _fit(kind, base, zt, y[train], c)
+            w, b, cols = _fit(kind, base, zt, y_all[train], c, look[train])
             for prm in params:  # NCM: one fit, each temperature a rescale
-                scale = prm / base if kind == "ncm" else 1.0
-                logits[prm][test] = (zs @ w) * scale + b
+                scale = prm / base if kind != "logistic" else 1.0
+                logits[prm][test] = class_logits((zs @ w) * scale + b, cols, c)
         best: tuple[Candidate, Floats] | None = None
         for prm in params:
             probs = _softmax(logits[prm].astype(np.float64)).astype(np.float32)
             acc = float(np.mean(probs.argmax(axis=1) == y))
             loss = float(-np.mean(np.log(np.maximum(probs[np.arange(n), y], 1e-12))))
-            cand = Candidate(name if kind == "logistic" else f"ncm t={prm:g}", kind, prm, acc, loss)
+            cand = Candidate(name if kind == "logistic" else f"{name} t={prm:g}", kind, prm, acc, loss)
             if best is None or loss < best[0].log_loss:
                 best = (cand, probs)
         assert best is not None
         scored.append(best)
-    order = {"ncm": 0, "logistic": 1}
+    order = {"ncm": 0, "ncm-looks": 1, "logistic": 2}
     chosen, probs = max(scored, key=lambda cp: (cp[0].accuracy, -round(cp[0].log_loss, 3), -order[cp[0].kind]))
     return CrossValidation(method, [c for c, _ in scored], chosen, probs, len(folds))
 
@@ -190,14 +218,26 @@ def unknown_threshold(cv: CrossValidation, y: Ints, c: int) -> float:
 
 
 def train(
-    x: npt.ArrayLike, y: npt.ArrayLike, classes: list[str], *, seed: int = 0, unknown_below: float | None = None
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
+    classes: list[str],
+    *,
+    seed: int = 0,
+    unknown_below: float | None = None,
+    variants: npt.ArrayLike | None = None,
+    variant_of: npt.ArrayLike | None = None,
 ) -> Trained:
     """Choose a head by cross-validation and fit it on every example. `x`: (n, D) dequantized
-    embeddings; `y`: class indices into `classes`; `unknown_below`: None = from cross-validation."""
+    embeddings; `y`: class indices into `classes`; `unknown_below`: None = from cross-validation;
+    `variants` (m, D): embeddings of images made from examples (`augment.py`), `variant_of` (m,):
+    which example each was made from. Variants train; only examples are scored."""
     import time
 
-    xs = np.asarray(x, np.float32).reshape(len(classes) and np.asarray(x).shape[0], -1)
+    xs = np.asarray(x, np.float32)
+    xs = xs.reshape(xs.shape[0], -1)
     ys = np.asarray(y, np.int64)
+    of = np.asarray(variant_of if variant_of is not None else [], np.int64)
+    xv = np.asarray(variants, np.float32).reshape(of.size, -1) if of.size else np.zeros((0, xs.shape[1]), np.float32)
     c = len(classes)
     if c < 2:
         raise ValueError("a head needs at least two classes")
@@ -206,8 +246,10 @@ def train(
     t0 = time.perf_counter()
     cv: CrossValidation | None = None
     why = ""
+    x_all = np.concatenate([xs, xv])
+    y_all = np.concatenate([ys, ys[of]])
     if counts.min() >= 2:
-        cv = cross_validate(xs, ys, c, seed)
+        cv = cross_validate(x_all, ys, c, seed, of)
         kind, param = cv.chosen.kind, cv.chosen.param
     else:
         lonely = [classes[i] for i in np.flatnonzero(counts < 2)]
@@ -215,10 +257,10 @@ def train(
         kind, param = "ncm", 20.0
     timings["cross_validation"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    centre = centre_of(xs)
-    w, b = _fit(kind, param, prepare(xs, centre), ys, c)
+    centre = centre_of(x_all)
+    w, b, cols = _fit(kind, param, prepare(x_all, centre), y_all, c, _looks(ys.size, of))
     timings["final_fit"] = time.perf_counter() - t1
     if unknown_below is None:
         unknown_below = unknown_threshold(cv, ys, c) if cv is not None else 0.0
-    head = Head(kind, tuple(classes), centre, w, b, float(unknown_below))
+    head = Head(kind, tuple(classes), centre, w, b, float(unknown_below), cols)
     return Trained(head, cv, why, timings)

@@ -17,30 +17,45 @@ import numpy.typing as npt
 from ..errors import ModelError
 from .features import Floats, prepare
 
-HeadKind = Literal["ncm", "logistic"]
+HeadKind = Literal["ncm", "ncm-looks", "logistic"]
 UNKNOWN = "unknown"
+
+
+def class_logits(raw: Floats, columns: npt.NDArray[np.int64], c: int) -> Floats:
+    """Per class, its best column (a class may have several prototypes: its day and night looks)."""
+    if columns.size == c and np.array_equal(columns, np.arange(c)):
+        return raw
+    out: Floats = np.stack([raw[:, columns == k].max(axis=1) for k in range(c)], axis=1).astype(np.float32)
+    return out
 
 
 @dataclass(frozen=True)
 class Head:
-    """`classes[i]` is column i of `weights` (D x C); `unknown_below`: a frame whose best class
-    probability is under it is published as `unknown` (0 turns the rule off)."""
+    """Column j of `weights` (D x P) scores class `classes[columns[j]]`, a class scoring its best
+    column (P = C and columns = 0..C-1 but for `ncm-looks`, one prototype per class and look);
+    `unknown_below`: a frame whose best class probability is under it is published as `unknown`
+    (0 turns the rule off)."""
 
     kind: HeadKind
     classes: tuple[str, ...]
     centre: Floats  # (D,)
-    weights: Floats  # (D, C)
-    bias: Floats  # (C,)
+    weights: Floats  # (D, P)
+    bias: Floats  # (P,)
     unknown_below: float = 0.0
+    columns: npt.NDArray[np.int64] | None = None  # (P,) class of each column; None: column j is class j
 
     @property
     def size(self) -> int:
         """The embedding size the head takes."""
         return int(self.weights.shape[0])
 
+    @property
+    def column_classes(self) -> npt.NDArray[np.int64]:
+        return self.columns if self.columns is not None else np.arange(len(self.classes), dtype=np.int64)
+
     def logits(self, x: npt.ArrayLike) -> Floats:
-        out: Floats = (prepare(x, self.centre) @ self.weights + self.bias).astype(np.float32)
-        return out
+        raw: Floats = (prepare(x, self.centre) @ self.weights + self.bias).astype(np.float32)
+        return class_logits(raw, self.column_classes, len(self.classes))
 
     def probabilities(self, x: npt.ArrayLike) -> Floats:
         """Class probabilities, one row per embedding row."""
@@ -73,6 +88,7 @@ class Head:
             centre=self.centre.astype(np.float32),
             weights=self.weights.astype(np.float32),
             bias=self.bias.astype(np.float32),
+            columns=self.column_classes.astype(np.int64),
         )
         return buf.getvalue()
 
@@ -83,11 +99,19 @@ class Head:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 centre, weights, bias = (np.asarray(z[k], np.float32) for k in ("centre", "weights", "bias"))
-        except (OSError, ValueError, KeyError) as e:
+                columns = np.asarray(z["columns"], np.int64) if "columns" in z.files else np.arange(len(classes))
+        except (OSError, ValueError, KeyError, EOFError) as e:
             raise ModelError(f"{where}: the learned head is unreadable ({e}); run `edge-resnet learn` again") from None
         c = len(classes)
-        if weights.ndim != 2 or weights.shape[1] != c or bias.shape != (c,) or centre.shape != (weights.shape[0],):
+        p = columns.size
+        if (
+            weights.ndim != 2
+            or weights.shape[1] != p
+            or bias.shape != (p,)
+            or centre.shape != (weights.shape[0],)
+            or set(columns.tolist()) != set(range(c))
+        ):
             raise ModelError(
                 f"{where}: the learned head's arrays do not match its {c} classes; run `edge-resnet learn` again"
             )
-        return cls(kind, tuple(classes), centre, weights, bias, float(unknown_below))
+        return cls(kind, tuple(classes), centre, weights, bias, float(unknown_below), columns)

@@ -21,6 +21,7 @@ from ..engine import NO_EMBEDDING_HINT, Engine
 from ..errors import InputError, ModelError
 from . import examples as examples_mod
 from . import report as report_mod
+from .augment import VARIANTS
 from .fit import train
 from .learned import write_learned
 
@@ -56,24 +57,30 @@ def learn(
     threads: int | None = None,
     seed: int = 0,
     unknown_below: float | None = None,
+    variants: bool = True,
 ) -> Learned:
+    """`variants`: also train on a night (grey, dark) copy of every example (augment.py)."""
     check_out(out)
     if unknown_below is not None and not 0.0 <= unknown_below < 1.0:
         raise InputError(f"--unknown-below {unknown_below} must be in 0..1 (0 turns `unknown` off)")
     engine = Engine.load(model, device=device, threads=threads)
+    clf = Classifier(engine)  # a learned model as the backbone: its head must belong to it
     if engine.model.meta is None or engine.embedding is None:
         what = "a foreign .tflite" if engine.model.meta is None else "a bundle from an older edge-resnet"
         raise ModelError(f"{model} has no embedding output ({what}); {NO_EMBEDDING_HINT}")
-    clf = Classifier(engine)
     ex = examples_mod.load(examples_dir)
     for p, why in ex.skipped:
         log.warning("skipped %s: %s", p, why)
     t0 = time.perf_counter()
     emb = embed_all(clf, ex.images)
+    made = [fn(img) for img in ex.images for fn in VARIANTS.values()] if variants else []
+    var = embed_all(clf, made) if made else None
+    of = np.repeat(np.arange(len(ex.images)), len(VARIANTS)) if made else None
     t_embed = time.perf_counter() - t0
     ex.images.clear()
-    log.info("embeddings: %d images in %.1f s (%s)", len(emb), t_embed, engine.describe())
-    trained = train(emb, ex.labels, ex.classes, seed=seed, unknown_below=unknown_below)
+    log.info("embeddings: %d images%s in %.1f s (%s)", len(emb),
+             f" and {len(made)} night variants" if made else "", t_embed, engine.describe())
+    trained = train(emb, ex.labels, ex.classes, seed=seed, unknown_below=unknown_below, variants=var, variant_of=of)
     rep = report_mod.build(ex, emb, trained, {"embeddings": t_embed})
     rep["model"] = {"backbone": str(model), "backbone_sha256": engine.model.sha256, "out": str(out)}
     write_learned(engine.model, trained.head, rep, out)

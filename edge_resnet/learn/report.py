@@ -101,6 +101,13 @@ def warnings(ex: ExampleSet, emb: npt.NDArray[np.float32], counts: npt.NDArray[n
             f"{small_crops[0].width}x{small_crops[0].height}): the model sees them upscaled; crop less tightly "
             "or use a higher camera resolution"
         )
+    grey = np.bincount([e.label for e in ex.examples if e.grey], minlength=len(ex.classes))
+    if grey.any() and not grey.all():
+        without = [n for n, g in zip(ex.classes, grey, strict=True) if not g]
+        out.append(
+            f"no grey (night-mode) example in {', '.join(without)} while other classes have some: night frames "
+            "tend to go to the classes that have them; add a few night frames of every class"
+        )
     n_dup, pairs = near_duplicates(emb)
     if n_dup:
         a, b, _ = pairs[0]
