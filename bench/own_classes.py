@@ -8,7 +8,8 @@ image is embedded once by the INT8 bundle (its embedding output, through `Engine
 Classifier's own `prepare`, as on the device) and by the float ONNX model (onnxruntime, its pooled
 tensor as an extra output, on the very same preprocessing). Then, for k = 1, 2, 5, 10, 20 examples a
 class and 10 random splits, `edge_resnet.learn.fit.train` fits a head on the k examples (with their
-night variants, as `learn` does: edge_resnet/learn/augment.py) and is scored on all the others: mean +- standard deviation of accuracy, and which head cross-validation chose.
+night variants, as `learn` does: edge_resnet/learn/augment.py) and is scored on all the others: mean
++- standard deviation of accuracy, and which head cross-validation chose.
 Also the time of one `train` on 5 classes x 20 examples and of `head.probabilities` on one row.
 
 Without --model, the data's MobileNet v2 ONNX is converted first (`edge-resnet convert ... --preset

@@ -157,12 +157,13 @@ def test_head_on_states_large_k5_float(models_dir: Path, data_dir: Path) -> None
     tensor = TensorInfo(name, (1, 3, 224, 224), np.dtype(np.float32))
     task = states_task(data_dir, "large", 60, seed=0)
     def embed(images: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
-        return np.stack(
+        out: npt.NDArray[np.float32] = np.stack(
             [
                 np.asarray(sess.run([emb.name], {name: prepare(img, PRESETS["inception"], tensor)})[0]).reshape(-1)
                 for img in images
             ]
         ).astype(np.float32)
+        return out
 
     x = embed(task.images)
     xv = embed([night(img) for img in task.images])
