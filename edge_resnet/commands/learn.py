@@ -25,6 +25,8 @@ def register(sub: Any, name: str, helptext: str) -> None:
                    help="publish `unknown` when no class reaches this probability (default: from cross-validation; "
                    "0 turns it off)")
     p.add_argument("--seed", type=int, default=0, help="cross-validation folds' seed")
+    p.add_argument("--no-night", action="store_true",
+                   help="train on the examples alone, without a grey low-light copy of each (a camera's night look)")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="where the backbone runs (cpu, edgetpu, auto)")
     p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all usable cores)")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON on stdout")
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..learn.report import summary_lines
 
     res = learn(args.examples, args.model, args.out, device=args.device, threads=args.threads, seed=args.seed,
-                unknown_below=args.unknown_below)
+                unknown_below=args.unknown_below, variants=not args.no_night)
     for line in summary_lines(res.report):
         print(line, file=sys.stderr)
     print(f"wrote {res.out}", file=sys.stderr)
