@@ -110,3 +110,33 @@ def annotate_observation(
 ) -> npt.NDArray[np.uint8]:
     """`annotate` for an Observation: its frame, top-k, smoothed label and invoke time."""
     return annotate(obs.frame.image, obs.top_k, obs.label, fps, obs.invoke_ms, warning)
+
+
+REGION_COLOUR = (230, 180, 40)  # BGR: a region's box
+
+
+def annotate_regions(
+    image: npt.NDArray[np.uint8], observations: Sequence[Observation], fps: float | None = None,
+    warning: str | None = None,
+) -> npt.NDArray[np.uint8]:
+    """A copy of BGR `image` with each region's box, its name and its smoothed label (and fps, the
+    slowest invoke and `warning` at the bottom)."""
+    out = np.ascontiguousarray(image).copy()
+    h, w = out.shape[:2]
+    scale, thick, step = _scale(min(h, w))
+    for obs in observations:
+        if obs.roi is None:
+            continue
+        x0, y0, x1, y1 = obs.roi
+        cv2.rectangle(out, (x0, y0), (min(w, x1) - 1, min(h, y1) - 1), REGION_COLOUR, max(2, thick))
+        text = fit_text(f"{obs.region}: {first_synonym(obs.label.label)} {obs.label.score * 100:.0f}%",
+                        max(40, x1 - x0 - 8), scale, thick)  # fmt: skip
+        _text_block(out, [(text, TOP1_COLOUR)], x0 + 2, y0 + 2)
+    stats = [f"{fps:.1f} fps"] if fps is not None else []
+    if observations:
+        stats.append(f"{max(o.invoke_ms for o in observations):.1f} ms")
+    footer: list[tuple[str, tuple[int, int, int]]] = [("  ".join(stats), TEXT_COLOUR)] if stats else []
+    if warning:
+        footer.append((warning, WARN_COLOUR))
+    _text_block(out, footer, 8, h - 8 - step * len(footer) - step // 4)
+    return out

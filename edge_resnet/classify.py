@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .bundle import OutputKind
+from .bundle import ModelFile, OutputKind
 from .engine import NO_EMBEDDING_HINT, Engine
 from .errors import LabelsError, ModelError
 from .learn.learned import read_head
@@ -152,16 +152,22 @@ class Classifier:
         preprocess: PreprocessSpec | None = None,
         label_offset: int | None = None,
         output_kind: OutputKind | None = None,
+        bundle: ModelFile | None = None,
     ) -> None:
+        """`bundle`: where labels, preprocessing and a head come from when that is not the engine's own
+        file: another bundle of the same flatbuffer (regions sharing one loaded backbone)."""
         self.engine = engine
-        meta = engine.model.meta
+        self.bundle = bundle or engine.model
+        if self.bundle.sha256 != engine.model.sha256:
+            raise ModelError(f"{self.bundle.path} is not the model loaded from {engine.model.path}")
+        meta = self.bundle.meta
         emb = engine.embedding
         # a model from `learn`: its head over the embedding gives the user's classes (+ unknown)
-        self.head = read_head(engine.model, int(np.prod(emb.shape)) if emb is not None else None)
+        self.head = read_head(self.bundle, int(np.prod(emb.shape)) if emb is not None else None)
         if self.head is not None:
             if labels is not None:
                 raise LabelsError(
-                    f"{engine.model.path.name} is a learned model with its own classes; drop --labels / [model] labels"
+                    f"{self.bundle.path.name} is a learned model with its own classes; drop --labels / [model] labels"
                 )
             labels, label_offset, output_kind = self.head.labels, 0, "probabilities"
         if preprocess is None:

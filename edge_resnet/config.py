@@ -130,6 +130,43 @@ class PipelineConfig:
                 raise ConfigError(f"[pipeline] roi: {list(self.roi)} must be [x0, y0, x1, y1] with x1 > x0 >= 0")
 
 
+MAX_REGIONS = 16
+REGION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+@dataclass
+class RegionConfig:
+    """`[[region]]`: a named part of the frame with its own model (a learned head on the shared
+    backbone, usually), smoothing state, MQTT topics, Home Assistant sensor and overlay box."""
+
+    name: str
+    roi: tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels
+    model: str | None = None  # None: the [model] path
+
+    def __post_init__(self) -> None:
+        if not REGION_NAME.fullmatch(self.name):
+            raise ConfigError(
+                f"[[region]] name: {self.name!r} is not usable in MQTT topics; use 1..32 ASCII letters, digits, "
+                "'-' or '_'"
+            )
+        where = f"[[region]] {self.name}: roi"
+        x0, y0, x1, y1 = self.roi
+        for i, v in enumerate(self.roi):
+            check_range(f"{where}[{i}]", v, 0, 65535, "frame pixels")
+        if x1 <= x0 or y1 <= y0:
+            raise ConfigError(f"{where} {list(self.roi)} must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0")
+
+
+def check_regions(regions: list[RegionConfig]) -> None:
+    if len(regions) > MAX_REGIONS:
+        raise ConfigError(f"{len(regions)} [[region]] tables; at most {MAX_REGIONS} (each one is an invoke a frame)")
+    seen: set[str] = set()
+    for r in regions:
+        if r.name in seen:
+            raise ConfigError(f"[[region]] name {r.name!r} is used twice; give each region its own name")
+        seen.add(r.name)
+
+
 # -- the registries --------------------------------------------------------------------------------
 
 
@@ -313,9 +350,11 @@ class Config:
     source: SourceCommon = field(default_factory=OpenCvSource)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     sinks: dict[str, Any] = field(default_factory=dict)  # table name (a SINKS key) -> its config
+    regions: list[RegionConfig] = field(default_factory=list)  # [[region]]: none = the whole frame (or roi)
 
     def __post_init__(self) -> None:
         check_device_id(self.device_id)
+        check_regions(self.regions)
         unknown = [name for name in self.sinks if name not in SINKS]
         if unknown:
             raise ConfigError(f"unknown sink table [{unknown[0]}]; known: {', '.join(SINKS)}")
@@ -390,7 +429,7 @@ _SCALARS = ("device_id", "state_dir", "log_level")
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """A Config from parsed TOML; every problem is one ConfigError naming the key."""
-    top = {*_SCALARS, "model", "source", "pipeline", *SINKS}
+    top = {*_SCALARS, "model", "source", "pipeline", "region", *SINKS}
     unknown = sorted(set(data) - top)
     if unknown:
         raise ConfigError(f"unknown top-level key {unknown[0]!r}; known keys and tables: {', '.join(sorted(top))}")
@@ -406,6 +445,11 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     if "pipeline" in data:
         kw["pipeline"] = from_dict(PipelineConfig, data["pipeline"], "pipeline")
     kw["sinks"] = {name: _build(kind.config, data[name], name) for name, kind in SINKS.items() if name in data}
+    if "region" in data:
+        regions = data["region"]
+        if not isinstance(regions, list) or not all(isinstance(r, dict) for r in regions):
+            raise ConfigError("region must be an array of tables: write each one as [[region]] with name and roi")
+        kw["regions"] = [_build(RegionConfig, r, "[region]") for r in regions]
     try:
         return Config(**kw)
     except TypeError as e:
@@ -448,7 +492,8 @@ def validate(cfg: Config) -> Config:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             tables[f.name] = dataclasses.replace(value)
     sinks = {name: dataclasses.replace(table) for name, table in cfg.sinks.items()}
-    return dataclasses.replace(cfg, **tables, sinks=sinks)
+    regions = [dataclasses.replace(r) for r in cfg.regions]
+    return dataclasses.replace(cfg, **tables, sinks=sinks, regions=regions)
 
 
 def _with_hint(msg: str) -> str:
@@ -475,5 +520,9 @@ def summary(cfg: Config) -> str:
             f"pipeline:  smoothing {p.smoothing} over {p.window}, max_fps {p.max_fps or 'unlimited'}"
             + (f", roi {list(p.roi)}" if p.roi else ""),
             f"sinks:     {', '.join(sinks) or '(none)'}",
+            *[
+                f"region:    {r.name} {list(r.roi)}" + (f", model {r.model}" if r.model else "")
+                for r in cfg.regions
+            ],
         ]
     )

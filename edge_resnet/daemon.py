@@ -29,11 +29,12 @@ from typing import Any
 
 from . import config as configmod
 from .capture import Capture, CaptureState
-from .config import Config, ModelConfig
+from .config import Config, ModelConfig, RegionConfig
 from .errors import EdgeResnetError, HardwareError
 from .model import load_classifier
 from .notify import Notifier
 from .pipeline import Pipeline
+from .regions import load_regions
 from .sinks.base import Sink, SinkContext, StatusFn
 from .sources import make_source
 
@@ -161,12 +162,15 @@ class Daemon:
     def _run(self) -> int:
         cfg = self.cfg = prepare_state_dir(self.cfg)
         log.info("starting:\n%s", configmod.summary(cfg))
-        clf = load_classifier(cfg.model)
+        regions = load_regions(cfg.regions, cfg.model, cfg.pipeline)
+        # with regions, the whole-frame classifier is the first region's (its backbone is loaded once)
+        clf = regions[0].classifier if regions else load_classifier(cfg.model)
         log.info("model %s", clf.engine.describe())
         self._model_stamp = _model_stamp(cfg.model.path)
         capture = self.capture = make_capture(cfg)
         pipeline = self.pipeline = Pipeline(
-            capture, clf, [], cfg.pipeline, cfg.model.top_k, stall_s=cfg.source.watchdog_s, model=cfg.model
+            capture, clf, [], cfg.pipeline, cfg.model.top_k, stall_s=cfg.source.watchdog_s, model=cfg.model,
+            regions=regions,
         )
         failure: EdgeResnetError | None = None
         try:
@@ -288,9 +292,9 @@ class Daemon:
             log.error("config reload refused, keeping the running configuration: %s", e)
             self.notifier.ready(self.pipeline.status_line())
             return False
-        ok = self._reload_model(new.model)
+        ok = self._reload_model(new.model, new.regions)
         if not ok:
-            new = dataclasses.replace(new, model=self.cfg.model)
+            new = dataclasses.replace(new, model=self.cfg.model, regions=self.cfg.regions)
         if new.pipeline != self.cfg.pipeline or new.model.top_k != self.cfg.model.top_k:
             self.pipeline.update_settings(new.pipeline, new.model.top_k)
         if new.source != self.cfg.source:
@@ -305,10 +309,10 @@ class Daemon:
         log.info("reload %s", "done" if ok else "partly refused (see above)")
         return ok
 
-    def _reload_model(self, model: ModelConfig) -> bool:
+    def _reload_model(self, model: ModelConfig, regions: list[RegionConfig]) -> bool:
         assert self.pipeline is not None
         stamp = _model_stamp(model.path)
-        if self.pipeline.reload(model):
+        if self.pipeline.reload(model, regions):
             self._model_stamp = stamp
             self._refused_stamp = None
             return True
@@ -324,7 +328,7 @@ class Daemon:
         if time.time() - stamp[0] < 1.0:
             return  # still being written: look again next poll
         log.info("model file %s changed; reloading it", self.cfg.model.path)
-        self._reload_model(self.cfg.model)
+        self._reload_model(self.cfg.model, self.cfg.regions)
 
     def _swap_source(self, new: Config) -> bool:
         assert self.pipeline is not None

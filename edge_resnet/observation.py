@@ -44,6 +44,8 @@ class Observation:
     invoke_ms: float
     model: str  # model file name
     classified_at: float  # time.time()
+    region: str | None = None  # the [[region]] this observation is about; None: the whole frame (or roi)
+    roi: tuple[int, int, int, int] | None = None  # the region's box in the frame (x0, y0, x1, y1)
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,9 @@ def observation_json(obs: Observation | None) -> dict[str, Any]:
             "model": None,
             "invoke_ms": None,
         }
+    region = {"region": obs.region} if obs.region is not None else {}
     return {
+        **region,
         "label": obs.label.label,
         "score": round(float(obs.label.score), SCORE_DIGITS),
         "class_index": obs.label.class_index,

@@ -11,6 +11,7 @@ and the stdout sink report.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -22,10 +23,12 @@ import numpy as np
 
 from .capture import Capture, CaptureState
 from .classify import Classifier
-from .config import ModelConfig, PipelineConfig
+from .config import ModelConfig, PipelineConfig, RegionConfig
 from .errors import ConfigError, EdgeResnetError
 from .model import cpu_fallback, load_classifier, retry_edgetpu
-from .observation import Observation, Status
+from .observation import Frame, Observation, Status
+from .preprocess import Box
+from .regions import Region, load_regions, with_settings
 from .sinks.base import Sink
 from .smoothing import Smoother
 
@@ -61,8 +64,9 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 @dataclass(frozen=True)
 class _Swap:
-    classifier: Classifier
+    classifier: Classifier | None  # None: keep the one running
     model_name: str
+    regions: list[Region] | None = None  # None: keep the regions as they are
 
 
 class Pipeline:
@@ -78,6 +82,7 @@ class Pipeline:
         *,
         stall_s: float = 5.0,
         model: ModelConfig | None = None,
+        regions: Sequence[Region] = (),
     ) -> None:
         self.capture = capture
         self._model_cfg = model  # what `classifier` was loaded from: the Edge TPU fallback needs it
@@ -102,6 +107,9 @@ class Pipeline:
         self.errors = 0
         self.reloads = 0
         self.reload_failures = 0
+        self.invokes = 0
+        self._regions: list[Region] = list(regions)
+        self.region_observations: dict[str, Observation] = {}  # region name -> its latest observation
         self.last_classified_mono: float | None = None
         self.last_observation: Observation | None = None
         self.crashed: Exception | None = None
@@ -150,17 +158,18 @@ class Pipeline:
         return self._sinks
 
     # -- changes while running (called from the daemon's main thread) ----------------------------
-    def reload(self, model: ModelConfig) -> bool:
-        """Load and warm up `model` here, then hand it to the pipeline thread. A model that does not
-        load is refused with one log line and the running one stays."""
+    def reload(self, model: ModelConfig, regions: list[RegionConfig] | None = None) -> bool:
+        """Load and warm up `model` (and the regions' models) here, then hand them to the pipeline
+        thread. A model that does not load is refused with one log line and the running ones stay."""
         try:
-            clf = load_classifier(model)
+            loaded = None if regions is None else load_regions(regions, model, self.cfg)
+            clf = loaded[0].classifier if loaded else load_classifier(model)
         except EdgeResnetError as e:
             self.reload_failures += 1
             log.error("new model refused, keeping %s: %s", self._model_name, e)
             return False
         with self._lock:
-            self._pending = _Swap(clf, Path(model.path).name)
+            self._pending = _Swap(clf, Path(model.path).name, loaded)
             self._model_cfg = model
             self._degraded = None
         self.reloads += 1
@@ -202,6 +211,10 @@ class Pipeline:
             self.cfg = cfg
             self.top_k = top_k
             self._smoother = Smoother(cfg.smoothing, cfg.window, cfg.min_score)
+            # the regions' smoothers too, including those of a reload not yet swapped in
+            pending = self._pending or _Swap(None, "")
+            regions = pending.regions if pending.regions is not None else self._regions
+            self._pending = dataclasses.replace(pending, regions=with_settings(regions, cfg))
 
     def set_sinks(self, sinks: Sequence[Sink]) -> None:
         self._sinks = tuple(sinks)
@@ -224,7 +237,11 @@ class Pipeline:
                 swap, self._pending = self._pending, None
                 cfg, top_k, smoother = self.cfg, self.top_k, self._smoother
             if swap is not None:
-                self._clf, self._model_name = swap.classifier, swap.model_name
+                if swap.classifier is not None:
+                    self._clf, self._model_name = swap.classifier, swap.model_name
+                if swap.regions is not None:
+                    self._regions = swap.regions
+                    self.region_observations = {}
                 smoother.reset()
             if cfg.max_fps:
                 wait = next_due - time.monotonic()
@@ -239,44 +256,63 @@ class Pipeline:
                 continue
             if cfg.max_fps:
                 next_due = time.monotonic() + 1.0 / cfg.max_fps
-            clf = self._clf
-            try:
-                res = clf.classify(frame.image, k=top_k, roi=cfg.roi)
-            except ConfigError as e:  # region of interest outside this camera's frame
-                self._warn_once("roi", f"{e}; classifying the whole frame")
-                res = clf.classify(frame.image, k=top_k)
-            except Exception as e:  # an interpreter failing mid-run: count, report, keep going
-                self.errors += 1
-                if clf.engine.device == "edgetpu":
-                    self._fall_back_to_cpu(e)
+            if self._regions:
+                done = [self._classify(frame, r.classifier, r.smoother, r.roi, top_k, r.model_name, r.name)
+                        for r in self._regions]
+                if not any(done):
                     continue
-                self._warn_once(f"classify:{type(e).__name__}", f"classifying frame {frame.seq} failed: {e}")
+            elif not self._classify(frame, self._clf, smoother, cfg.roi, top_k, self._model_name, None):
                 continue
-            label, changed = smoother.update(res.probs, clf.labels, clf.label_offset)
-            obs = Observation(
-                frame=frame,
-                top_k=res.predictions,
-                label=label,
-                changed=changed,
-                invoke_ms=res.latency_ms,
-                model=self._model_name,
-                classified_at=time.time(),
-            )
             now = time.monotonic()
-            with self._stats_lock:
-                self._ages_ms.append((now - frame.captured_mono) * 1000.0)
-                self._invoke_ms.append(res.latency_ms)
-            for sink in self._sinks:
-                try:
-                    sink.publish(obs)
-                except Exception as e:  # a sink bug must not stop classification
-                    self._warn_once(f"sink:{sink.name}", f"sink {sink.name} failed to take a frame: {e}")
             self.classified += 1
-            self.label_changes += int(changed)
-            self.last_observation = obs
             self.last_classified_mono = now
             self._rate.add(now)
             self._first.set()
+
+    def _classify(
+        self, frame: Frame, clf: Classifier, smoother: Smoother, roi: Box | None, top_k: int, model_name: str,
+        region: str | None,
+    ) -> bool:
+        """One crop of `frame` through `clf` and `smoother` to every sink; False when it failed."""
+        try:
+            res = clf.classify(frame.image, k=top_k, roi=roi)
+        except ConfigError as e:  # region of interest outside this camera's frame
+            self._warn_once(f"roi:{region}", f"{e}; classifying the whole frame")
+            res = clf.classify(frame.image, k=top_k)
+        except Exception as e:  # an interpreter failing mid-run: count, report, keep going
+            self.errors += 1
+            if clf.engine.device == "edgetpu" and region is None:
+                self._fall_back_to_cpu(e)
+                return False
+            self._warn_once(f"classify:{type(e).__name__}", f"classifying frame {frame.seq} failed: {e}")
+            return False
+        self.invokes += 1
+        label, changed = smoother.update(res.probs, clf.labels, clf.label_offset)
+        obs = Observation(
+            frame=frame,
+            top_k=res.predictions,
+            label=label,
+            changed=changed,
+            invoke_ms=res.latency_ms,
+            model=model_name,
+            classified_at=time.time(),
+            region=region,
+            roi=roi if region is not None else None,
+        )
+        with self._stats_lock:
+            self._ages_ms.append((time.monotonic() - frame.captured_mono) * 1000.0)
+            self._invoke_ms.append(res.latency_ms)
+        for sink in self._sinks:
+            try:
+                sink.publish(obs)
+            except Exception as e:  # a sink bug must not stop classification
+                self._warn_once(f"sink:{sink.name}", f"sink {sink.name} failed to take a frame: {e}")
+        self.label_changes += int(changed)
+        if region is None:
+            self.last_observation = obs
+        else:
+            self.last_observation = self.region_observations[region] = obs
+        return True
 
     def _warn_once(self, key: str, msg: str) -> None:
         if key not in self._warned:
@@ -333,6 +369,8 @@ class Pipeline:
             "invoke_p50_ms": round(inv50, 2),
             "invoke_p99_ms": round(inv99, 2),
             "label_changes_total": float(self.label_changes),
+            "invokes_total": float(self.invokes),
+            "regions": float(len(self._regions)),
             "classify_errors_total": float(self.errors),
             "camera_reconnects_total": float(cs.reconnects),
             "model_reloads_total": float(self.reloads),

@@ -197,13 +197,14 @@ def test_example_documents_every_key() -> None:
         configmod.ModelConfig,
         configmod.PreprocessOverrides,
         configmod.PipelineConfig,
+        configmod.RegionConfig,
         sinkconfig.StdoutConfig,
         *(kind.config for kind in configmod.SOURCES.values()),
         sinkconfig.MqttConfig,
         sinkconfig.HttpConfig,
         sinkconfig.VideoConfig,
     ]
-    nested = {"model", "source", "pipeline", "sinks", *configmod.SINKS, "preprocess"}
+    nested = {"model", "source", "pipeline", "sinks", *configmod.SINKS, "preprocess", "regions"}
     missing = sorted(
         {f"{cls.__name__}.{f.name}" for cls in tables for f in dataclasses.fields(cls) if f.name not in keys | nested}
     )

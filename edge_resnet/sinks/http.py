@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import cv2
 
-from ..annotate import annotate_observation
+from ..annotate import annotate_observation, annotate_regions
 from ..errors import ConfigError
 from ..observation import Observation, Status, observation_json
 from ..sinkconfig import HttpConfig, parse_listen
@@ -251,6 +251,7 @@ class HttpSink:
         self._lock = threading.Lock()
         self._new_frame = threading.Condition(self._lock)
         self._latest: Observation | None = None
+        self._regions: dict[str, Observation] = {}  # [[region]] name -> its newest observation
         self._fps: float | None = None
         self._last_at: float | None = None
         self._enc_lock = threading.Lock()
@@ -283,10 +284,14 @@ class HttpSink:
         self.timeline.add(obs)
         with self._new_frame:
             t = obs.classified_at
-            if self._last_at is not None and t > self._last_at:
+            if obs.region is not None:
+                self._regions[obs.region] = obs
+            new_frame = self._latest is None or obs.frame.seq != self._latest.frame.seq
+            if new_frame and self._last_at is not None and t > self._last_at:  # regions: one frame, many
                 inst = 1.0 / (t - self._last_at)
                 self._fps = inst if self._fps is None else 0.9 * self._fps + 0.1 * inst
-            self._last_at = t
+            if new_frame:
+                self._last_at = t
             self._latest = obs
             self._new_frame.notify_all()
 
@@ -348,8 +353,10 @@ class HttpSink:
 
     def state(self) -> dict[str, Any]:
         with self._lock:
-            obs, fps = self._latest, self._fps
-        doc = state_document(obs, self.status(), round(fps, 2) if fps is not None else None)
+            obs, fps, regions = self._latest, self._fps, dict(self._regions)
+        doc = state_document(None if regions else obs, self.status(), round(fps, 2) if fps is not None else None)
+        if regions:
+            doc["regions"] = {name: observation_json(o) for name, o in sorted(regions.items())}
         if self.device_id is not None:
             doc["device_id"] = self.device_id
         doc["sinks"] = self.sinks()
@@ -391,7 +398,7 @@ class HttpSink:
     def jpeg(self) -> tuple[int, bytes] | None:
         """(frame seq, JPEG) of the newest annotated frame; re-encoded at most stream_fps times a second."""
         with self._lock:
-            obs, fps = self._latest, self._fps
+            obs, fps, regions = self._latest, self._fps, list(self._regions.values())
         if obs is None:
             return None
         with self._enc_lock:
@@ -400,7 +407,11 @@ class HttpSink:
             if self._enc is not None and (self._enc[0] == obs.frame.seq or fresh):
                 return self._enc
             st = self.status()
-            img = annotate_observation(obs, fps, None if st.healthy else st.reason)
+            warn = None if st.healthy else st.reason
+            if regions:
+                img = annotate_regions(obs.frame.image, regions, fps, warn)
+            else:
+                img = annotate_observation(obs, fps, warn)
             ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
             if not ok:
                 return self._enc

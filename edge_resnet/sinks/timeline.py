@@ -35,8 +35,10 @@ class Timeline:
         """Record `obs` if its label changed (pipeline thread; one small JPEG per change)."""
         if not obs.changed:
             return
+        where = f"{obs.region}: " if obs.region else ""
         entry = {
-            "label": first_synonym(obs.label.label),
+            **({"region": obs.region} if obs.region else {}),
+            "label": where + first_synonym(obs.label.label),
             "full_label": obs.label.label,
             "class_index": obs.label.class_index,
             "score": round(float(obs.label.score), 4),
@@ -50,7 +52,12 @@ class Timeline:
             self._entries.appendleft(entry)
 
     def _thumbnail(self, obs: Observation) -> str | None:
+        """A small JPEG of the frame, or of the region's own crop."""
         img = obs.frame.image
+        if obs.roi is not None:
+            x0, y0, x1, y1 = obs.roi
+            crop = img[max(0, y0) : y1, max(0, x0) : x1]
+            img = crop if crop.size else img
         h, w = img.shape[:2]
         if w == 0 or h == 0:
             return None

@@ -106,6 +106,8 @@ class MqttSink:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._latest: Observation | None = None
+        self._regions: dict[str, Observation] = {}  # [[region]] name -> its newest observation
+        self._announced_regions: set[str] = set()  # regions whose discovery config is out
         self._link = Link.CONNECTING
         self._link_since = time.monotonic()
         self._link_reason = "connecting"
@@ -116,7 +118,7 @@ class MqttSink:
         self._handed_seq = 0  # events up to here are in paho's hands
         self._resend_barrier: set[int] = set()  # mids in flight at the last reconnect, not yet acknowledged
         self._barrier_since = 0.0
-        self._previous_label: str | None = None
+        self._previous_label: dict[str | None, str] = {}  # region (None: the whole frame) -> last label
         self._discovery_model: str | None = None  # the model named in the last discovery config
         self._thread: threading.Thread | None = None
         self._failed: str | None = None
@@ -267,8 +269,12 @@ class MqttSink:
     def publish(self, obs: Observation) -> None:
         """Pipeline thread: never blocks. Keeps the newest observation; label changes go to the sink thread."""
         with self._lock:
-            first = self._latest is None
-            self._latest = obs
+            if obs.region is None:
+                first = self._latest is None
+                self._latest = obs
+            else:
+                first = obs.region not in self._regions
+                self._regions[obs.region] = obs
         if obs.changed or first:
             try:
                 self._changes.put_nowait(obs)
@@ -357,10 +363,12 @@ class MqttSink:
                     continue
                 latest = self._latest
                 model_changed = latest is not None and latest.model != self._discovery_model
+                with self._lock:
+                    new_region = not set(self._regions) <= self._announced_regions  # a region's first frame
                 if announce:
                     self._resend_barrier = set(self._inflight)
                     self._barrier_since = time.monotonic()
-                if announce or (model_changed and self.cfg.discovery):
+                if announce or new_region or (model_changed and self.cfg.discovery):
                     self._announce_online()  # on every (re)connect, and when the model is swapped (SIGHUP)
                     state_due = True
                 if state_due or time.monotonic() >= next_heartbeat or self._health_changed():
@@ -384,10 +392,10 @@ class MqttSink:
                 return any_change
             any_change = True
             if not obs.changed:  # the first observation, not a change: it only sets the state
-                self._previous_label = obs.label.label
+                self._previous_label[obs.region] = obs.label.label
                 continue
-            body = event_body(obs, self._previous_label, self.device_id)
-            self._previous_label = obs.label.label
+            body = event_body(obs, self._previous_label.get(obs.region), self.device_id)
+            self._previous_label[obs.region] = obs.label.label
             if self.queue.put(body) is not None:
                 self.stats["events_queued"] += 1
             else:  # degraded queue (disk full, read-only, I/O error): counted as dropped, sent live once
@@ -430,7 +438,7 @@ class MqttSink:
                 "published_at": round(time.time(), 3),
                 "dropped_total": self.queue.dropped,
             }
-            info = self._client.publish(self.events_topic, json.dumps(doc), qos=1, retain=False)
+            info = self._client.publish(self.events_topic_of(doc), json.dumps(doc), qos=1, retain=False)
             if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
                 return  # paho's queue is full; next round
             self._unstored.popleft()
@@ -460,7 +468,7 @@ class MqttSink:
                 "published_at": round(time.time(), 3),
                 "dropped_total": self.queue.dropped,
             }
-            info = self._client.publish(self.events_topic, json.dumps(doc), qos=1, retain=False)
+            info = self._client.publish(self.events_topic_of(doc), json.dumps(doc), qos=1, retain=False)
             if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
                 break  # paho's queue is full; try again on the next round
             # MQTT_ERR_SUCCESS, or MQTT_ERR_NO_CONN: paho keeps QoS 1 messages and sends them after reconnecting.
@@ -468,13 +476,29 @@ class MqttSink:
             self._handed_at[info.mid] = time.monotonic()
             self._handed_seq = ev.seq
 
+    def region_topic(self, region: str, leaf: str) -> str:
+        """`<prefix>/<device_id>/<region>/<leaf>`: a region's own state and events."""
+        return f"{self.cfg.topic_prefix}/{self.device_id}/{region}/{leaf}"
+
+    def events_topic_of(self, doc: dict[str, Any]) -> str:
+        region = doc.get("region")
+        return self.region_topic(str(region), "events") if region else self.events_topic
+
     def _announce_online(self) -> None:
         self._client.publish(self.availability_topic, "online", qos=1, retain=True)
+        with self._lock:
+            regions = dict(self._regions)
         if self.cfg.discovery:
-            latest = self._latest
+            latest = self._latest or next(iter(regions.values()), None)
             self._discovery_model = latest.model if latest else None
-            doc = discovery_payload(self.cfg, self.device_id, self._discovery_model)
-            self._client.publish(self.discovery_topic, json.dumps(doc), qos=1, retain=True)
+            if not regions:
+                doc = discovery_payload(self.cfg, self.device_id, self._discovery_model)
+                self._client.publish(self.discovery_topic, json.dumps(doc), qos=1, retain=True)
+            for name, obs in regions.items():
+                doc = discovery_payload(self.cfg, self.device_id, obs.model, name)
+                topic = f"{self.cfg.discovery_prefix}/sensor/{self.device_id}/{name}_label/config"
+                self._client.publish(topic, json.dumps(doc), qos=1, retain=True)
+        self._announced_regions = set(regions)
 
     def _status_now(self) -> Status | None:
         try:
@@ -497,8 +521,16 @@ class MqttSink:
         status = self._status_now()
         if status is not None:
             self._published_healthy = status.healthy
-        doc = state_payload(self._latest, status, self.device_id, self.queue.dropped + self.stats["changes_dropped"])
+        dropped = self.queue.dropped + self.stats["changes_dropped"]
+        with self._lock:
+            regions = dict(self._regions)
+        doc = state_payload(self._latest, status, self.device_id, dropped)
+        if regions:
+            doc["regions"] = {name: obs.label.label for name, obs in sorted(regions.items())}
         self._client.publish(self.state_topic, json.dumps(doc), qos=0, retain=True)
+        for name, obs in regions.items():
+            rdoc = state_payload(obs, status, self.device_id, dropped)
+            self._client.publish(self.region_topic(name, "state"), json.dumps(rdoc), qos=0, retain=True)
         self.stats["state_published"] += 1
 
     def _shutdown(self) -> None:

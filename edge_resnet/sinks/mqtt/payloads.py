@@ -25,15 +25,17 @@ def event_body(obs: Observation, previous: str | None, device_id: str) -> dict[s
     return {"device_id": device_id, **observation_json(obs), "previous": previous}
 
 
-def discovery_payload(cfg: MqttConfig, device_id: str, model: str | None) -> dict[str, Any]:
-    """Home Assistant MQTT discovery for one sensor: label as state, score and top-k as attributes."""
+def discovery_payload(cfg: MqttConfig, device_id: str, model: str | None, region: str | None = None) -> dict[str, Any]:
+    """Home Assistant MQTT discovery for one sensor: label as state, score and top-k as attributes; one
+    such sensor per [[region]] (its own state topic), on the same device."""
     base = f"{cfg.topic_prefix}/{device_id}"
+    state = f"{base}/{region}/state" if region else f"{base}/state"
     return {
-        "name": "Label",
-        "unique_id": f"edge_resnet_{device_id}_label",
-        "state_topic": f"{base}/state",
+        "name": f"{region} label" if region else "Label",
+        "unique_id": f"edge_resnet_{device_id}_{region}_label" if region else f"edge_resnet_{device_id}_label",
+        "state_topic": state,
         "value_template": "{{ value_json.label }}",
-        "json_attributes_topic": f"{base}/state",
+        "json_attributes_topic": state,
         "json_attributes_template": (
             "{{ {'score': value_json.score, 'class_index': value_json.class_index, "
             "'top_k': value_json.top_k, 'frame_seq': value_json.frame_seq, "
