@@ -27,11 +27,11 @@ import onnx
 
 from edge_resnet.errors import DependencyError, ModelError
 
-from . import ranges, tflite_io
+from . import onnx_model, ranges, tflite_io
 from .offline import offline
 from .onnx_model import PIXEL_INPUT, OnnxInfo
 from .progress import Progress
-from .quantize import Quantized, RangeMethod, _Stages, choose, run_onnx2tf
+from .quantize import Quantized, RangeMethod, _Stages, choose, run_onnx2tf, scores_first
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +389,9 @@ def quantize(
     with Progress("converting", 2 + len(methods) + int(correct_bias), unit="stage") as bar:
         stage = _Stages(bar)
         with stage("onnx2tf float model", "onnx2tf_s"):
-            float_tflite = build_float(prepared, info, workdir, images)
+            # an embedding output as [1, D] (see with_flat_extra_outputs), and behind the class scores
+            flat = onnx_model.with_flat_extra_outputs(prepared)
+            float_tflite = scores_first(build_float(flat, info, workdir, images), info)
         with stage("activation statistics", "calibrate_s"):
             stats = Statistics(float_tflite, images)
             to_quantize, ties, padv2 = for_int8(float_tflite, stats)
@@ -397,7 +399,7 @@ def quantize(
         def int8(method: str) -> tuple[bytes, dict[str, Any], bytes]:
             act, range_stats = stats.ranges(method)
             act.update({dst: act[src] for dst, src in ties.items()})
-            return to_int8(to_quantize, act, images), range_stats, float_tflite
+            return scores_first(to_int8(to_quantize, act, images), info), range_stats, float_tflite
 
         choice = choose(float_tflite, images, methods, int8, correct_bias, stage)
     best = choice.best

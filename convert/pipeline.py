@@ -16,7 +16,7 @@ from edge_resnet.classify import read_labels, resolve_labels
 from edge_resnet.errors import InputError
 from edge_resnet.preprocess import PreprocessSpec
 
-from . import calibration, edgetpu, onnx_model, verify
+from . import calibration, edgetpu, onnx_model, tflite_io, verify
 from .backends import Backend, InputType
 from .backends import quantize as quantize_with
 from .calibration import Split
@@ -132,6 +132,15 @@ def run(job: ConvertJob) -> ConvertResult:
         log.info("stem rewrite: not applied (disabled by --no-stem-rewrite)")
         stem_report, graph = {"applied": False, "reason": "disabled (--no-stem-rewrite)"}, model
     prepared = onnx_model.with_pixel_input(graph, info, job.preprocess)
+    traced = onnx_model.trace_embedding(graph)
+    if isinstance(traced, onnx_model.Embedding):
+        emb: onnx_model.Embedding | None = traced
+        prepared = onnx_model.with_embedding_output(prepared, traced)
+        log.info("embedding: %d values from %r (in front of the %s classifier)", traced.size, traced.name,
+                 traced.classifier)
+    else:
+        emb = None
+        log.warning("the bundle will have no embedding output: %s", traced)
     work = Path(tempfile.mkdtemp(prefix="edge-resnet-convert-"))
     try:
         q = quantize_with(job.backend, prepared, info, calib.images, work, job.range_method, job.bias_correction,
@@ -166,12 +175,19 @@ def run(job: ConvertJob) -> ConvertResult:
         "stem_rewrite": stem_report,
         **job.extra_source,
     }
+    emb_int8, emb_float = _embedding_meta(emb, q.int8_tflite), _embedding_meta(emb, q.float_tflite)
+    if emb is not None and (emb_int8 is None or emb_float is None):
+        log.warning("the bundle will have no embedding output: the converted models' outputs are %s and %s "
+                    "(elements), not the scores and %d features", tflite_io.output_sizes(q.int8_tflite),
+                    tflite_io.output_sizes(q.float_tflite), emb.size)
+        emb_int8 = emb_float = None
     meta = BundleMeta(
         preprocess=folded_spec(job.preprocess),
         labels=labels_by_slot if labels is not None else [],
         label_offset=offset,
         output_kind=output_kind,
         source=source,
+        embedding=emb_int8,
     )
     final = job.out / f"{stem}_int8.tflite"
     rejected = job.out / f"{stem}_int8.rejected.tflite"
@@ -185,6 +201,7 @@ def run(job: ConvertJob) -> ConvertResult:
         fmeta = BundleMeta(
             preprocess=meta.preprocess, labels=meta.labels, label_offset=offset, output_kind=output_kind,
             source={**source, "quantization": {"method": "none (float32 reference)"}},
+            embedding=emb_float,
         )
         write_bundle(q.float_tflite, fmeta, float_model)
 
@@ -198,6 +215,7 @@ def run(job: ConvertJob) -> ConvertResult:
                 "float_tflite": len(q.float_tflite),
                 "int8_tflite": len(q.int8_tflite),
             },
+            "embedding": _embedding_report(emb, traced, emb_int8, q.details),
         }
         if eval_items:
             report = verify.evaluate(bundle, float_model, ref, eval_items, offset, job.max_top1_drop, extra)
@@ -227,6 +245,30 @@ def run(job: ConvertJob) -> ConvertResult:
         report.write(json_path, md_path)
         edgetpu.require_compiled(report.data["edgetpu"])
     return ConvertResult(final, float_final, json_path, md_path, report.data)
+
+
+def _embedding_meta(emb: onnx_model.Embedding | None, flatbuffer: bytes) -> dict[str, Any] | None:
+    """The bundle's `embedding` entry for `flatbuffer` (its own output tensor name: the float and INT8
+    models name tensors differently), or None when its second output is not the embedding."""
+    if emb is None:
+        return None
+    names, sizes = tflite_io.output_names(flatbuffer), tflite_io.output_sizes(flatbuffer)
+    if len(names) != 2 or sizes[1] != emb.size:
+        return None
+    return {"output": names[1], "size": emb.size, "onnx_tensor": emb.name}
+
+
+def _embedding_report(
+    emb: onnx_model.Embedding | None, traced: onnx_model.Embedding | str, meta: dict[str, Any] | None,
+    details: dict[str, Any],
+) -> dict[str, Any]:
+    """The report's `embedding` entry before evaluation adds its SQNR: where it is, or why there is none."""
+    if emb is None or meta is None:
+        return {"output": None, "reason": traced if isinstance(traced, str) else "the converted model lost it"}
+    out = {**meta, "classifier": emb.classifier}
+    if "embedding_calib_sqnr_db" in details:
+        out["calib_sqnr_db"] = details["embedding_calib_sqnr_db"]
+    return out
 
 
 @dataclass

@@ -211,6 +211,19 @@ class _Candidate:
     bias_stats: dict[str, Any]
     sqnr_db: float = float("-inf")
     agreement_pct: float = 0.0
+    embedding_sqnr_db: float | None = None  # the second output's, when the model has one
+
+
+def scores_first(model: bytes, info: OnnxInfo) -> bytes:
+    """`model` with the class scores as output 0 (`tflite_io.logits_first`), ahead of the embedding output
+    `onnx_model.with_embedding_output` added; onnx2tf names signature outputs `output_0`, ... in ONNX order
+    (1.x) or after the ONNX outputs, either of which settles a tie of sizes."""
+    try:
+        return tflite_io.logits_first(model, info.num_classes, ("output_0", info.output_name))
+    except ValueError as e:
+        raise ModelError(
+            f"{info.path.name}: {e}; report it with the model (its features and classes have the same size)"
+        ) from None
 
 
 def quantize(
@@ -232,14 +245,15 @@ def quantize(
         stage = _Stages(bar)
         with stage("onnx2tf float model", "onnx2tf_s"):
             saved = build_float(prepared, info, workdir, images)
+        # TensorFlow orders the SavedModel's outputs by name: the scores go back to output 0 in each model
         with stage("float TFLite", "float_tflite_s"):
-            float_tflite = to_float(saved)
+            float_tflite = scores_first(to_float(saved), info)
         with stage("calibrating activation ranges", "calibrate_s"):
-            calibrated = calibrate(saved, images)
+            calibrated = scores_first(calibrate(saved, images), info)
 
         def int8(method: str) -> tuple[bytes, dict[str, Any], bytes]:
             refined, range_stats = ranges.refine(calibrated, images, method)
-            return to_int8(refined), range_stats, refined
+            return scores_first(to_int8(refined), info), range_stats, refined
 
         choice = choose(float_tflite, images, methods, int8, correct_bias, stage)
         details = {
@@ -302,6 +316,8 @@ class Choice:
             self.scored_on, ", ".join(f"{_name(c)} {c.sqnr_db:.1f} dB" for c in candidates), _name(best),
         )
         not_corrected = {"layers": 0, "rejected": self.correct_bias}
+        embedding = {} if best.embedding_sqnr_db is None else {
+            "embedding_calib_sqnr_db": round(best.embedding_sqnr_db, 2)}
         return {
             "method": _name(best),
             "range_method": best.ranges,
@@ -312,6 +328,7 @@ class Choice:
                  "calib_agreement_pct": round(c.agreement_pct, 1)}
                 for c in candidates
             ],
+            **embedding,
             "weights": "int8 per-channel",
             "activations": "int8 per-tensor",
         }
@@ -328,17 +345,22 @@ def choose(
     """Range candidates, then bias correction on the better one; the best by output SQNR is kept.
 
     Both conversion paths make their INT8 models differently (`int8`) but must choose between them
-    the same way, scored against the same float model on the same images.
+    the same way, scored against the same float model on the same images: by output 0, the scores (an
+    embedding output's SQNR is measured alongside, for the report).
     """
     t = time.perf_counter()
     score_images = images[:SCORE_IMAGES]
     with filtered_stderr(ours):
-        ref = tflite_io.outputs(float_tflite, score_images)
+        refs = tflite_io.output_rows(float_tflite, score_images)
+    ref = refs[0]
 
     def scored(c: _Candidate) -> _Candidate:
-        out = tflite_io.outputs(c.model, score_images)
+        outs = tflite_io.output_rows(c.model, score_images)
+        out = outs[0]
         c.sqnr_db = sqnr_db(ref, out)
         c.agreement_pct = float(np.mean(out.argmax(axis=1) == ref.argmax(axis=1)) * 100.0)
+        if len(refs) > 1 and len(outs) > 1 and refs[1].shape == outs[1].shape:
+            c.embedding_sqnr_db = sqnr_db(refs[1], outs[1])
         return c
 
     # Ranges first, then bias correction on the better ranges only: each bias pass runs the INT8

@@ -87,19 +87,88 @@ def run(it: Any, x: npt.NDArray[Any]) -> None:
     it.invoke()
 
 
-def outputs(model: bytes, images: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-    """Dequantized output rows for a batch of inputs (default delegates: only the output is read)."""
+def output_rows(model: bytes, images: npt.NDArray[Any]) -> list[npt.NDArray[np.float64]]:
+    """Dequantized rows of every output (scores first, then an embedding when there is one) for a batch of
+    inputs (default delegates: only the outputs are read)."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_content=model, num_threads=os.cpu_count() or 1)
     it.allocate_tensors()
     d_in = it.get_input_details()[0]
-    d_out = it.get_output_details()[0]
-    scale, zero = d_out["quantization"]
-    rows = []
+    d_outs = it.get_output_details()
+    rows: list[list[npt.NDArray[np.float64]]] = [[] for _ in d_outs]
     for x in images:
         it.set_tensor(d_in["index"], as_input(d_in, x)[np.newaxis])
         it.invoke()
-        o = it.get_tensor(d_out["index"]).astype(np.float64).reshape(-1)
-        rows.append((o - zero) * scale if scale else o)
-    return np.stack(rows)
+        for d, out in zip(d_outs, rows, strict=True):
+            scale, zero = d["quantization"]
+            o = it.get_tensor(d["index"]).astype(np.float64).reshape(-1)
+            out.append((o - zero) * scale if scale else o)
+    return [np.stack(r) for r in rows]
+
+
+def outputs(model: bytes, images: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """Dequantized rows of output 0 (the scores) for a batch of inputs."""
+    return output_rows(model, images)[0]
+
+
+def output_names(model: bytes) -> list[str]:
+    """Tensor names of the primary subgraph's outputs, in order (what the interpreter reports as "name")."""
+    m = read(model)
+    return [tensor_name(m, int(i)) for i in m.subgraphs[0].outputs]
+
+
+def output_sizes(model: bytes) -> list[int]:
+    """Elements per output of the primary subgraph, in order."""
+    g = read(model).subgraphs[0]
+    return [int(np.prod(g.tensors[int(i)].shape)) for i in g.outputs]
+
+
+def _signature_name(sd: Any, tensor: int) -> str:
+    for tm in sd.outputs or []:
+        if int(tm.tensorIndex) == tensor:
+            return tm.name.decode() if isinstance(tm.name, bytes) else str(tm.name)
+    return ""
+
+
+def logits_first(model: bytes, num_classes: int, hints: tuple[str, ...] = ()) -> bytes:
+    """`model` with the output of `num_classes` elements (the scores) as output 0, in the subgraph and in
+    every SignatureDef; the others keep their order behind it. TensorFlow orders a SavedModel signature's
+    outputs by name, so a converted model with a second output may list it first; output 0 is what the
+    candidate scoring, bias correction, verification and older readers read.
+
+    When several outputs have `num_classes` elements, the one whose signature or tensor name is in
+    `hints` is the scores (onnx2tf 1.x names signature outputs `output_0`, ... in ONNX order). Raises
+    ValueError when no single output can be told to be the scores."""
+    m = read(model)
+    g = m.subgraphs[0]
+    outs = [int(i) for i in g.outputs]
+    found = [t for t in outs if int(np.prod(g.tensors[t].shape)) == num_classes]
+    if len(found) > 1:
+        sds = m.signatureDefs or []
+        named = [t for t in found if tensor_name(m, t) in hints or any(_signature_name(sd, t) in hints for sd in sds)]
+        found = named[:1] if len(named) == 1 else found
+    if len(found) != 1:
+        raise ValueError(
+            f"cannot tell which of the outputs {[tensor_name(m, t) for t in outs]} holds the {num_classes} class scores"
+        )
+    first = found[0]
+    if outs[0] == first and all(not sd.outputs or int(sd.outputs[0].tensorIndex) == first
+                                for sd in m.signatureDefs or []):
+        return model
+    g.outputs = [first, *(t for t in outs if t != first)]
+    for sd in m.signatureDefs or []:
+        sd.outputs = sorted(sd.outputs or [], key=lambda tm: int(tm.tensorIndex) != first)
+    return write(m)
+
+
+def without_extra_outputs(model: bytes, keep: int = 1) -> bytes:
+    """`model` with only its first `keep` outputs (subgraph and SignatureDefs): the tensors beyond stay
+    computed where other ops read them, they are just no longer outputs (bench/embedding_cost.py)."""
+    m = read(model)
+    g = m.subgraphs[0]
+    kept = [int(i) for i in g.outputs][:keep]
+    g.outputs = kept
+    for sd in m.signatureDefs or []:
+        sd.outputs = [tm for tm in sd.outputs or [] if int(tm.tensorIndex) in kept]
+    return write(m)

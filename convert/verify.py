@@ -2,7 +2,8 @@
 
 The INT8 side goes through `edge_resnet.engine.Engine` (XNNPACK, as on the device) and
 `edge_resnet.classify.Classifier` with the bundle's own metadata, so the report measures the
-file that ships, preprocessing included, not a lab copy of it.
+file that ships, preprocessing included, not a lab copy of it. A bundle with an embedding output gets
+that output compared with the FP32 TFLite model's on the first evaluation images (SQNR, cosine).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .progress import Progress
 from .quantize import sqnr_db
 
 FLOAT_COMPARE_IMAGES = 20
+EMBEDDING_COMPARE_IMAGES = 64  # INT8 vs FP32 TFLite embedding: the float model runs on these too
 
 
 @dataclass
@@ -71,6 +73,38 @@ def float_tflite_diff(float_model: Path, ref: OnnxReference, frames: Sequence[np
     return worst
 
 
+class EmbeddingComparison:
+    """The INT8 bundle's embedding output against the FP32 TFLite model's on the first evaluation images."""
+
+    def __init__(self, float_model: Path, limit: int = EMBEDDING_COMPARE_IMAGES) -> None:
+        self.engine = Engine.load(float_model, "cpu")
+        self.clf = Classifier(self.engine)
+        self.limit = limit if self.engine.embedding is not None else 0
+        self.ref: list[npt.NDArray[np.float64]] = []
+        self.out: list[npt.NDArray[np.float64]] = []
+
+    def add(self, frame: npt.NDArray[np.uint8], int8: Engine) -> None:
+        """Compare on `frame`, which `int8` has just been invoked on."""
+        if len(self.ref) >= self.limit or int8.embedding is None or self.engine.embedding is None:
+            return
+        self.out.append(dequantize(int8.embedding_row(), int8.embedding).astype(np.float64))
+        self.engine.invoke(self.clf.prepare(frame))
+        self.ref.append(dequantize(self.engine.embedding_row(), self.engine.embedding).astype(np.float64))
+
+    def summary(self) -> dict[str, Any]:
+        if not self.ref:
+            return {"images": 0}
+        ref, out = np.stack(self.ref), np.stack(self.out)
+        norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+        cos = np.sum(ref * out, axis=1) / np.where(norms > 0, norms, 1.0)
+        return {
+            "images": len(ref),
+            "sqnr_db": round(sqnr_db(ref, out), 2),
+            "cosine_mean": round(float(np.mean(cos)), 4),
+            "cosine_min": round(float(np.min(cos)), 4),
+        }
+
+
 def evaluate(
     bundle: Path,
     float_model: Path,
@@ -83,6 +117,7 @@ def evaluate(
     """Run both models on `items` and build the report; raises nothing (the gate is `check`)."""
     engine = Engine.load(bundle, "cpu")
     clf = Classifier(engine)
+    emb = EmbeddingComparison(float_model) if engine.embedding is not None else None
     n = agree = 0
     top1 = {"fp32": 0, "int8": 0}
     top5 = {"fp32": 0, "int8": 0}
@@ -108,6 +143,8 @@ def evaluate(
             raw = engine.invoke(clf.prepare(frame))
             latencies.append((time.perf_counter() - t0) * 1000.0)
             q = dequantize(raw, engine.output).astype(np.float64)
+            if emb is not None:
+                emb.add(frame, engine)
             refs.append(r)
             outs.append(q)
             # dataset classes only, as the INT8 side's top-k: a background slot is never a prediction
@@ -142,6 +179,8 @@ def evaluate(
         }
         acc["top1_drop_pts"] = round(acc["top1_fp32_pct"] - acc["top1_int8_pct"], 2)
         d["evaluation"].update(acc)
+    if emb is not None:
+        d["embedding"] = {**d.get("embedding", {}), **emb.summary()}
     d["float_tflite_vs_onnx_max_abs_diff"] = float_tflite_diff(float_model, ref, frames_for_float)
     d["runtime"] = {
         "delegate": engine.delegate,
@@ -203,6 +242,21 @@ def to_markdown(d: dict[str, Any]) -> str:
         f"- invoke latency here: {rt.get('invoke_ms_median')} ms median, {rt.get('invoke_ms_p90')} ms p90 "
         f"({rt.get('delegate')}, {rt.get('interpreter')})",
     ]
+    lines += _embedding_lines(d.get("embedding"))
     if "edgetpu" in d:
         lines += ["", "## Edge TPU", "", "```", json.dumps(d["edgetpu"], indent=2), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _embedding_lines(e: dict[str, Any] | None) -> list[str]:
+    if not e:
+        return []
+    if not e.get("output"):
+        return [f"- embedding output: none ({e.get('reason', 'not found')})"]
+    line = f"- embedding output: {e.get('size')} values (`{e['output']}`, from ONNX `{e.get('onnx_tensor')}`)"
+    if e.get("images"):
+        line += (f"; INT8 vs FP32 TFLite on {e['images']} evaluation images: SQNR {e.get('sqnr_db')} dB, "
+                 f"cosine {e.get('cosine_mean')} mean, {e.get('cosine_min')} min")
+    elif "calib_sqnr_db" in e:
+        line += f"; INT8 vs FP32 TFLite SQNR {e['calib_sqnr_db']} dB on calibration images"
+    return [line]

@@ -7,7 +7,9 @@ import json
 from collections import Counter
 from typing import Any
 
-from ..engine import Engine, cpu_twin
+import numpy as np
+
+from ..engine import NO_EMBEDDING_HINT, Engine, cpu_twin
 from ..errors import EdgeTpuUnavailable
 
 
@@ -51,6 +53,14 @@ def describe(path: str) -> dict[str, Any]:
             "layout": t.layout if key == "input" else None,
             "quantization": {"scale": t.scale, "zero_point": t.zero_point} if t.quantized else None,
         }
+    e = engine.embedding
+    info["embedding"] = None if e is None else {
+        "name": e.name,
+        "shape": list(e.shape),
+        "size": int(np.prod(e.shape)),
+        "dtype": str(e.dtype),
+        "quantization": {"scale": e.scale, "zero_point": e.zero_point} if e.quantized else None,
+    }
     ops = Counter(op["op_name"] for op in engine.ops() if op.get("op_name") != "DELEGATE")
     info["ops"] = dict(sorted(ops.items()))
     info["delegate"] = engine.delegate
@@ -88,6 +98,15 @@ def source_summary(src: dict[str, Any]) -> list[str]:
     return out
 
 
+def embedding_line(e: dict[str, Any] | None, bundle: bool) -> str:
+    """The pooled-feature output a head can be trained on (`edge-resnet learn`), or that there is none."""
+    if e is None:
+        return f"no embedding output ({'an older bundle: ' + NO_EMBEDDING_HINT if bundle else 'foreign model'})"
+    q = e["quantization"]
+    qs = f" scale={q['scale']:.6g} zero_point={q['zero_point']}" if q else ""
+    return f"{e['size']} values, output {e['name']} {e['shape']} {e['dtype']}{qs}"
+
+
 def run(args: argparse.Namespace) -> int:
     info = describe(args.model)
     if args.json:
@@ -104,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
             qs = f" scale={q['scale']:.6g} zero_point={q['zero_point']}" if q else ""
             lay = f" {t['layout']}" if t["layout"] else ""
             print(f"{key + ':':<10} {t['name']} {t['shape']} {t['dtype']}{lay}{qs}")
+    if "embedding" in info:
+        print(f"embedding: {embedding_line(info['embedding'], info['metadata'] is not None)}")
     if "ops" in info:
         print(f"ops:       {sum(info['ops'].values())} ({', '.join(f'{k} x{v}' for k, v in info['ops'].items())})")
         print(f"runtime:   {info['runtime']}, delegate {info['delegate']}")
@@ -121,6 +142,15 @@ def run(args: argparse.Namespace) -> int:
         names = [str(n).split(",")[0].strip() for n in meta.get("labels_preview", [])[meta["label_offset"]:]]
         if names:  # first synonym of the first classes: "tench, Tinca tinca" is "tench"
             print(f"labels:    {'; '.join(names)}; ...")
+        head = meta.get("head")
+        if head:  # a model from `edge-resnet learn`
+            cv = head.get("cross_validation") or {}
+            acc = f"held-out accuracy {cv['accuracy'] * 100:.1f}% ({cv.get('method')})" if "accuracy" in cv else (
+                "accuracy not measured")
+            examples = sum((head.get("examples") or {}).values())
+            print(f"learned:   {len(head['classes'])} classes ({', '.join(head['classes'])}) from {examples} examples, "
+                  f"head {head['kind']}, {acc}, unknown below {head.get('unknown_below', 0):.2f}, "
+                  f"trained {head.get('trained_at', '?')} on backbone {str(head.get('backbone_sha256'))[:12]}")
         for line in source_summary(meta.get("source") or {}):
             print(line)
         print("           (full metadata: edge-resnet info --json)")
