@@ -28,6 +28,14 @@ REPORT_NAME = "learn_report.json"
 
 def write_learned(base: ModelFile, head: Head, report: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     """The backbone `base` with `head` and the user's classes, written atomically to `out`."""
+    mf = learned_model(base, head, report, Path(out))
+    assert mf.meta is not None
+    return write_bundle(mf.flatbuffer, mf.meta, out, mf.files)
+
+
+def learned_model(base: ModelFile, head: Head, report: dict[str, Any], path: Path) -> ModelFile:
+    """The learned bundle in memory (what `write_learned` writes; the daemon swaps it in even when
+    the disk is full)."""
     if base.meta is None or base.meta.embedding is None:
         raise ModelError(f"{base.path} has no embedding output to learn on; convert it again with edge-resnet")
     npz = head.to_npz()
@@ -50,7 +58,8 @@ def write_learned(base: ModelFile, head: Head, report: dict[str, Any], out: str 
         },
     )
     files = {HEAD_NAME: npz, REPORT_NAME: json.dumps(report, indent=1).encode()}
-    return write_bundle(base.flatbuffer, meta, out, files)
+    meta.model_sha256, meta.model_size = base.sha256, len(base.flatbuffer)
+    return ModelFile(path, base.flatbuffer, meta, files)
 
 
 def read_head(mf: ModelFile, embedding_size: int | None) -> Head | None:
