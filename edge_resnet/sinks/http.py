@@ -1,7 +1,14 @@
-"""HTTP overlay sink: live annotated MJPEG, snapshot, state JSON, /healthz and Prometheus /metrics.
+"""HTTP overlay sink: live annotated MJPEG, snapshot, state JSON, /healthz and Prometheus /metrics;
+and the writing routes (teaching from the page) through a `Writer` someone else implements.
 
 Served by `front.Front`, a bounded standard-library front (see there for the limits and why);
 routes are `_Handler` methods, so a new endpoint is one more entry in its route table.
+
+A POST (`/api/...`, to `Writer.post`) is refused, in this order, before its body is even read:
+with a password configured, without the right basic auth (401; 429 past the per-source limit,
+shared with GET); with no password, from a client that is not loopback (403), or whose `Host` does
+not name loopback (403: DNS rebinding); from another origin (403: an `Origin` that is not
+`http(s)://<Host>`, or a `Sec-Fetch-Site` other than `same-origin`/`none`).
 """
 
 from __future__ import annotations
@@ -11,16 +18,18 @@ import contextlib
 import errno
 import hmac
 import io
+import ipaddress
 import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
+from email.message import Message
 from http.server import BaseHTTPRequestHandler
 from importlib import resources
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit
 
 import cv2
 
@@ -29,7 +38,7 @@ from ..errors import ConfigError
 from ..observation import Observation, Status, observation_json
 from ..sinkconfig import HttpConfig, parse_listen
 from .base import SinkContext, StatusFn
-from .front import Accepted, AuthFailures, Front, Limits, SocketWriter
+from .front import Accepted, AuthFailures, Front, Limits, Refusal, SocketWriter
 from .prometheus import prometheus_text
 from .timeline import Timeline
 
@@ -39,6 +48,59 @@ MAX_STREAM_CLIENTS = Limits().stream_workers  # more viewers get 503: each one h
 MAX_STREAMS_PER_SOURCE = 3  # one address (8 slow readers from one attacker) cannot hold every viewer slot
 SEND_TIMEOUT_S = Limits().send_timeout_s  # a client that takes no data for this long is dropped
 BIND_RETRY_MAX_S = 10.0  # capped backoff while the port is in use
+
+Reply = tuple[int, str, bytes]  # status, content type, body
+
+
+class Writer(Protocol):
+    """The overlay's writing routes (teaching), implemented elsewhere; called on HTTP worker threads
+    after the sink's guards (auth, loopback without a password, same origin)."""
+
+    def post(self, path: str, query: dict[str, str], body: bytes, content_type: str) -> Reply:
+        """A POST under /api/: the complete body (at most Limits.max_body_bytes)."""
+        ...
+
+    def get(self, path: str, query: dict[str, str]) -> Reply | None:
+        """A GET under /api/regions/ (after the GET auth check); None: not mine (404)."""
+        ...
+
+
+CROSS_ORIGIN = Refusal(403, "Forbidden", "cross-origin request refused")
+_SAME_SITE_OK = ("same-origin", "none")
+
+
+def _loopback_ip(text: str) -> bool:
+    """127.0.0.0/8 and ::1 (also as ::ffff:127.x.y.z); a name is not an address here."""
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def _loopback_host(host: str) -> bool:
+    """A `Host` header naming this machine's loopback: localhost, *.localhost, 127.x, [::1]."""
+    h = host.strip().lower()
+    if h.startswith("["):
+        name = h[1 : h.find("]")] if "]" in h else h
+    else:
+        name = h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+    name = name.rstrip(".")
+    return name == "localhost" or name.endswith(".localhost") or _loopback_ip(name)
+
+
+def _cross_origin(headers: Message) -> bool:
+    """A browser's request from another origin: `Origin` present and not http(s)://<Host>, or
+    `Sec-Fetch-Site` present and not same-origin/none. curl and scripts send neither."""
+    origin, host = headers.get("Origin"), headers.get("Host")
+    if origin is not None:
+        o, h = str(origin).strip().lower(), str(host or "").strip().lower()
+        if not h or o not in (f"http://{h}", f"https://{h}"):
+            return True
+    site = headers.get("Sec-Fetch-Site")
+    return site is not None and str(site).strip().lower() not in _SAME_SITE_OK
 
 
 def state_document(obs: Observation | None, status: Status | None, fps: float | None) -> dict[str, Any]:
@@ -76,6 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection = job.sock
         self.rfile = io.BytesIO(job.head)
         self.wfile = SocketWriter(job.sock)
+        self.body = job.body  # a POST's complete body, read by the front
 
     def finish(self) -> None:
         self.rfile.close()
@@ -86,23 +149,17 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         sink = self.server.sink
         sink.requests += 1
-        path = urlsplit(self.path).path
-        self.authorised = True
-        if sink.auth_required:
-            source = self.client_address[0]
-            if sink.auth_failures.throttled(source):
-                self.send_response(429)
-                self.send_header("Retry-After", "60")
-                self._body(b"too many wrong passwords; try again in a minute\n", "text/plain; charset=utf-8", sent=True)
-                return
-            header = self.headers.get("Authorization")
-            self.authorised = sink.authorized(header)
-            if not self.authorised and header is not None:
-                sink.auth_failures.failed(source)
-        if path != "/healthz" and not self.authorised:
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="edge-resnet", charset="UTF-8"')
-            self._body(b"authentication required\n", "text/plain; charset=utf-8", sent=True)
+        url = urlsplit(self.path)
+        path = url.path
+        refusal = sink.auth_refusal(self.headers, str(self.client_address[0]))
+        self.authorised = refusal is None
+        if refusal is not None and (refusal.code == 429 or path != "/healthz"):
+            self._refuse(refusal)
+            return
+        if path.startswith("/api/regions/"):
+            writer = sink.writer
+            query = dict(parse_qsl(url.query, keep_blank_values=True))
+            self._write_reply(None if writer is None else (lambda: writer.get(path, query)), f"GET {path}")
             return
         routes = {
             "/": self._index,
@@ -128,6 +185,51 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:  # probes and link checkers
         self.do_GET()
+
+    def do_POST(self) -> None:
+        """The writing routes: the sink's guards (the front asked them too, before reading the body),
+        then `Writer.post` for paths under /api/."""
+        sink = self.server.sink
+        sink.requests += 1
+        refusal = sink.write_refusal(self.headers, self.client_address)
+        if refusal is not None:
+            self._refuse(refusal)
+            return
+        url = urlsplit(self.path)
+        path, writer = url.path, sink.writer
+        if writer is None or not path.startswith("/api/"):
+            self._write_reply(None, f"POST {path}")
+            return
+        query = dict(parse_qsl(url.query, keep_blank_values=True))
+        ctype = str(self.headers.get("Content-Type", ""))
+        self._write_reply(lambda: writer.post(path, query, self.body, ctype), f"POST {path}")
+
+    def _refuse(self, r: Refusal) -> None:
+        self.send_response(r.code)
+        for k, v in r.headers:
+            self.send_header(k, v)
+        self._body(f"{r.message}\n".encode(), "text/plain; charset=utf-8", sent=True)
+
+    def _write_reply(self, call: Callable[[], Reply | None] | None, what: str) -> None:
+        """The writer's answer with its status, type and body; 404 without a writer or when it says
+        None; 500 (logged at most once a minute) when it raises or answers nonsense."""
+        try:
+            reply = None if call is None else call()
+            if reply is not None:
+                code, ctype, body = reply
+                if not (isinstance(code, int) and 200 <= code <= 599 and isinstance(body, bytes | bytearray)):
+                    raise TypeError(f"the writer answered {type(code).__name__} {code!r} with {type(body).__name__}")
+                if not isinstance(ctype, str) or not ctype.isprintable():
+                    raise TypeError(f"the writer answered the content type {ctype!r}")
+        except Exception:
+            self.server.sink.writer_failed(what)
+            self._body(f"internal error in {what}; see the device log\n".encode(), "text/plain; charset=utf-8", 500)
+            return
+        with contextlib.suppress(OSError):  # the client went away: counted by the front, not logged
+            if reply is None:
+                self._body(f"not found: {what}\n".encode(), "text/plain; charset=utf-8", 404)
+            else:
+                self._body(bytes(body), ctype, code)
 
     def _body(self, body: bytes, ctype: str, code: int = 200, sent: bool = False) -> None:
         if not sent:
@@ -263,6 +365,8 @@ class HttpSink:
         self._streams_by_source: dict[str, int] = {}
         self.encoded = 0
         self.requests = 0
+        self._writer: Writer | None = None
+        self.writer_errors = 0
 
     # -- Sink protocol --
 
@@ -336,10 +440,12 @@ class HttpSink:
             "http_requests_total": float(self.requests),
             "http_auth_failures_total": float(self.auth_failures.failures),
             "http_auth_throttled_total": float(self.auth_failures.refused),
+            "http_writer_errors_total": float(self.writer_errors),
         }
         server = self._server
         if server is not None:
             out["http_open_connections"] = float(server.open_connections())
+            out["http_body_bytes"] = float(server.body_bytes())
             out.update({k: float(v) for k, v in server.stats.items()})
         return out
 
@@ -375,6 +481,70 @@ class HttpSink:
         if self._auth is None:
             return True
         return header is not None and hmac.compare_digest(header.encode(), self._auth)
+
+    # -- the writing routes (teaching) --
+
+    def set_writer(self, writer: Writer | None) -> None:
+        """Who answers POST /api/... and GET /api/regions/...; None: those are 404."""
+        self._writer = writer
+
+    @property
+    def writer(self) -> Writer | None:
+        return self._writer
+
+    def auth_refusal(self, headers: Message, source: str) -> Refusal | None:
+        """Basic auth, for GET and POST alike: 429 while `source` is throttled (wrong passwords are
+        counted per source, whatever the method), 401 without the right credentials, else None."""
+        if self._auth is None:
+            return None
+        if self.auth_failures.throttled(source):
+            return Refusal(
+                429, "Too Many Requests", "too many wrong passwords; try again in a minute", (("Retry-After", "60"),)
+            )
+        header = headers.get("Authorization")
+        if self.authorized(None if header is None else str(header)):
+            return None
+        if header is not None:
+            self.auth_failures.failed(source)
+        return Refusal(
+            401,
+            "Unauthorized",
+            "authentication required",
+            (("WWW-Authenticate", 'Basic realm="edge-resnet", charset="UTF-8"'),),
+        )
+
+    def write_refusal(self, headers: Message, addr: tuple[Any, ...]) -> Refusal | None:
+        """Why a writing request (POST) is refused, or None: (a) with a password, basic auth (401/429);
+        (b) without one, only loopback clients asking for a loopback Host (403); (c) same origin (403).
+        The front asks this before reading the body; do_POST asks again."""
+        source = str(addr[0])
+        if self._auth is not None:
+            refusal = self.auth_refusal(headers, source)
+            if refusal is not None:
+                return refusal
+        else:
+            host = headers.get("Host")
+            if not _loopback_ip(source) or (host is not None and not _loopback_host(str(host))):
+                return Refusal(
+                    403,
+                    "Forbidden",
+                    "without a password, teaching answers only on this machine (http://127.0.0.1 or localhost); "
+                    f"set [http] username and the password in {self.cfg.password_env} to teach from another machine",
+                )
+        if _cross_origin(headers):
+            return CROSS_ORIGIN
+        return None
+
+    def writer_failed(self, what: str) -> None:
+        """In an `except` block: the writer raised; counted, and logged with its traceback at most
+        once a minute (the front's limit for unexpected errors)."""
+        self.writer_errors += 1
+        msg = f"http: {what} failed in the writing route"
+        server = self._server
+        if server is not None:
+            server.note_error(msg, exc_info=True)
+        else:
+            log.warning("%s", msg, exc_info=True)
 
     def enter_stream(self, source: str = "") -> bool:
         """A viewer slot, if one is free and `source` holds fewer than MAX_STREAMS_PER_SOURCE."""
@@ -441,7 +611,7 @@ class HttpSink:
         def handle(job: Accepted) -> None:
             _Handler(job, job.addr, shim)  # type: ignore[arg-type]
 
-        return Front(self.host, self.port, handle, self.limits, tick=self.auth_failures.tick)
+        return Front(self.host, self.port, handle, self.limits, tick=self.auth_failures.tick, screen=self.write_refusal)
 
     def _serve(self) -> None:
         delay = 1.0
