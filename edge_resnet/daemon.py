@@ -37,6 +37,7 @@ from .pipeline import Pipeline
 from .regions import load_regions
 from .sinks.base import Sink, SinkContext, StatusFn
 from .sources import make_source
+from .teach import Teacher
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.capture: Capture | None = None
         self.sinks: list[Sink] = []
+        self.teacher: Teacher | None = None
         self._model_stamp: tuple[float, int] | None = None
         self._refused_stamp: tuple[float, int] | None = None
         self.reloads_done = 0  # SIGHUP reloads handled (tests wait on it)
@@ -176,6 +178,11 @@ class Daemon:
         try:
             self.sinks = build_sinks(cfg, pipeline.status, pipeline.sink_health)
             pipeline.set_sinks(self.sinks)
+            if regions:  # teaching from the overlay: regions' crops labelled with a click
+                self.teacher = Teacher(pipeline, Path(cfg.state_dir))
+                pipeline.set_tap(self.teacher)
+                self._attach_teacher(self.sinks)
+                self.teacher.start()
             for s in self.sinks:
                 s.start()
             capture.start()
@@ -264,6 +271,8 @@ class Daemon:
 
         if self.pipeline is not None:
             self.pipeline.stop(left(1.0))
+        if self.teacher is not None:
+            self.teacher.stop(left(0.5))
         if self.sinks:  # in parallel: each publishes `offline` / flushes within its own timeout
             budget = left(2.5)
             threads = [
@@ -313,6 +322,8 @@ class Daemon:
         assert self.pipeline is not None
         stamp = _model_stamp(model.path)
         if self.pipeline.reload(model, regions):
+            if self.teacher is not None:  # the taught heads again, on the new engines
+                self.teacher.retrain_all()
             self._model_stamp = stamp
             self._refused_stamp = None
             return True
@@ -350,6 +361,13 @@ class Daemon:
     def _sink_configs(cfg: Config) -> tuple[Any, ...]:
         return (cfg.device_id, cfg.state_dir, cfg.active_sinks())
 
+    def _attach_teacher(self, sinks: list[Sink]) -> None:
+        """The overlay's writing routes go to the teacher (sinks that take a writer: the HTTP sink)."""
+        for s in sinks:
+            set_writer = getattr(s, "set_writer", None)
+            if callable(set_writer):
+                set_writer(self.teacher)
+
     def _swap_sinks(self, new: Config) -> None:
         assert self.pipeline is not None
         try:
@@ -361,6 +379,7 @@ class Daemon:
         self.pipeline.set_sinks([])
         for s in old:
             s.stop(1.5)
+        self._attach_teacher(sinks)
         for s in sinks:
             s.start()
         self.sinks = sinks

@@ -18,15 +18,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from .capture import Capture, CaptureState
-from .classify import Classifier
+from .classify import Classifier, Result
 from .config import ModelConfig, PipelineConfig, RegionConfig
 from .errors import ConfigError, EdgeResnetError
 from .model import cpu_fallback, load_classifier, retry_edgetpu
-from .observation import Frame, Observation, Status
+from .observation import Frame, Observation, Prediction, Status
 from .preprocess import Box
 from .regions import Region, load_regions, with_settings
 from .sinks.base import Sink
@@ -60,6 +61,13 @@ class _Rate:
 
 def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else 0.0
+
+
+class RegionTap(Protocol):
+    """Sees each region's classification on the pipeline thread, right after it (the engine still
+    holds that crop's embedding): the teaching controller keeps recent crops and unsure frames."""
+
+    def seen(self, region: str, frame: Frame, roi: Box, clf: Classifier, res: Result, label: Prediction) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,8 @@ class Pipeline:
         self.invokes = 0
         self._regions: list[Region] = list(regions)
         self.region_observations: dict[str, Observation] = {}  # region name -> its latest observation
+        self._region_swaps: dict[str, Classifier] = {}  # a region's new head (teaching), applied next frame
+        self._tap: RegionTap | None = None
         self.last_classified_mono: float | None = None
         self.last_observation: Observation | None = None
         self.crashed: Exception | None = None
@@ -216,6 +226,24 @@ class Pipeline:
             regions = pending.regions if pending.regions is not None else self._regions
             self._pending = dataclasses.replace(pending, regions=with_settings(regions, cfg))
 
+    def set_tap(self, tap: RegionTap | None) -> None:
+        self._tap = tap
+
+    def swap_region(self, name: str, clf: Classifier) -> None:
+        """A region's new classifier (a retrained head on the same engine), from any thread."""
+        with self._lock:
+            self._region_swaps[name] = clf
+
+    @property
+    def regions(self) -> list[Region]:
+        return list(self._regions)
+
+    @property
+    def settled(self) -> bool:
+        """No reload waits to be swapped in (the regions' engines are the ones that will run)."""
+        with self._lock:
+            return self._pending is None
+
     def set_sinks(self, sinks: Sequence[Sink]) -> None:
         self._sinks = tuple(sinks)
 
@@ -243,6 +271,14 @@ class Pipeline:
                     self._regions = swap.regions
                     self.region_observations = {}
                 smoother.reset()
+            if self._region_swaps:
+                with self._lock:
+                    swaps, self._region_swaps = self._region_swaps, {}
+                for r in self._regions:
+                    new = swaps.get(r.name)
+                    if new is not None and new.engine is r.classifier.engine:  # else made for a reloaded-away engine
+                        r.classifier = new
+                        r.smoother.reset()
             if cfg.max_fps:
                 wait = next_due - time.monotonic()
                 if wait > 0 and self._stop.wait(wait):
@@ -288,6 +324,11 @@ class Pipeline:
             return False
         self.invokes += 1
         label, changed = smoother.update(res.probs, clf.labels, clf.label_offset)
+        if region is not None and roi is not None and self._tap is not None:
+            try:
+                self._tap.seen(region, frame, roi, clf, res, label)
+            except Exception as e:  # the teaching side must never stop classification
+                self._warn_once(f"tap:{type(e).__name__}", f"teaching: {e}")
         obs = Observation(
             frame=frame,
             top_k=res.predictions,
