@@ -209,9 +209,13 @@ class Classifier:
         t2 = time.perf_counter()
         if self.head is not None:
             probs = self.head.scores(self.embedding_of_last())
+            # `unknown` is listed only when it wins (its score is the threshold, not a probability)
+            unknown = len(self.labels) - 1
+            preds = [p for i, p in enumerate(top_k(probs, k + 1, self.labels, 0)) if i == 0 or p.class_index != unknown]
+            preds = preds[:k]
         else:
             probs = to_probabilities(raw, self.engine.output, self.output_kind)
-        preds = top_k(probs, k, self.labels, self.label_offset)
+            preds = top_k(probs, k, self.labels, self.label_offset)
         t3 = time.perf_counter()
         return Result(preds, probs, (t2 - t1) * 1000.0, (t3 - t0) * 1000.0)
 
