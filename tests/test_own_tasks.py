@@ -26,10 +26,10 @@ from tests.helpers.own_tasks import (
 )
 
 # what the head must keep on the states task with large objects at k = 5 (a regression fails): with
-# night variants, as `learn` trains, measured 0.966 on these 3 splits (0.994, 0.921, 0.982; without the
-# variants 0.935); the 97 % (10 splits, INT8 and float) is bench/own_classes.py's figure,
-# reported in the closing note, not asserted here
-STATES_LARGE_K5_FLOOR = 0.95
+# night variants (grey, dark, noisy), as `learn` trains, measured 0.996 on these 3 splits (1.0, 0.988,
+# 1.0; grey and dark without noise 0.966; no variant 0.935); the 97 % over 10 splits (INT8 and
+# float) is bench/own_classes.py's figure, reported in the closing note
+STATES_LARGE_K5_FLOOR = 0.975
 COARSE_COUNTS = {"dogs": 118, "birds": 59, "reptiles": 35, "insects_spiders": 37, "food": 44}
 
 
