@@ -99,7 +99,7 @@ def test_teaching_from_the_page(broker: Broker, backbone: Path, data_dir: Path, 
     try:
         wait(lambda: http_get(f"http://127.0.0.1:{http}/api/regions/door/crop")[0] == 200, 60, "the first crop")
         pid = d.p.pid
-        page = Chromium(chromium(), tmp_path / "profile", width=1280, height=1100)
+        page = Chromium(chromium(), tmp_path / "profile", width=1280, height=1500)
         page.open(f"http://127.0.0.1:{http}/")
         page.wait_for("document.querySelector('.region-card img.crop') !== null", timeout=30)
 
