@@ -19,6 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.helpers.own_tasks import fingerprint, states_task, write_folders  # noqa: E402
 from tests.helpers.resnet_onnx import make_resnet  # noqa: E402
 from tests.helpers.video import pick_samples, write_video  # noqa: E402
 
@@ -79,6 +80,24 @@ def convert_mobilenet(work: Path) -> tuple[Path, float]:
                    "--labels", str(models / "imagenet_labels_1001.txt"))  # fmt: skip
 
 
+STATES_K = 10  # examples a state for `learn`
+STATES_TEST = 100  # test frames both machines classify with their own learned model
+
+
+def states_folders(work: Path) -> dict[str, object]:
+    """Issue 20's fixed-camera states task (tests/helpers/own_tasks.py, large objects): 10 examples a
+    state as class folders of JPEGs, and the first 100 of the other frames as PNGs (lossless, so x86
+    and arm64 read the same pixels)."""
+    task = states_task(DATA, "large", STATES_K + 34, seed=0)
+    ex, test = work / "examples", work / "test"
+    rows = write_folders(task, ex, test, STATES_K, seed=0)
+    keep = rows[:STATES_TEST]
+    for path, _ in rows[STATES_TEST:]:
+        path.unlink()
+    return {"examples": str(ex), "test": str(test), "truth": {p.name: c for p, c in keep},
+            "fingerprint": fingerprint(task), "classes": task.classes}  # fmt: skip
+
+
 def main() -> int:
     argparse.ArgumentParser(description=__doc__).parse_args()
     if not (DATA / "README.md").exists():
@@ -95,7 +114,9 @@ def main() -> int:
     # emulated parts run: the window of 3 needs 3 classified frames of one photo, so 5 s each there
     slow = work / "three_photos_5s.avi"
     write_video(slow, picks, seconds_each=5, fps=10, size=(320, 240))
+    states = states_folders(work / "states")
     state = {
+        "states": states,
         "wheel": str(wheel),
         "resnet18_bundle": str(bundle),
         "resnet18_convert_s": round(secs, 1),

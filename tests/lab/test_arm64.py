@@ -217,3 +217,51 @@ def test_doctor(pi: Pi, host_broker: Broker, figure: Callable[[str], None]) -> N
     assert by["interpreter"]["result"] == "ok", by["interpreter"]
     assert by["camera"]["result"] == "FAIL"  # no camera: said, not crashed
     figure(f"{pi.name}: doctor: model {by['model']['detail']}; broker {by['broker']['detail']}")
+
+
+def learned_top1(stdout: str) -> dict[str, str]:
+    """`classify --json` lines of a learned model -> file name -> top-1 label (the user's class)."""
+    return {Path(r["path"]).name: r["top_k"][0]["label"] for r in map(json.loads, stdout.splitlines())
+            if r}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def x86_learned(prepared: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Issue 20 on x86 (the device install, .venv-device): `learn` on the states examples with the
+    converted MobileNet v2, then `classify` of the 100 test frames with the learned model."""
+    exe = str(REPO / ".venv-device" / "bin" / "edge-resnet")
+    st = prepared["states"]
+    out = tmp_path_factory.mktemp("learn-x86") / "states.tflite"
+    r = host_run([exe, "learn", st["examples"], "--model", prepared["mobilenet_bundle"], "--out", str(out)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    files = sorted(Path(st["test"]).glob("*.png"))
+    r = host_run([exe, "classify", "--json", "--top-k", "1", "--model", str(out), *map(str, files)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    return learned_top1(r.stdout)
+
+
+def test_learn_and_classify_agree_with_x86(
+    pi: Pi, prepared: dict[str, Any], x86_learned: dict[str, str], figure: Callable[[str], None]
+) -> None:
+    """Issue 20 must-show 4: the device learns the same states from the same examples (its own
+    embeddings, its own head fit) and labels the 100 test frames as x86 does (>= 99 of 100)."""
+    st = prepared["states"]
+    bundle = f"/lab/work/mobilenet/out/{Path(prepared['mobilenet_bundle']).name}"
+    t0 = time.monotonic()
+    r = pi.er(f"learn /lab/work/states/examples --model {bundle} --out /tmp/states.tflite", timeout=1800)
+    learn_s = time.monotonic() - t0
+    accuracy = next((ln for ln in r.stderr.splitlines() if ln.startswith("accuracy:")), "?")
+    files = " ".join(q(f"/lab/work/states/test/{name}") for name in sorted(st["truth"]))
+    t0 = time.monotonic()
+    c = pi.er(f"classify --json --top-k 1 --model /tmp/states.tflite {files}", timeout=1800)
+    arm = learned_top1(c.stdout)
+    assert set(arm) == set(x86_learned) == set(st["truth"]), (len(arm), len(x86_learned))
+    same = sum(arm[f] == x86_learned[f] for f in arm)
+    right_arm = sum(arm[f] == st["truth"][f] for f in arm)
+    right_x86 = sum(x86_learned[f] == st["truth"][f] for f in arm)
+    figure(
+        f"{pi.name}: learn on 3 states x 10 examples in {learn_s:.0f} s under qemu ({accuracy.split(';')[0]}); "
+        f"classify of 100 test frames: {same}/100 labels as on x86 (right: arm64 {right_arm}, x86 {right_x86}; "
+        f"{time.monotonic() - t0:.0f} s)"
+    )
+    assert same >= 99
