@@ -28,18 +28,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edge_resnet.bench.core import machine  # noqa: E402
 from edge_resnet.bundle import read_model  # noqa: E402
 from edge_resnet.convert import tflite_io  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def runner(flatbuffer: bytes, threads: int) -> tuple[Callable[[], float], int]:
@@ -82,7 +73,7 @@ def main() -> int:
     emb = mf.meta.embedding if mf.meta else None
     print(f"model:     {args.model.name} ({len(with_emb) / 1e6:.2f} MB), outputs {names}")
     print(f"embedding: {emb or 'not named in the bundle metadata; output 1 taken'}")
-    print(f"cpu:       {cpu_model()}")
+    print(f"cpu:       {machine()['cpu']}")
     print(f"runs:      {args.runs} timed invokes per interpreter, {args.instances} interpreters per variant, "
           f"alternating, after {args.warmup} warm-up each")
     print()

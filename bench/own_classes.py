@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import numpy.typing as npt
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edge_resnet.bench.core import machine  # noqa: E402
 from edge_resnet.classify import Classifier  # noqa: E402
 from edge_resnet.engine import Engine  # noqa: E402
 from edge_resnet.learn.augment import night  # noqa: E402
@@ -49,16 +49,6 @@ from tests.helpers.own_tasks import Task, coarse_task, splits, states_task  # no
 
 F32 = npt.NDArray[np.float32]
 KS = (1, 2, 5, 10, 20)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +249,7 @@ def main() -> int:
                 engine = None
         float_embed = OnnxEmbedder(onnx_path, spec, args.threads)
         int8_embed = BundleEmbedder(engine) if engine is not None else None
-        cpu = cpu_name()
+        cpu = machine()["cpu"]
         print(f"CPU: {cpu} ({os.cpu_count()} cores); float: {onnx_path.name} (embedding {float_embed.tensor!r})")
         if engine is not None:
             print(f"INT8: {engine.describe()}, embedding {engine.embedding}")

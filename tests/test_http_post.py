@@ -25,6 +25,7 @@ from edge_resnet.observation import Status
 from edge_resnet.sinkconfig import HttpConfig
 from edge_resnet.sinks.front import Limits
 from edge_resnet.sinks.http import HttpSink, Reply, _cross_origin, _loopback_host
+from tests.test_http_limits import closed_by_server
 
 PASSWORD = "s3cret pass"
 TIMEOUT = 20.0  # per socket operation: far above what a loaded machine needs
@@ -98,16 +99,6 @@ def connect(port: int, held: list[socket.socket] | None = None, host: str = "127
     return s
 
 
-def read_all(s: socket.socket) -> bytes:
-    data = b""
-    try:
-        while chunk := s.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data
-
-
 def parse(data: bytes) -> tuple[int, dict[str, str], bytes]:
     while data.startswith(b"HTTP/1.1 100"):  # an interim answer
         data = data.partition(b"\r\n\r\n")[2]
@@ -136,14 +127,14 @@ def post(
 ) -> tuple[int, dict[str, str], bytes]:
     with connect(port, host=addr) as s:
         s.sendall(post_head(port, path, len(body), extra, host) + body)
-        return parse(read_all(s))
+        return parse(closed_by_server(s, 20.0))
 
 
 def get(port: int, path: str, auth: str | None = None) -> tuple[int, dict[str, str], bytes]:
     with connect(port) as s:
         extra = f"Authorization: {auth}\r\n" if auth else ""
         s.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n{extra}\r\n".encode())
-        return parse(read_all(s))
+        return parse(closed_by_server(s, 20.0))
 
 
 def wait_for(cond: object, what: str, timeout: float = TIMEOUT) -> None:
@@ -193,7 +184,7 @@ def test_expect_100_continue(sockets: list[socket.socket]) -> None:
             interim += s.recv(1)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         s.sendall(b"hello")
-        code, _, _ = parse(read_all(s))
+        code, _, _ = parse(closed_by_server(s, 20.0))
         assert code == 201 and writer.posts[0][2] == b"hello"
     finally:
         sink.stop()
@@ -208,7 +199,7 @@ def test_framing_refusals_before_the_body(sockets: list[socket.socket]) -> None:
     try:
         s = connect(port, sockets)  # the head only: the answer does not wait for the body
         s.sendall(post_head(port, "/api/regions/gate/import", 1001))
-        code, _, answer = parse(read_all(s))
+        code, _, answer = parse(closed_by_server(s, 20.0))
         assert code == 413 and b"1000" in answer, answer
         assert post(port, "/api/regions/gate/import", b"z" * 1001)[0] == 413  # and with the body sent
         assert post(port, "/api/regions/gate/import", b"z" * 1000)[0] == 201  # at the cap: taken
@@ -220,14 +211,14 @@ def test_framing_refusals_before_the_body(sockets: list[socket.socket]) -> None:
         for want, raw in cases.items():
             with connect(port) as c:
                 c.sendall(raw)
-                code, _, answer = parse(read_all(c))
+                code, _, answer = parse(closed_by_server(c, 20.0))
                 assert code == want, (want, code, answer)
         with connect(port) as c:  # both: Transfer-Encoding wins, and is refused
             c.sendall(post_head(port, "/api/x", 5, {"Transfer-Encoding": "chunked"}) + b"hello")
-            assert parse(read_all(c))[0] == 501
+            assert parse(closed_by_server(c, 20.0))[0] == 501
         with connect(port) as c:
             c.sendall(b"GET /api/state HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello")
-            assert parse(read_all(c))[0] == 413
+            assert parse(closed_by_server(c, 20.0))[0] == 413
         assert len(writer.posts) == 1
         assert sink.counters()["http_too_large_total"] >= 3
     finally:
@@ -245,7 +236,7 @@ def test_slow_body_gets_408_while_others_are_served(sockets: list[socket.socket]
         wait_for(lambda: sink.counters()["http_body_bytes"] == 10_000, "the body is being read")
         assert get(port, "/healthz")[0] == 200, "a slow body holds no thread"
         assert post(port, "/api/regions/gate/label", b"cat")[0] == 201
-        code, _, answer = parse(read_all(slow))
+        code, _, answer = parse(closed_by_server(slow, 20.0))
         took = time.monotonic() - t0
         assert code == 408, answer
         assert took >= 0.5, took  # never before body_timeout_s (upper bound: the socket timeout)
@@ -290,7 +281,7 @@ def test_bodies_in_flight_share_a_budget(sockets: list[socket.socket]) -> None:
         assert code == 503 and headers.get("Retry-After") == "5"
         assert post(port, "/api/regions/gate/label", b"c" * 400)[0] == 201  # a small one still fits
         first.sendall(b"a" * 990)
-        assert parse(read_all(first))[0] == 201
+        assert parse(closed_by_server(first, 20.0))[0] == 201
         assert post(port, "/api/regions/gate/import", b"b" * 1000)[0] == 201
     finally:
         sink.stop()
@@ -307,7 +298,7 @@ def test_password_auth_and_429_shared_with_get(auth_env: None, sockets: list[soc
     try:
         s = connect(port, sockets)  # asked before the body is read: the answer comes from the head
         s.sendall(post_head(port, "/api/regions/gate/label", 5000))
-        code, headers, _ = parse(read_all(s))
+        code, headers, _ = parse(closed_by_server(s, 20.0))
         assert code == 401 and headers["WWW-Authenticate"].startswith("Basic")
         assert post(port, "/api/regions/gate/label")[0] == 401
         assert post(port, "/api/regions/gate/label", b"dog", right)[0] == 201
