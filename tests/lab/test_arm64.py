@@ -248,12 +248,12 @@ def test_learn_and_classify_agree_with_x86(
     st = prepared["states"]
     bundle = f"/lab/work/mobilenet/out/{Path(prepared['mobilenet_bundle']).name}"
     t0 = time.monotonic()
-    r = pi.er(f"learn /lab/work/states/examples --model {bundle} --out /tmp/states.tflite", timeout=1800)
+    r = pi.er(f"learn /lab/work/states/examples --model {bundle} --out /root/states.tflite", timeout=1800)
     learn_s = time.monotonic() - t0
     accuracy = next((ln for ln in r.stderr.splitlines() if ln.startswith("accuracy:")), "?")
     files = " ".join(q(f"/lab/work/states/test/{name}") for name in sorted(st["truth"]))
     t0 = time.monotonic()
-    c = pi.er(f"classify --json --top-k 1 --model /tmp/states.tflite {files}", timeout=1800)
+    c = pi.er(f"classify --json --top-k 1 --model /root/states.tflite {files}", timeout=1800)
     arm = learned_top1(c.stdout)
     assert set(arm) == set(x86_learned) == set(st["truth"]), (len(arm), len(x86_learned))
     same = sum(arm[f] == x86_learned[f] for f in arm)
