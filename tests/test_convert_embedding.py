@@ -344,5 +344,5 @@ def test_info_prints_the_embedding(r18: ConvertResult, mobilenet_quant: Path) ->
     assert info["embedding"]["size"] == 512 and info["embedding"]["name"] == name
     assert info["metadata"]["embedding"]["size"] == 512
     proc = run_cli("info", str(mobilenet_quant))
-    assert "embedding: no embedding output (foreign model)" in proc.stdout
+    assert "embedding: none (a foreign model); `edge-resnet learn` needs one" in proc.stdout
     assert json.loads(run_cli("info", "--json", str(mobilenet_quant)).stdout)["embedding"] is None

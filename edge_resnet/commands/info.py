@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import NO_EMBEDDING_HINT, Engine, cpu_twin
+from ..engine import Engine, cpu_twin
 from ..errors import EdgeTpuUnavailable
 
 
@@ -101,7 +101,8 @@ def source_summary(src: dict[str, Any]) -> list[str]:
 def embedding_line(e: dict[str, Any] | None, bundle: bool) -> str:
     """The pooled-feature output a head can be trained on (`edge-resnet learn`), or that there is none."""
     if e is None:
-        return f"no embedding output ({'an older bundle: ' + NO_EMBEDDING_HINT if bundle else 'foreign model'})"
+        what = "a bundle from an older converter" if bundle else "a foreign model"
+        return f"none ({what}); `edge-resnet learn` needs one: convert the ONNX model with this edge-resnet"
     q = e["quantization"]
     qs = f" scale={q['scale']:.6g} zero_point={q['zero_point']}" if q else ""
     return f"{e['size']} values, output {e['name']} {e['shape']} {e['dtype']}{qs}"
