@@ -34,8 +34,8 @@ def register(sub: Any, name: str, helptext: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..learn.job import learn
     from ..learn.report import summary_lines
+    from ..learner import learn
 
     res = learn(args.examples, args.model, args.out, device=args.device, threads=args.threads, seed=args.seed,
                 unknown_below=args.unknown_below, variants=not args.no_night)

@@ -9,6 +9,8 @@ cross-validation) that `learn` writes back into the bundle beside the same flatb
       -> head fit + cross-validation (`fit.py`)  -> report (`report.py`)
       -> learned bundle (`learned.py`: head.npz inside, tied to the backbone's digest)
 
-Everything here but `examples.py` (OpenCV, to read images) and `learned.py` (the bundle) is pure
-numpy, so `classify`, the daemon and the workstation run the same code, and tests need no model.
+Everything here but `examples.py` (OpenCV, to read images), `store.py` and `learned.py` (files)
+is pure numpy, so `classify`, the daemon and the workstation run the same code, and tests need no
+model. Nothing here imports `classify` or the engine: `edge_resnet/learner.py` (the `learn` job)
+and `edge_resnet/teach.py` (the daemon's teaching) sit above them.
 """

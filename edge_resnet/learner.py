@@ -1,5 +1,8 @@
 """The `learn` job as one importable function: examples folder + backbone bundle in, learned bundle out.
 
+It sits above `classify` (it embeds through the Classifier), while `edge_resnet/learn/` stays
+below it: the head and the learned bundle that `classify` reads, pure numpy.
+
 Nothing is written until every check passed and the head is fitted; the bundle is written
 atomically, so a failure at any step leaves no model and an interrupted write no half one.
 """
@@ -15,15 +18,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..classify import Classifier
-from ..devices import Device
-from ..engine import NO_EMBEDDING_HINT, Engine
-from ..errors import InputError, ModelError
-from . import examples as examples_mod
-from . import report as report_mod
-from .augment import VARIANTS
-from .fit import train
-from .learned import write_learned
+from .classify import Classifier
+from .devices import Device
+from .engine import NO_EMBEDDING_HINT, Engine
+from .errors import InputError, ModelError
+from .learn import examples as examples_mod
+from .learn import report as report_mod
+from .learn.augment import VARIANTS
+from .learn.fit import train
+from .learn.learned import write_learned
 
 log = logging.getLogger(__name__)
 
