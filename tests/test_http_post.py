@@ -25,7 +25,9 @@ from edge_resnet.observation import Status
 from edge_resnet.sinkconfig import HttpConfig
 from edge_resnet.sinks.front import Limits
 from edge_resnet.sinks.http import HttpSink, Reply, _cross_origin, _loopback_host
-from tests.test_http_limits import closed_by_server
+from tests.test_http_limits import closed_by_server, sockets
+
+__all__ = ["sockets"]  # the fixture
 
 PASSWORD = "s3cret pass"
 TIMEOUT = 20.0  # per socket operation: far above what a loaded machine needs
@@ -78,14 +80,6 @@ def start(
 @pytest.fixture
 def auth_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGE_RESNET_HTTP_PASSWORD", PASSWORD)
-
-
-@pytest.fixture
-def sockets() -> Iterator[list[socket.socket]]:
-    held: list[socket.socket] = []
-    yield held
-    for s in held:
-        s.close()
 
 
 def basic(user: str, pw: str) -> str:
