@@ -11,7 +11,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import psutil
 import pytest
 
 from edge_resnet import config as configmod
@@ -93,6 +92,8 @@ def two_photo_video(path: Path, left: list[Path], right: list[Path], seconds_eac
 
 
 def rss_mb(pid: int) -> float:
+    import psutil  # the workstation's dev extra (the device environments collect this module too)
+
     return float(psutil.Process(pid).memory_info().rss) / 2**20
 
 
