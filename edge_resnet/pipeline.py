@@ -117,7 +117,6 @@ class Pipeline:
         self.reload_failures = 0
         self.invokes = 0
         self._regions: list[Region] = list(regions)
-        self.region_observations: dict[str, Observation] = {}  # region name -> its latest observation
         self._region_swaps: dict[str, Classifier] = {}  # a region's new head (teaching), applied next frame
         self._tap: RegionTap | None = None
         self.last_classified_mono: float | None = None
@@ -269,7 +268,6 @@ class Pipeline:
                     self._clf, self._model_name = swap.classifier, swap.model_name
                 if swap.regions is not None:
                     self._regions = swap.regions
-                    self.region_observations = {}
                 smoother.reset()
             if self._region_swaps:
                 with self._lock:
@@ -349,10 +347,7 @@ class Pipeline:
             except Exception as e:  # a sink bug must not stop classification
                 self._warn_once(f"sink:{sink.name}", f"sink {sink.name} failed to take a frame: {e}")
         self.label_changes += int(changed)
-        if region is None:
-            self.last_observation = obs
-        else:
-            self.last_observation = self.region_observations[region] = obs
+        self.last_observation = obs
         return True
 
     def _warn_once(self, key: str, msg: str) -> None:

@@ -123,7 +123,6 @@ class Teacher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.retrains = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -330,7 +329,6 @@ class Teacher:
             log.warning("teaching: cannot write %s (%s); the new head runs but is not saved", out, e.strerror)
         clf = Classifier(engine, preprocess=region.classifier.preprocess, bundle=mf)
         self.pipeline.swap_region(name, clf)
-        self.retrains += 1
         secs = time.perf_counter() - t0
         r.trained = {"kind": trained.head.kind, "classes": list(loaded.classes), **report["cross_validation"],
                      "seconds": round(secs, 3), "examples": int(loaded.labels.size)}  # fmt: skip

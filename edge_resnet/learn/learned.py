@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..bundle import HEAD_NAME, BundleMeta, ModelFile, write_bundle
 from ..errors import ModelError
 from .head import Head
@@ -89,7 +87,3 @@ def read_head(mf: ModelFile, embedding_size: int | None) -> Head | None:
             "run `edge-resnet learn` with this model"
         )
     return head
-
-
-def embedding_size(shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape))
