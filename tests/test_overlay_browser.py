@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -155,6 +156,9 @@ def test_overlay_timeline_compact_scores_and_short_labels(changing: list[Classif
         try:
             page.open(sink.url)
             page.wait_for("document.querySelectorAll('#timeline li img').length === 5", timeout=30)
+            # the state poll that shows the last label may come one poll after the timeline's fifth entry
+            last = json.dumps(changing[-1].top_k[0].label.split(",")[0])
+            page.wait_for(f"document.getElementById('label').textContent === {last}", timeout=10)
             layout = page.eval(
                 """(() => {
               const lines = el => { const r = document.createRange(); r.selectNodeContents(el);
