@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,14 @@ class Result:
         return self.predictions[0]
 
 
+class LabelsFile(list[str]):
+    """Labels as read from a file, which they name, so that labels that do not fit a model say which file."""
+
+    def __init__(self, labels: Iterable[str] = (), path: Path | None = None) -> None:
+        super().__init__(labels)  # defaults: copies made as type(x)(items) (dataclasses.asdict) still work
+        self.path = path
+
+
 def read_labels(path: str | os.PathLike[str]) -> list[str]:
     """One label per line; `N label` lines (Coral style) are placed at index N."""
     p = Path(path)
@@ -50,8 +59,8 @@ def read_labels(path: str | os.PathLike[str]) -> list[str]:
     pairs = [re.match(r"^(\d+)[\s:]+(.+)$", ln) for ln in lines]
     if all(pairs):
         table = {int(m.group(1)): m.group(2).strip() for m in pairs if m}
-        return [table.get(i, str(i)) for i in range(max(table) + 1)]
-    return lines
+        return LabelsFile([table.get(i, str(i)) for i in range(max(table) + 1)], p)
+    return LabelsFile(lines, p)
 
 
 def resolve_labels(
@@ -85,9 +94,15 @@ def resolve_labels(
         return list(labels), label_offset
     if n == num_outputs - label_offset:
         return ["background"] * label_offset + list(labels), label_offset
+    note = [f"label offset {label_offset}"] if label_offset else []
+    what = where
+    if isinstance(labels, LabelsFile) and labels.path is not None:  # the file to change: name it, and the model
+        what = f"labels file {labels.path}"
+        note = note if Path(where) == labels.path else [f"model {where}", *note]
     raise LabelsError(
-        f"{where} has {n} labels but the model has {num_outputs} outputs"
-        f"{f' (label offset {label_offset})' if label_offset else ''}; pass the labels made for this model"
+        f"{what} has {n} labels but the model has {num_outputs} outputs"
+        + (f" ({', '.join(note)})" if note else "")
+        + "; pass the labels made for this model"
     )
 
 
