@@ -1,7 +1,8 @@
 """The daemon's configuration: typed dataclasses loaded from TOML, checked at load time.
 
-Every table maps to one dataclass; `configtools.from_dict` turns an unknown key or a wrong type
-into a ConfigError that names the key and the fix. Two registries, explicit dicts (no plugin
+Every table maps to one dataclass; `configtools.build_table` turns an unknown key, a wrong type or
+a value out of range into a line that names the key and the fix, and goes on, so loading a file
+names all its problems at once (one ConfigError carrying them all). Two registries, explicit dicts (no plugin
 discovery), say what exists: `SOURCES` maps a `[source] type` and `SINKS` a sink's table name to
 its config class, its factory and how it is summarised and set by flags. Loading, `run` flags,
 `summary`, the daemon (start and reload) and `doctor` all read them, so a new source or sink is
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .configtools import check_range, from_dict
+from .configtools import ConfigErrors, ErrorCollector, build_table, check_range, construct, hint
 from .devices import Device
 from .errors import ConfigError
 from .prepspec import PRESETS, ChannelOrder, Interpolation, PreprocessSpec, merge_preprocess
@@ -65,7 +66,8 @@ class PreprocessOverrides:
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
-            raise ConfigError(f"[model.preprocess] preset: {self.preset!r} is unknown; use one of {sorted(PRESETS)}")
+            known = hint(self.preset, PRESETS, f"use one of {', '.join(sorted(PRESETS))}")
+            raise ConfigError(f"[model.preprocess] preset: {self.preset!r} is unknown; {known}")
         for i, v in enumerate(self.mean or ()):
             check_range(f"[model.preprocess] mean[{i}]", v, -255, 510, "0..255 pixel units, e.g. 123.675")
         for i, v in enumerate(self.std or ()):
@@ -357,7 +359,8 @@ class Config:
         check_regions(self.regions)
         unknown = [name for name in self.sinks if name not in SINKS]
         if unknown:
-            raise ConfigError(f"unknown sink table [{unknown[0]}]; known: {', '.join(SINKS)}")
+            known = f"known: {', '.join(SINKS)}"
+            raise ConfigError(f"unknown sink table [{unknown[0]}]; {hint(unknown[0], SINKS, known)}")
 
     @property
     def mqtt(self) -> MqttConfig | None:
@@ -397,63 +400,66 @@ def check_device_id(device_id: str) -> None:
         )
 
 
-def _build(cls: type[Any], data: Any, section: str) -> Any:
-    """from_dict, with a missing required key named as such."""
-    if isinstance(data, dict):
-        missing = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.init
-            and f.name not in data
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-        ]
-        if missing:
-            raise ConfigError(f"[{section}] missing key {missing[0]!r}; add it (see deploy/config.example.toml)")
-    return from_dict(cls, data, section)
-
-
-def source_from_dict(data: Any) -> SourceCommon:
-    if not isinstance(data, dict):
-        raise ConfigError(f"[source] must be a table, got {type(data).__name__}")
-    kind = data.get("type", "opencv")
-    entry = SOURCES.get(kind) if isinstance(kind, str) else None
-    if entry is None:
-        raise ConfigError(f"[source] type: {kind!r} is unknown; use one of {', '.join(SOURCES)}")
-    built: SourceCommon = _build(entry.config, {**data, "type": kind}, "source")
-    return built
-
-
 _SCALARS = ("device_id", "state_dir", "log_level")
 
 
+def _source(data: Any, errors: ErrorCollector) -> SourceCommon | None:
+    """The `[source]` table of its `type` (opencv when it has none)."""
+    if not isinstance(data, dict):
+        errors.add(f"[source] must be a table, got {type(data).__name__}")
+        return None
+    kind = data.get("type", "opencv")
+    entry = SOURCES.get(kind) if isinstance(kind, str) else None
+    if entry is None:
+        known = f"use one of {', '.join(SOURCES)}"
+        errors.add(f"[source] type: {kind!r} is unknown; {hint(kind, SOURCES, known)}")
+        return None
+    built: SourceCommon | None = build_table(entry.config, {**data, "type": kind}, "source", errors)
+    return built
+
+
+def _regions(data: Any, errors: ErrorCollector) -> list[RegionConfig]:
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        errors.add("region must be an array of tables: write each one as [[region]] with name and roi")
+        return []
+    built = [build_table(RegionConfig, r, "[region]", errors) for r in data]
+    return [r for r in built if r is not None]
+
+
+def collect_config(data: dict[str, Any], errors: ErrorCollector) -> Config | None:
+    """A Config from parsed TOML, tables in the file's order, every problem put in `errors`; a bad key
+    or table falls back to its default so that the rest is still checked, then the checks across
+    tables (device_id, regions). None when the whole cannot be built."""
+    top = sorted({*_SCALARS, "model", "source", "pipeline", "region", *SINKS})
+    tables: dict[str, type[Any]] = {"model": ModelConfig, "pipeline": PipelineConfig}
+    kw: dict[str, Any] = {"sinks": {}}
+    for key, value in data.items():
+        if key in _SCALARS:
+            scalar = build_table(_Scalars, {key: value}, "", errors)
+            if scalar is not None:
+                kw[key] = getattr(scalar, key)
+        elif key == "source":
+            kw[key] = _source(value, errors)
+        elif key == "region":
+            kw["regions"] = _regions(value, errors)
+        elif key in tables or key in SINKS:
+            built = build_table(tables[key] if key in tables else SINKS[key].config, value, key, errors)
+            (kw if key in tables else kw["sinks"])[key] = built
+        else:
+            known = f"known keys and tables: {', '.join(top)}"
+            errors.add(f"unknown top-level key {key!r}; {hint(key, top, known)}")
+    kw = {k: v for k, v in kw.items() if v is not None}
+    kw["sinks"] = {name: table for name, table in kw["sinks"].items() if table is not None}
+    return construct(Config, kw, "", errors)
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """A Config from parsed TOML; every problem is one ConfigError naming the key."""
-    top = {*_SCALARS, "model", "source", "pipeline", "region", *SINKS}
-    unknown = sorted(set(data) - top)
-    if unknown:
-        raise ConfigError(f"unknown top-level key {unknown[0]!r}; known keys and tables: {', '.join(sorted(top))}")
-    kw: dict[str, Any] = {}
-    for key in _SCALARS:
-        if key in data:
-            scalar = from_dict(_Scalars, {key: data[key]}, "")
-            kw[key] = getattr(scalar, key)
-    if "model" in data:
-        kw["model"] = from_dict(ModelConfig, data["model"], "model")
-    if "source" in data:
-        kw["source"] = source_from_dict(data["source"])
-    if "pipeline" in data:
-        kw["pipeline"] = from_dict(PipelineConfig, data["pipeline"], "pipeline")
-    kw["sinks"] = {name: _build(kind.config, data[name], name) for name, kind in SINKS.items() if name in data}
-    if "region" in data:
-        regions = data["region"]
-        if not isinstance(regions, list) or not all(isinstance(r, dict) for r in regions):
-            raise ConfigError("region must be an array of tables: write each one as [[region]] with name and roi")
-        kw["regions"] = [_build(RegionConfig, r, "[region]") for r in regions]
-    try:
-        return Config(**kw)
-    except TypeError as e:
-        raise ConfigError(str(e)) from None
+    """A Config from parsed TOML, or one ConfigError naming the first problem and carrying all of them."""
+    errors = ErrorCollector()
+    cfg = collect_config(data, errors)
+    errors.raise_any()
+    assert cfg is not None  # nothing was wrong, so it built
+    return cfg
 
 
 @dataclass
@@ -464,7 +470,8 @@ class _Scalars:
 
 
 def load(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a TOML config file."""
+    """Read and validate a TOML config file: every problem found, each line naming the file (a
+    ConfigErrors, whose message is the first and `errors` all of them)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -476,10 +483,14 @@ def load(path: str | os.PathLike[str]) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p} is not valid TOML: {e}") from None
-    try:
-        return validate(config_from_dict(data))
-    except ConfigError as e:
-        raise ConfigError(f"{p}: {_with_hint(str(e))}") from None
+    errors = ErrorCollector()
+    cfg = collect_config(data, errors)
+    if cfg is not None and not errors.errors:
+        try:
+            return validate(cfg)
+        except ConfigError as e:
+            errors.add(str(e))
+    raise ConfigErrors([f"{p}: {_with_hint(e)}" for e in errors.errors])
 
 
 def validate(cfg: Config) -> Config:
@@ -498,11 +509,20 @@ def validate(cfg: Config) -> Config:
 
 def _with_hint(msg: str) -> str:
     """A quoted number where a number belongs is the most common TOML slip: say how to write it."""
+    quoted = msg.rpartition(", got ")[2].strip("'")
     if ("expected an integer, got '" in msg or "expected a number, got '" in msg) and msg.endswith("'"):
-        return msg + " (write the number without quotes)"
+        return msg + " (write the number without quotes)" if _numeric(quoted) else msg
     if "expected true or false, got '" in msg:
         return msg + " (write true or false without quotes)"
     return msg
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def summary(cfg: Config) -> str:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from .. import config as configmod
+from ..configtools import error_lines
+from ..errors import ConfigError
 from ..sourceconfig import FileSource, FolderSource
 
 
@@ -15,8 +18,8 @@ def register(sub: Any, name: str, helptext: str) -> None:
     p = sub.add_parser(
         name,
         help=helptext,
-        description="Check a daemon configuration file: prints OK and a summary, or one line naming the "
-        "key and the fix (exit code 3).",
+        description="Check a daemon configuration file: prints OK and a summary, or every problem in it, "
+        "one line each naming the file, the [table] key and the fix (exit code 3).",
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     c = actions.add_parser("check", help="validate FILE.toml", description="Validate a daemon configuration file.")
@@ -44,8 +47,21 @@ def warnings_for(cfg: configmod.Config) -> list[str]:
     return out
 
 
+def first_and_count(e: ConfigError, path: str) -> str:
+    """One line for `run`: the first problem of the file, and how many more `config check` would list."""
+    more = len(error_lines(e)) - 1
+    if more < 1:
+        return str(e)
+    return f"{e} ... and {more} more error{'s' if more > 1 else ''}; run `edge-resnet config check {path}` to see all"
+
+
 def check(args: argparse.Namespace) -> int:
-    cfg = configmod.load(args.file)
+    try:
+        cfg = configmod.load(args.file)
+    except ConfigError as e:
+        for line in error_lines(e):  # all of them: a file with four mistakes takes one run to fix
+            print(f"edge-resnet: error: {line}", file=sys.stderr)
+        return int(e.exit_code)
     print(f"OK: {args.file}")
     print(configmod.summary(cfg))
     for w in warnings_for(cfg):

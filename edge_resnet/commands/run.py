@@ -11,6 +11,7 @@ from .. import config as configmod
 from ..config import SINKS, SOURCES, Config, check_device_id
 from ..errors import ConfigError, InputError
 from ..sourceconfig import SourceCommon
+from .config import first_and_count
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--max-frames must be >= 1")
     if args.duration is not None and args.duration <= 0:
         raise ConfigError("--duration must be > 0 seconds")
-    cfg = configmod.load(args.config) if args.config else Config()
+    try:
+        cfg = configmod.load(args.config) if args.config else Config()
+    except ConfigError as e:  # the first problem and how many more: `config check` lists them all
+        raise ConfigError(first_and_count(e, args.config)) from None
     cfg = configmod.validate(apply_overrides(cfg, args))  # the same checks as `config check`
     if not cfg.model.path:
         raise ConfigError("no model given; pass --model FILE.tflite or set [model] path in the config")
