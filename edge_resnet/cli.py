@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "convert a ResNet and run the daemon on a test video with the overlay"),
     "bench": ("bench", "benchmark a model: latency, throughput, memory, preprocessing"),
     "doctor": ("doctor", "check cameras, model, Edge TPU, broker, temperature and disk"),
+    "fleet": ("fleet", "roll a model out to a group of devices in waves over MQTT; the fleet's status"),
 }
 
 
