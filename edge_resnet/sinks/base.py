@@ -18,6 +18,19 @@ from ..observation import Observation, Status
 
 StatusFn = Callable[[], Status]
 
+DEGRADED = "degraded: "
+
+
+def degraded_words(summary: str, detail: str) -> str:
+    """A degraded sink's words: `degraded: <summary>; <detail>`. The summary must name no address or
+    secret: /healthz shows it to anyone as its first line, the detail only to an authorised client."""
+    return f"{DEGRADED}{summary}; {detail}"
+
+
+def degraded_summary(words: str) -> str | None:
+    """`degraded: <summary>` of words made by `degraded_words` (the detail cut off); None for other words."""
+    return words.split("; ", 1)[0] if words.startswith(DEGRADED) else None
+
 
 @dataclass(frozen=True)
 class SinkContext:
@@ -44,5 +57,10 @@ class Sink(Protocol):
     def stop(self, timeout: float = 2.0) -> None: ...
 
     def healthy(self) -> tuple[bool, str]:
-        """(ok, reason) for /healthz; a broker that is down is reported, not fatal."""
+        """(ok, words) for /healthz, in three states. Failed, `(False, why)`: the sink cannot do its job
+        (the MQTT queue on a full disk); the daemon's Status turns unhealthy and /healthz answers 503.
+        Degraded, `(True, degraded_words(...))`: it works around something a restart cannot fix (a
+        broker never reached: wrong host, credentials); /healthz stays 200 and its first line says
+        `degraded: <summary>`. Ok, `(True, words)`: anything else, e.g. a broker that went away after
+        a connect (reported, not fatal)."""
         ...

@@ -253,12 +253,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _healthz(self) -> None:
         """200 "ok" when frames flow, else 503 and the reason; then one `sink: words` line per sink
-        (only for an authorised client when basic auth is on: they name the broker)."""
+        (only for an authorised client when basic auth is on: they name the broker). A degraded sink
+        (e.g. MQTT never connected) keeps 200, so a probe does not restart the daemon over a config
+        error a restart cannot fix, and makes the first line its `degraded: <summary>`."""
+        from .base import degraded_summary  # (here: this method is all issue 22 touches in this file)
+
         sink = self.server.sink
         st = sink.status()
-        lines = ["ok" if st.healthy else st.reason]
+        words = sink.sinks()
+        degraded = [s for s in map(degraded_summary, words.values()) if s is not None]
+        lines = [(degraded[0] if degraded else "ok") if st.healthy else st.reason]
         if self.authorised:
-            lines += [f"{name}: {words}" for name, words in sink.sinks().items()]
+            lines += [f"{name}: {w}" for name, w in words.items()]
         self._body(("\n".join(lines) + "\n").encode(), "text/plain; charset=utf-8", 200 if st.healthy else 503)
 
     def _metrics(self) -> None:
