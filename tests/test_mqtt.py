@@ -153,7 +153,7 @@ def test_state_events_availability_discovery(broker: Broker, photos: list[Classi
     assert cfg["availability_topic"] == "edge-resnet/cam1/availability"
     assert cfg["value_template"] == "{{ value_json.label }}"
     assert cfg["device"]["identifiers"] and cfg["unique_id"]
-    assert cfg["device"]["model"] == "mobilenet_v2_1.0_224_quant.tflite"  # re-announced once the model is known
+    assert cfg["device"]["model"] == "mobilenet_v2_1.0_224_quant.tflite"  # announced once the model is known
     ok, reason = sink.healthy()
     assert ok and "connected" in reason
 

@@ -2,16 +2,21 @@
 
 Topics under `<topic_prefix>/<device_id>/`:
 - `state`: retained JSON (label, score, class_index, top_k, frame_seq, captured_at, published_at, model,
-  healthy, reason, events_dropped); on label change, on health change, every heartbeat_s, after reconnects.
+  healthy, reason, events_dropped); on label change, on health change, every heartbeat_s, after reconnects;
+  a clean stop leaves a last one with `"healthy": false, "reason": "stopped"` (before `offline`).
 - `events`: label changes, QoS 1, not retained, `seq` increasing across restarts; at least once, in order.
-- `availability`: `online` / `offline`, retained; the Last Will is `offline`.
-- `<discovery_prefix>/sensor/<device_id>/label/config`: Home Assistant discovery, retained.
+- `availability`: `online` once per connect / `offline` at a clean stop, retained; the Last Will is `offline`.
+- `<discovery_prefix>/sensor/<device_id>/label/config`: Home Assistant discovery, retained; once the first
+  observation names the model (again after a model swap or a reconnect). The device is named by device_id.
 
-A broker that is away is never fatal: `healthy()` stays ok and its reason says what the link is doing;
-the reconnect backoff is capped at 3-5 s (the cap is picked at random per process).
+A broker that is away is never fatal: `healthy()` stays ok and its words say what the link is doing
+(a wrong host name as DNS, a broker that is down as connection refused); while the broker has never
+been reached the sink is degraded (/healthz: 200, first line "degraded: mqtt never connected"). The
+reconnect backoff is capped at 3-5 s (the cap is picked at random per process).
 
 Split by job: `payloads` (state, events, discovery documents), `tls` (TLS diagnosis, shared with
-doctor), `eventqueue` (the SQLite store and forward queue), `client` (paho, callbacks, the sink thread).
+doctor), `reach` (why a connection attempt failed), `eventqueue` (the SQLite store and forward queue),
+`client` (paho, callbacks, the sink thread).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import os
 import queue
 import random
 import ssl
+import sys
 import threading
 import time
 from enum import Enum
@@ -26,9 +27,10 @@ from ...config import check_device_id
 from ...errors import ConfigError
 from ...observation import Observation, Status
 from ...sinkconfig import MqttConfig
-from ..base import SinkContext, StatusFn
+from ..base import SinkContext, StatusFn, degraded_words
 from .eventqueue import EventQueue
 from .payloads import discovery_payload, event_body, state_payload
+from .reach import Unreachable, subject, unreachable_words
 from .tls import tls_problem
 
 log = logging.getLogger(__name__)
@@ -107,11 +109,12 @@ class MqttSink:
         self._lock = threading.Lock()
         self._latest: Observation | None = None
         self._regions: dict[str, Observation] = {}  # [[region]] name -> its newest observation
-        self._announced_regions: set[str] = set()  # regions whose discovery config is out
         self._link = Link.CONNECTING
         self._link_since = time.monotonic()
         self._link_reason = "connecting"
-        self._announce = False  # (re)connected: publish online, discovery and state
+        self._fail_cause: Unreachable | None = None  # why the last connection attempt failed, in this outage
+        self._started = time.monotonic()
+        self._announce = False  # (re)connected: publish online and state (and discovery again)
         self._inflight: dict[int, int] = {}  # paho mid -> event seq
         self._handed_at: dict[int, float] = {}  # paho mid -> when it was handed to paho (monotonic)
         self._waiting_since: float | None = None  # oldest unacknowledged event (for healthy())
@@ -119,7 +122,7 @@ class MqttSink:
         self._resend_barrier: set[int] = set()  # mids in flight at the last reconnect, not yet acknowledged
         self._barrier_since = 0.0
         self._previous_label: dict[str | None, str] = {}  # region (None: the whole frame) -> last label
-        self._discovery_model: str | None = None  # the model named in the last discovery config
+        self._discovered: dict[str | None, str] = {}  # region (None: the whole frame) -> model announced to HA
         self._thread: threading.Thread | None = None
         self._failed: str | None = None
         self._health_checked = 0.0
@@ -197,6 +200,7 @@ class MqttSink:
             self._set_link(Link.REFUSED, reason)
             return
         was_down = time.monotonic() - self._link_since
+        self._fail_cause = None
         self.stats["connects"] += 1
         with self._lock:
             self._announce = True
@@ -215,20 +219,25 @@ class MqttSink:
         self._set_link(Link.CONNECTED, "connected")
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        """paho swallows why a connection failed; for TLS the why is the fix, so ask once per outage."""
+        """paho does not pass on why a connection attempt failed, and the why is the fix: a wrong host
+        name (DNS), a broker that is down, TLS. paho calls this inside its `except OSError:`, so the
+        error is in sys.exc_info(). Logged once per cause, not per retry."""
+        err = sys.exc_info()[1]
+        cause = Unreachable.of(err)
         first = self._link is not Link.DISCONNECTED or self._link_reason == "connecting"
-        reason = "cannot connect"
-        if not first and self._link_reason.startswith(reason):
-            reason = self._link_reason  # keep the diagnosis made at the start of this outage
-        problem = tls_problem(self.host, self.port, self.cfg.ca_file) if first and self.tls else None
-        if problem is not None:
-            reason = f"cannot connect: {problem}"
-        if first:
+        if cause is self._fail_cause and not first:
+            reason = self._link_reason  # the same cause: keep the words (and TLS diagnosis) made at its start
+        else:
+            reason = unreachable_words(cause, err)
+            if self.tls and cause in (Unreachable.TLS, Unreachable.OTHER):
+                reason = tls_problem(self.host, self.port, self.cfg.ca_file) or reason
+        changed = self._fail_cause is not None and cause is not self._fail_cause
+        self._fail_cause = cause
+        if first or (changed and self._log_limit(f"cause:{cause.value}")[0]):
             log.warning(
-                "mqtt: cannot reach broker %s:%d%s; classification goes on, retrying every few seconds",
-                self.host,
-                self.port,
-                f" ({problem})" if problem else "",
+                "mqtt: %s: %s; classification goes on, retrying every few seconds",
+                subject(cause, self.host, self.port),
+                reason,
             )
         self._set_link(Link.DISCONNECTED, reason)
 
@@ -257,6 +266,7 @@ class MqttSink:
 
     def start(self) -> None:
         self.queue.refresh()  # a sink being replaced (SIGHUP) may have written since __init__
+        self._started = time.monotonic()
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         self._client.connect_async(
@@ -300,7 +310,9 @@ class MqttSink:
             self._link = Link.STOPPED
 
     def healthy(self) -> tuple[bool, str]:
-        """Always ok (a broker that is away is not fatal); the reason says how the broker link is."""
+        """Ok (a broker that is away is not fatal), the words saying how the broker link is; degraded
+        while the broker has never been reached (what a restart cannot fix: a wrong host, credentials,
+        TLS); failed only when the sink cannot keep events (queue) or its thread died."""
         with self._lock:
             link, reason, since = self._link, self._link_reason, self._link_since
         where = f"{self.host}:{self.port}"
@@ -323,10 +335,29 @@ class MqttSink:
             return True, f"mqtt connected to {where}, {queued} events queued"
         if link is Link.STOPPED:
             return True, "mqtt stopped"
+        if self.stats["connects"] == 0:
+            detail = self._never_connected(link, reason)
+            if detail is not None:
+                return True, degraded_words("mqtt never connected", f"{detail}, {queued} events queued on disk")
         return True, (
             f"mqtt broker {where} {link.value} for {time.monotonic() - since:.0f} s ({reason}); "
             f"retrying, {queued} events queued on disk"
         )
+
+    def _never_connected(self, link: Link, reason: str) -> str | None:
+        """What stands between the sink and its first connect; None while that is still being tried
+        (for up to paho's connect timeout: a daemon starting is not degraded)."""
+        waited = f"{time.monotonic() - self._started:.0f} s"
+        if link is Link.REFUSED:
+            return (
+                f"broker {self.host}:{self.port} {reason}; check [mqtt] username, {self.cfg.password_env} and "
+                f"client_id; retrying for {waited}"
+            )
+        if link is Link.DISCONNECTED:
+            return f"{subject(self._fail_cause, self.host, self.port)}: {reason}; retrying for {waited}"
+        if time.monotonic() - self._started <= self._client.connect_timeout:
+            return None
+        return f"broker {self.host}:{self.port}: no answer to CONNECT yet; waiting for {waited}"
 
     def counters(self) -> dict[str, float]:
         """Prometheus-friendly counters for /metrics (the daemon merges them into Status.counters)."""
@@ -361,16 +392,14 @@ class MqttSink:
                     announce, self._announce = self._announce, False
                 if not connected:
                     continue
-                latest = self._latest
-                model_changed = latest is not None and latest.model != self._discovery_model
-                with self._lock:
-                    new_region = not set(self._regions) <= self._announced_regions  # a region's first frame
                 if announce:
                     self._resend_barrier = set(self._inflight)
                     self._barrier_since = time.monotonic()
-                if announce or new_region or (model_changed and self.cfg.discovery):
-                    self._announce_online()  # on every (re)connect, and when the model is swapped (SIGHUP)
+                    self._client.publish(self.availability_topic, "online", qos=1, retain=True)  # once a connect
+                    self._discovered.clear()  # a broker restarted without persistence lost the retained configs
                     state_due = True
+                if self.cfg.discovery:
+                    self._announce_discovery()
                 if state_due or time.monotonic() >= next_heartbeat or self._health_changed():
                     self._publish_state()
                     state_due = False
@@ -480,25 +509,29 @@ class MqttSink:
         """`<prefix>/<device_id>/<region>/<leaf>`: a region's own state and events."""
         return f"{self.cfg.topic_prefix}/{self.device_id}/{region}/{leaf}"
 
+    def region_discovery_topic(self, region: str) -> str:
+        return f"{self.cfg.discovery_prefix}/sensor/{self.device_id}/{region}_label/config"
+
     def events_topic_of(self, doc: dict[str, Any]) -> str:
         region = doc.get("region")
         return self.region_topic(str(region), "events") if region else self.events_topic
 
-    def _announce_online(self) -> None:
-        self._client.publish(self.availability_topic, "online", qos=1, retain=True)
+    def _announce_discovery(self) -> None:
+        """Home Assistant's config for each sensor (the whole frame, each [[region]]) once its first
+        observation names its model, so HA gets one config with the right model rather than a placeholder
+        and then the real one; again when that model changes (a SIGHUP swap) and after a reconnect. Before
+        the first observation the sink cannot know the model, nor whether there are regions."""
         with self._lock:
-            regions = dict(self._regions)
-        if self.cfg.discovery:
-            latest = self._latest or next(iter(regions.values()), None)
-            self._discovery_model = latest.model if latest else None
-            if not regions:
-                doc = discovery_payload(self.cfg, self.device_id, self._discovery_model)
-                self._client.publish(self.discovery_topic, json.dumps(doc), qos=1, retain=True)
-            for name, obs in regions.items():
-                doc = discovery_payload(self.cfg, self.device_id, obs.model, name)
-                topic = f"{self.cfg.discovery_prefix}/sensor/{self.device_id}/{name}_label/config"
-                self._client.publish(topic, json.dumps(doc), qos=1, retain=True)
-        self._announced_regions = set(regions)
+            models: dict[str | None, str] = {name: obs.model for name, obs in self._regions.items()}
+            if self._latest is not None:
+                models[None] = self._latest.model
+        for region, model in models.items():
+            if self._discovered.get(region) == model:
+                continue
+            doc = discovery_payload(self.cfg, self.device_id, model, region)
+            topic = self.discovery_topic if region is None else self.region_discovery_topic(region)
+            self._client.publish(topic, json.dumps(doc), qos=1, retain=True)
+            self._discovered[region] = model
 
     def _status_now(self) -> Status | None:
         try:
@@ -517,24 +550,28 @@ class MqttSink:
         st = self._status_now()
         return st is not None and st.healthy != self._published_healthy
 
-    def _publish_state(self) -> None:
-        status = self._status_now()
-        if status is not None:
+    def _publish_state(self, stopped: bool = False) -> None:
+        """The retained state of the whole frame and of each region; `stopped`: the last one at a clean
+        stop (healthy false, reason "stopped", the last label kept), QoS 1 so it is there before `offline`."""
+        status = Status(False, "stopped") if stopped else self._status_now()
+        if status is not None and not stopped:
             self._published_healthy = status.healthy
+        qos = 1 if stopped else 0
         dropped = self.queue.dropped + self.stats["changes_dropped"]
         with self._lock:
             regions = dict(self._regions)
         doc = state_payload(self._latest, status, self.device_id, dropped)
         if regions:
             doc["regions"] = {name: obs.label.label for name, obs in sorted(regions.items())}
-        self._client.publish(self.state_topic, json.dumps(doc), qos=0, retain=True)
+        self._client.publish(self.state_topic, json.dumps(doc), qos=qos, retain=True)
         for name, obs in regions.items():
             rdoc = state_payload(obs, status, self.device_id, dropped)
-            self._client.publish(self.region_topic(name, "state"), json.dumps(rdoc), qos=0, retain=True)
+            self._client.publish(self.region_topic(name, "state"), json.dumps(rdoc), qos=qos, retain=True)
         self.stats["state_published"] += 1
 
     def _shutdown(self) -> None:
-        """On the sink thread at stop: keep every change on disk, say `offline`, disconnect cleanly."""
+        """On the sink thread at stop: keep every change on disk, leave a `stopped` state, say `offline`,
+        disconnect cleanly."""
         try:
             self._drain_changes()
             if self._link is Link.CONNECTED:
@@ -543,6 +580,7 @@ class MqttSink:
                 while self._inflight and time.monotonic() < end:
                     time.sleep(0.02)
                     self._drain_acks()
+                self._publish_state(stopped=True)  # else the retained state says healthy until the next start
                 info = self._client.publish(self.availability_topic, "offline", qos=1, retain=True)
                 info.wait_for_publish(timeout=0.5)
             self._client.disconnect()

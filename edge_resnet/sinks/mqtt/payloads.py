@@ -25,9 +25,11 @@ def event_body(obs: Observation, previous: str | None, device_id: str) -> dict[s
     return {"device_id": device_id, **observation_json(obs), "previous": previous}
 
 
-def discovery_payload(cfg: MqttConfig, device_id: str, model: str | None, region: str | None = None) -> dict[str, Any]:
+def discovery_payload(cfg: MqttConfig, device_id: str, model: str, region: str | None = None) -> dict[str, Any]:
     """Home Assistant MQTT discovery for one sensor: label as state, score and top-k as attributes; one
-    such sensor per [[region]] (its own state topic), on the same device."""
+    such sensor per [[region]] (its own state topic), on the same device. HA names an entity "<device
+    name> <entity name>", so the device is called by its device_id alone ("kitchen" -> "kitchen Label";
+    the default device_id is "edge-resnet"); the manufacturer says edge-resnet."""
     base = f"{cfg.topic_prefix}/{device_id}"
     state = f"{base}/{region}/state" if region else f"{base}/state"
     return {
@@ -47,9 +49,9 @@ def discovery_payload(cfg: MqttConfig, device_id: str, model: str | None, region
         "icon": "mdi:eye",
         "device": {
             "identifiers": [f"edge_resnet_{device_id}"],
-            "name": f"edge-resnet {device_id}",
+            "name": device_id,
             "manufacturer": "edge-resnet",
-            "model": model or "image classifier",
+            "model": model,
             "sw_version": __version__,
         },
         "origin": {"name": "edge-resnet", "sw_version": __version__},
