@@ -6,7 +6,10 @@ flatbuffer is untouched and interpreters ignore what follows it, so the file sti
 while `unzip -l model.tflite` shows the metadata. The JSON records the flatbuffer's length and
 SHA-256, so a copy with flipped bits is refused before it can classify silently wrong. Version 2
 adds a head trained on the device (`head.npz`, written by `learn`): an older reader refuses it
-rather than read the user's labels against the backbone's own outputs.
+rather than read the user's labels against the backbone's own outputs. A signed bundle also carries
+`signature.json` (edge_resnet/fleet/: a manifest of the flatbuffer's and every other member's digest,
+signed with Ed25519); it is kept apart from the associated files, so a bundle derived from this one
+(`learn`) never carries a signature that no longer fits it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from .errors import ModelError
 from .preprocess import PreprocessSpec
@@ -31,6 +34,7 @@ HEAD_VERSION = 2
 META_NAME = "edge_resnet.json"
 LABELS_NAME = "labels.txt"
 HEAD_NAME = "head.npz"
+SIGNATURE_NAME = "signature.json"
 TFLITE_IDENT = b"TFL3"
 EDGETPU_OP = b"edgetpu-custom-op"
 
@@ -110,6 +114,9 @@ class ModelFile:
     flatbuffer: bytes
     meta: BundleMeta | None
     files: dict[str, bytes] = field(default_factory=dict)  # associated files beyond metadata and labels
+    # every archive member as stored (metadata and labels too), but the signature: what a signature covers
+    members: dict[str, bytes] = field(default_factory=dict)
+    signature: bytes | None = None  # signature.json as stored; None: unsigned
 
     @property
     def is_edgetpu(self) -> bool:
@@ -137,33 +144,90 @@ def read_model(path: str | os.PathLike[str]) -> ModelFile:
     if found is None:
         _check_sidecar_digest(p, data)
         return ModelFile(p, data, None)
-    meta, files = found
+    meta, members, signature = found
     flat = data[: meta.model_size]
     digest = hashlib.sha256(flat).hexdigest()
     if len(flat) != meta.model_size or digest != meta.model_sha256:
         raise ModelError(
             f"{p} is corrupt: its SHA-256 does not match the one recorded at conversion; copy it again or re-convert"
         )
-    return ModelFile(p, flat, meta, files)
+    files = {n: b for n, b in members.items() if n not in (META_NAME, LABELS_NAME)}
+    return ModelFile(p, flat, meta, files, members, signature)
 
 
-def _read_meta(data: bytes, p: Path) -> tuple[BundleMeta, dict[str, bytes]] | None:
-    if b"PK\x05\x06" not in data[-65557:]:
+@dataclass
+class BundleParts:
+    """A bundle as a verifier sees it, read without holding the flatbuffer: its digest and size
+    (hashed once, streaming) and the archive's members. A foreign model's digest is the whole file's."""
+
+    path: Path
+    model_sha256: str
+    model_size: int
+    meta: BundleMeta | None
+    members: dict[str, bytes]
+    signature: bytes | None
+
+
+def read_parts(path: str | os.PathLike[str], chunk: int = 1 << 20) -> BundleParts:
+    """The digest and members of a model file in one streaming pass (a 100 MB bundle is never in
+    memory at once). The digest is computed, not checked: the verifier compares it with what was
+    signed, and with the metadata's own record."""
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8 or head[4:8] != TFLITE_IDENT:
+                raise ModelError(f"{p} is not a TFLite model (no TFL3 identifier); pass a .tflite file")
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - 65557))
+            found = _read_meta(f.read(), p, f)
+            meta = found[0] if found else None
+            limit = meta.model_size if meta is not None else size
+            f.seek(0)
+            h = hashlib.sha256()
+            left = limit
+            while left > 0:
+                block = f.read(min(chunk, left))
+                if not block:
+                    break
+                h.update(block)
+                left -= len(block)
+    except FileNotFoundError:
+        raise ModelError(f"model {p} not found; check the path") from None
+    except IsADirectoryError:
+        raise ModelError(f"model {p} is a directory; point at a .tflite file") from None
+    except OSError as e:
+        raise ModelError(f"model {p} cannot be read ({e.strerror}); check its permissions") from None
+    if found is None:
+        return BundleParts(p, h.hexdigest(), limit - left, None, {}, None)
+    return BundleParts(p, h.hexdigest(), limit - left, found[0], found[1], found[2])
+
+
+def _read_meta(
+    tail: bytes, p: Path, source: BinaryIO | None = None
+) -> tuple[BundleMeta, dict[str, bytes], bytes | None] | None:
+    """The metadata, the members as stored (signature apart) and the signature, from the archive at the
+    end of the file (`source`, or `tail` when it is the whole file); None if there is no bundle archive."""
+    if b"PK\x05\x06" not in tail[-65557:]:
         return None
     try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        names = set(zf.namelist())
+        zf = zipfile.ZipFile(source if source is not None else io.BytesIO(tail))
+        listed = zf.namelist()
     except zipfile.BadZipFile:
         return None
+    names = set(listed)
     if META_NAME not in names:
         return None
+    if len(names) != len(listed):  # two members of one name: which one counts would depend on the reader
+        raise ModelError(f"{p}: damaged metadata archive (a member appears twice); copy the model again")
     try:
-        text = zf.read(META_NAME).decode("utf-8")
-        labels = zf.read(LABELS_NAME).decode("utf-8").splitlines() if LABELS_NAME in names else []
-        files = {n: zf.read(n) for n in sorted(names - {META_NAME, LABELS_NAME}) if not n.endswith("/")}
-    except (zipfile.BadZipFile, UnicodeDecodeError, OSError, zlib.error) as e:
+        members = {n: zf.read(n) for n in sorted(names) if not n.endswith("/")}
+        text = members[META_NAME].decode("utf-8")
+        labels = members[LABELS_NAME].decode("utf-8").splitlines() if LABELS_NAME in members else []
+    except (zipfile.BadZipFile, UnicodeDecodeError, OSError, zlib.error, EOFError) as e:
         raise ModelError(f"{p}: damaged metadata archive ({e}); copy the model again") from None
-    return BundleMeta.from_json(text, labels, str(p)), files
+    signature = members.pop(SIGNATURE_NAME, None)
+    return BundleMeta.from_json(text, labels, str(p)), members, signature
 
 
 def _check_sidecar_digest(p: Path, data: bytes) -> None:
@@ -196,17 +260,25 @@ def write_bundle(
         raise ModelError("refusing to bundle bytes that are not a TFLite flatbuffer")
     meta.model_sha256 = hashlib.sha256(flatbuffer).hexdigest()
     meta.model_size = len(flatbuffer)
+    labels = "\n".join(meta.labels) + ("\n" if meta.labels else "")
+    members = {META_NAME: meta.to_json().encode(), LABELS_NAME: labels.encode()}
+    return write_members(flatbuffer, {**members, **dict(sorted((files or {}).items()))}, out)
+
+
+def write_members(
+    flatbuffer: bytes, members: dict[str, bytes], out: str | os.PathLike[str], mode: int | None = None
+) -> Path:
+    """Write a flatbuffer and its archive `members` (as given, in order: `sign` adds its signature to
+    the bytes it signed) atomically. `mode`: the file's permission bits (default: what `open()` gives)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(META_NAME, meta.to_json())
-        zf.writestr(LABELS_NAME, "\n".join(meta.labels) + ("\n" if meta.labels else ""))
-        for name, data in sorted((files or {}).items()):
+        for name, data in members.items():
             zf.writestr(name, data)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tflite", dir=out_path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
+        os.fchmod(fd, (0o666 & ~current_umask()) if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
             f.write(flatbuffer)
             f.write(_shift_zip(buf.getvalue(), len(flatbuffer)))
