@@ -36,6 +36,7 @@ LABELS_NAME = "labels.txt"
 HEAD_NAME = "head.npz"
 SIGNATURE_NAME = "signature.json"
 TFLITE_IDENT = b"TFL3"
+MAX_ARCHIVE_BYTES = 64 << 20  # what the members may unpack to: labels and a head are small, a ZIP bomb is not
 EDGETPU_OP = b"edgetpu-custom-op"
 
 OutputKind = Literal["logits", "probabilities"]
@@ -220,6 +221,12 @@ def _read_meta(
         return None
     if len(names) != len(listed):  # two members of one name: which one counts would depend on the reader
         raise ModelError(f"{p}: damaged metadata archive (a member appears twice); copy the model again")
+    unpacked = sum(info.file_size for info in zf.infolist())  # zipfile reads no member past its stated size
+    if unpacked > MAX_ARCHIVE_BYTES:
+        raise ModelError(
+            f"{p}: its metadata archive unpacks to {unpacked / 1e6:.0f} MB, over {MAX_ARCHIVE_BYTES >> 20} MiB; "
+            "this is no edge-resnet bundle, copy the model again"
+        )
     try:
         members = {n: zf.read(n) for n in sorted(names) if not n.endswith("/")}
         text = members[META_NAME].decode("utf-8")
