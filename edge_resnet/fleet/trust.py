@@ -1,0 +1,196 @@
+"""Whether a model may run: the one decision, for every way a model arrives (start, reload, a file
+replaced on disk, a rollout's download). `check_model` returns the verified manifest, or None for an
+unsigned model the policy lets run, or raises `ModelRefused` with a `Refusal` and one line naming
+the fix. Pure logic over the file's bytes: no network, no clock but the one passed in.
+
+Order matters: nothing in a manifest is believed before its signature verifies with a trusted key.
+With `require_signature = false` a model that would run unsigned also runs when signed by a key this
+device does not know; a key in the trust list is always checked in full, and a retired key's models
+never run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from enum import StrEnum
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from .. import __version__
+from ..bundle import BundleParts, ModelFile, read_parts
+from ..errors import ModelError
+from .keys import key_id, load_public
+from .manifest import MANIFEST_VERSION, Envelope, Manifest, Target, version_at_least
+from .trustconfig import TrustConfig
+
+
+class Refusal(StrEnum):
+    """Why a model may not run; the value is the word a job status carries as its `reason`."""
+
+    UNREADABLE = "unreadable"  # not a model, missing, damaged archive
+    CORRUPT = "corrupt"  # the flatbuffer does not match its own metadata (bits flipped in transit)
+    UNSIGNED = "unsigned"  # no signature, and require_signature = true
+    BAD_SIGNATURE_FILE = "bad_signature_file"  # signature.json unreadable
+    UNKNOWN_KEY = "unknown_key"  # signed by a key not in the trust list
+    RETIRED_KEY = "retired_key"  # signed by a key in [trust] retired
+    BAD_SIGNATURE = "bad_signature"  # the manifest was edited, or the signature is not this key's
+    DIGEST_MISMATCH = "digest_mismatch"  # the flatbuffer is not the one signed (a copied signature)
+    METADATA_CHANGED = "metadata_changed"  # edge_resnet.json, labels or head differ from what was signed
+    EXPIRED = "expired"
+    WRONG_TARGET = "wrong_target"  # signed for cpu, asked to run on the Edge TPU (or the other way)
+    LOWER_VERSION = "lower_version"  # older than the version the device runs
+    NEEDS_NEWER = "needs_newer_edge_resnet"  # the manifest asks for a newer edge-resnet
+
+
+class ModelRefused(ModelError):
+    """A model that may not run (exit code 4). `reason` for a job status; the message is one line."""
+
+    def __init__(self, path: object, reason: Refusal, detail: str, fix: str | None) -> None:
+        super().__init__(f"{path}: refused ({reason.value}): {detail}" + (f"; {fix}" if fix else ""))
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """The keys whose signatures count (key id -> public key), the retired ids, and whether a model
+    without a trusted signature may run at all. The empty policy lets everything unsigned run."""
+
+    keys: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
+    retired: frozenset[str] = frozenset()
+    require_signature: bool = False
+
+    @classmethod
+    def of(cls, keys: Iterable[Ed25519PublicKey], retired: Iterable[str] = (), require_signature: bool = False
+           ) -> TrustPolicy:
+        return cls({key_id(k): k for k in keys}, frozenset(retired), require_signature)
+
+
+def load_policy(cfg: TrustConfig) -> TrustPolicy:
+    """Read the `[trust]` keys (a missing or foreign .pub is one ConfigError naming it)."""
+    return TrustPolicy.of((load_public(p) for p in cfg.keys), cfg.retired, cfg.require_signature)
+
+
+def check_model(
+    model: str | os.PathLike[str] | ModelFile | BundleParts,
+    policy: TrustPolicy,
+    *,
+    min_version: int | None = None,
+    target: Target | None = None,
+    now: datetime | None = None,
+) -> Manifest | None:
+    """Decide whether `model` may run under `policy`: the verified manifest, None (unsigned or by a
+    key this device does not know, and the policy allows it), or ModelRefused.
+
+    `model`: a path (read here in one streaming pass: the flatbuffer is hashed once and never held),
+    or a ModelFile from `read_model` (its digest is already checked: nothing is hashed again).
+    `min_version`: the running model's version; an older one is refused (the same one passes, so the
+    running model re-checks after a restart). `target`: where it will run; None skips the check.
+    `now`: the clock (default: the system's, UTC).
+    """
+    parts = _parts(model)
+    where = parts.path
+    meta = parts.meta
+    if meta is not None and (parts.model_sha256 != meta.model_sha256 or parts.model_size != meta.model_size):
+        raise ModelRefused(where, Refusal.CORRUPT, "its SHA-256 does not match the one recorded at conversion",
+                           "copy it again")
+    if parts.signature is None:
+        if policy.require_signature:
+            raise ModelRefused(where, Refusal.UNSIGNED, "it carries no signature, and one is required",
+                               "sign it on the workstation: edge-resnet sign MODEL --key ID.key --version N")
+        return None
+    try:
+        env = Envelope.from_bytes(parts.signature)
+    except ValueError as e:
+        raise ModelRefused(where, Refusal.BAD_SIGNATURE_FILE, f"its signature.json is unreadable ({e})",
+                           "sign it again") from None
+    if env.key_id in policy.retired:
+        raise ModelRefused(where, Refusal.RETIRED_KEY, f"signed by key {env.key_id}, which is retired",
+                           "sign it with a current key")
+    key = policy.keys.get(env.key_id)
+    if key is None:
+        if not policy.require_signature:
+            return None  # an unsigned copy of it would run too
+        raise ModelRefused(where, Refusal.UNKNOWN_KEY, f"signed by key {env.key_id}, which is not trusted here",
+                           f"add {env.key_id}.pub to [trust] keys, or sign it with a trusted key")
+    try:
+        key.verify(env.signature, env.manifest)
+    except InvalidSignature:
+        raise ModelRefused(where, Refusal.BAD_SIGNATURE,
+                           f"its manifest does not verify with key {env.key_id} (edited, or not signed by it)",
+                           "sign it again; never edit signature.json") from None
+    try:
+        m = Manifest.from_bytes(env.manifest)
+    except ValueError as e:  # signed, so a bug of the signer or a newer format
+        raise ModelRefused(where, Refusal.NEEDS_NEWER, f"its signed manifest is not readable here ({e})",
+                           "upgrade edge-resnet") from None
+    if m.manifest_version > MANIFEST_VERSION:
+        raise ModelRefused(where, Refusal.NEEDS_NEWER, f"its manifest is v{m.manifest_version}, newer than this reads",
+                           "upgrade edge-resnet on the device")
+    if m.key_id != env.key_id:  # the signer's own slip: the key named outside is the one that verified
+        raise ModelRefused(where, Refusal.BAD_SIGNATURE, f"its manifest names key {m.key_id}, signed by {env.key_id}",
+                           "sign it again")
+    _check_contents(parts, m)
+    _check_terms(where, m, min_version, target, now or datetime.now(UTC))
+    return m
+
+
+def _parts(model: str | os.PathLike[str] | ModelFile | BundleParts) -> BundleParts:
+    if isinstance(model, BundleParts):
+        return model
+    if isinstance(model, ModelFile):
+        # read_model checked the flatbuffer against the metadata's digest: reuse it, hash nothing again
+        meta = model.meta
+        sha = meta.model_sha256 if meta is not None else model.sha256
+        return BundleParts(model.path, sha, len(model.flatbuffer), meta, model.members, model.signature)
+    try:
+        return read_parts(model)
+    except ModelError as e:
+        raise ModelRefused(model, Refusal.UNREADABLE, str(e), None) from None  # its own message names the fix
+
+
+def _check_contents(parts: BundleParts, m: Manifest) -> None:
+    """The flatbuffer and every archive member are the ones signed, no more and no fewer."""
+    where = parts.path
+    if parts.model_sha256 != m.model_sha256 or parts.model_size != m.model_size:
+        raise ModelRefused(
+            where, Refusal.DIGEST_MISMATCH,
+            f"its flatbuffer (sha256 {parts.model_sha256[:12]}, {parts.model_size} bytes) is not the one signed "
+            f"(sha256 {m.model_sha256[:12]}, {m.model_size} bytes): changed since, or another model's signature",
+            "copy the signed bundle again, or sign this one",
+        )
+    have = {name: hashlib.sha256(data).hexdigest() for name, data in parts.members.items()}
+    changed = sorted(n for n in set(have) | set(m.files) if have.get(n) != m.files.get(n))
+    if changed:
+        name = changed[0]
+        how = "added" if name not in m.files else "removed" if name not in have else "edited"
+        raise ModelRefused(where, Refusal.METADATA_CHANGED, f"{name} was {how} after signing",
+                           "copy the signed bundle again, or sign it again")
+
+
+def _check_terms(where: object, m: Manifest, min_version: int | None, target: Target | None, now: datetime) -> None:
+    """The manifest's own terms against this device: expiry, target, version, edge-resnet version."""
+    today = now.astimezone(UTC).date()
+    if m.expires is not None and today > date.fromisoformat(m.expires):
+        raise ModelRefused(where, Refusal.EXPIRED, f"its signature expired on {m.expires} (today is {today} UTC)",
+                           "sign it again with a later --expires")
+    if target is not None and m.target != target:
+        raise ModelRefused(where, Refusal.WRONG_TARGET, f"signed for {m.target}, this device runs {target}",
+                           f"install the {target} model")
+    if min_version is not None and m.version < min_version:
+        raise ModelRefused(where, Refusal.LOWER_VERSION, f"version {m.version} is older than {min_version}, which runs",
+                           f"sign it with --version {min_version} or higher if it should replace it")
+    if not version_at_least(__version__, m.min_edge_resnet):
+        raise ModelRefused(where, Refusal.NEEDS_NEWER,
+                           f"it needs edge-resnet {m.min_edge_resnet}, this is {__version__}",
+                           "upgrade edge-resnet on the device")
+
+
+def describe(m: Manifest) -> str:
+    """The one line `sign` and `verify` print after the model's path."""
+    return (f"signed by {m.key_id}, version {m.version}, target {m.target}, "
+            + (f"expires {m.expires}" if m.expires else "no expiry"))
