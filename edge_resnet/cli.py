@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "benchmark a model: latency, throughput, memory, preprocessing"),
     "doctor": ("doctor", "check cameras, model, Edge TPU, broker, temperature and disk"),
     "fleet": ("fleet", "roll a model out to a group of devices in waves over MQTT; the fleet's status"),
+    "keygen": ("keygen", "make an Ed25519 key pair for signing models (on the workstation)"),
+    "sign": ("sign", "sign a bundle in place: version, expiry, target (on the workstation)"),
+    "verify": ("verify", "check a bundle's signature against trusted keys (exit 4 with the reason)"),
 }
 
 
