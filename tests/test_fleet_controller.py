@@ -100,6 +100,8 @@ def test_a_row_takes_health_from_the_state_document_and_offline_from_availabilit
     r = row(d)
     assert (r.model, r.version, r.job, r.state, r.healthy, r.last_seen) == ("r50.tflite", 2, "v3-x", "rolled_back",
                                                                              True, 200.0)  # fmt: skip
+    lagging = DeviceDocs("cam-1", presence={"running_version": 3}, state={"model_version": 2})
+    assert row(lagging).version == 3 and row(DeviceDocs("cam-1", state={"model_version": 2})).version == 2
     off = row(DeviceDocs("cam-2", presence={"groups": ["cams"], "running_version": 1}, availability="offline"))
     assert (off.healthy, off.health, off.version, off.model) == (False, "offline", 1, None)
     text = table([r, off], now=260.0)

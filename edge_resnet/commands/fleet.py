@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import time
 from typing import Any
 
@@ -14,15 +15,20 @@ from ..sinkconfig import MqttConfig
 
 ROLLOUT_EXIT = """exit codes:
   0  every device of the group applied the version (or already ran it)
-  8  stopped by the failure gate: more than --max-failed-percent of the devices sent the job failed;
-     the devices not reached yet were not sent it
-  9  every wave was sent, but some devices failed (within the gate) or were offline and skipped;
-     they are listed; run the same command again later to reach them (the others answer from their status)
-  2  bad arguments   3  bad --config, or the broker cannot be reached   4  MODEL_URL unreadable or its
-  digest, size or version do not match   5  no device in the group"""
+  2  bad arguments
+  3  bad --config, or the broker cannot be reached
+  4  MODEL_URL unreadable, or its digest, size or version not what was given
+  5  no device in the group
+  8  stopped by the failure gate: more than --max-failed-percent of the devices sent the job
+     failed; the devices after them were not sent it
+  9  every wave was sent, but some devices failed (within the gate) or were offline and skipped
+     (listed); run the same command again later: it reaches those, the others answer from
+     their status"""
 
-STATUS_EXIT = """exit codes: 0 the table was printed (possibly empty); 2 bad arguments; 3 bad --config, or the
-broker cannot be reached"""
+STATUS_EXIT = """exit codes:
+  0  the table was printed (possibly empty)
+  2  bad arguments
+  3  bad --config, or the broker cannot be reached"""
 
 
 def _positive_int(text: str) -> int:
@@ -76,12 +82,13 @@ def register(sub: Any, name: str, helptext: str) -> None:
         "rollout",
         help="send a model to a group in waves, stopping at a failure gate",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Send the install job to the group's devices in waves: the canary wave (--canary devices) "
-        "first, then waves of --step-percent of the group. Each wave waits for every device's terminal state "
-        "(applied, rolled_back, rejected); a device that says nothing within --wave-timeout counts as failed. "
-        "When the failures so far are more than --max-failed-percent of the devices sent the job, the rollout "
-        "stops. Devices already running the version (or newer) and offline devices are skipped. Prints one "
-        "line per wave.",
+        description=textwrap.fill(
+            "Send the install job to the group's devices in waves: the canary wave (--canary devices) first, "
+            "then waves of --step-percent of the group. Each wave waits for every device's terminal state "
+            "(applied, rolled_back, rejected); a device that says nothing within --wave-timeout counts as "
+            "failed. When the failures so far are more than --max-failed-percent of the devices sent the job, "
+            "the rollout stops. Devices already running the version (or newer) and offline devices are "
+            "skipped. Prints one line per wave.", 100),
         epilog=ROLLOUT_EXIT,
     )
     r.add_argument("model_url", metavar="MODEL_URL", help="http(s):// URL, file:// URL or path of the bundle, as "
@@ -110,9 +117,10 @@ def register(sub: Any, name: str, helptext: str) -> None:
         "status",
         help="the fleet's retained statuses as one table",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="One row per device from the broker's retained documents: device, running model and "
-        "version, last job and its state, health (offline when the device's availability says so) and when "
-        "it was last seen.",
+        description=textwrap.fill(
+            "One row per device from the broker's retained documents: device, running model and version, "
+            "last job and its state, health (offline when the device's availability says so) and when it "
+            "was last seen.", 100),
         epilog=STATUS_EXIT,
     )
     s.add_argument("--group", help="only the devices of this group")

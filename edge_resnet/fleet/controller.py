@@ -233,8 +233,8 @@ def rollout(view: FleetView, model: Model, plan: Plan, say: Callable[[str], None
             "groups on the devices"
         )
     waves = plan_waves(todo, plan.canary, plan.step_percent)
-    say(f"rollout {job_id}: version {model.version} to group {plan.group!r}: {len(todo)} devices in "
-        f"{len(waves)} waves, {len(skipped)} skipped")
+    say(f"rollout {job_id}: version {model.version} from {model.url} to group {plan.group!r}: {len(todo)} devices "
+        f"in {len(waves)} waves, {len(skipped)} skipped")
     for index, names in enumerate(waves):
         wave = Wave(index, names)
         t0 = time.monotonic()

@@ -52,9 +52,10 @@ class DeviceDocs:
 
     @property
     def running_version(self) -> int | None:
-        """The model version the device runs: its state document, else presence, else its last job."""
-        for doc, key in ((self.state, "model_version"), (self.presence, "running_version"),
-                         (self.job, "running_version")):  # fmt: skip
+        """The model version the device runs: its presence (published after each job), else its last job
+        status, else the state document (republished on the daemon's heartbeat, so it may lag a swap)."""
+        for doc, key in ((self.presence, "running_version"), (self.job, "running_version"),
+                         (self.state, "model_version")):  # fmt: skip
             v = doc.get(key) if doc is not None else None
             if isinstance(v, int) and not isinstance(v, bool):
                 return v
