@@ -242,7 +242,8 @@ def rollout(view: FleetView, model: Model, plan: Plan, say: Callable[[str], None
             view.publish(f"{view.prefix}/{name}/model/install", command(model, job_id, plan.group, index))
         view.wait(_all_done(names, job_id), plan.wave_timeout_s)
         wave.seconds = time.monotonic() - t0
-        wave.results = [_result(view.devices().get(n), n, job_id, plan.wave_timeout_s) for n in names]
+        now = view.devices()
+        wave.results = [_result(now.get(n), n, job_id, plan.wave_timeout_s) for n in names]
         result.waves.append(wave)
         say(wave_line(result, wave, len(waves)))
         if gate_passed(len(result.failed), result.sent, plan.max_failed_percent):
