@@ -156,9 +156,14 @@ def test_check_model_returns_the_manifest_from_a_path_or_a_loaded_model(signed: 
 
 
 def test_without_require_signature_unsigned_and_unknown_keys_run_trusted_keys_are_checked(
-    signed: Path, unsigned: Path, keys: Keys, tmp_path: Path
+    signed: Path, unsigned: Path, mobilenet_quant: Path, keys: Keys, tmp_path: Path
 ) -> None:
     assert check_model(unsigned, TrustPolicy()) is None
+    foreign = read_model(mobilenet_quant)  # a plain .tflite the daemon loaded: unsigned, never hashed again
+    assert check_model(foreign, TrustPolicy()) is None
+    with pytest.raises(ModelRefused) as e:
+        check_model(foreign, policy(keys, "old"))
+    assert e.value.reason is Refusal.UNSIGNED
     assert check_model(unsigned, policy(keys, "old", require=False)) is None
     assert check_model(signed, policy(keys, "stranger", require=False)) is None  # an unsigned copy would run
     edited = rewrite(signed, tmp_path / "e.tflite", lambda m: m.update({"labels.txt": b"cat\n" * 1001}))

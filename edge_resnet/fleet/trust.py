@@ -145,8 +145,9 @@ def _parts(model: str | os.PathLike[str] | ModelFile | BundleParts) -> BundlePar
     if isinstance(model, ModelFile):
         # read_model checked the flatbuffer against the metadata's digest: reuse it, hash nothing again
         meta = model.meta
-        sha = meta.model_sha256 if meta is not None else model.sha256
-        return BundleParts(model.path, sha, len(model.flatbuffer), meta, model.members, model.signature)
+        if meta is None:  # a foreign model: it carries no signature, so its digest is never compared
+            return BundleParts(model.path, "", len(model.flatbuffer), None, {}, None)
+        return BundleParts(model.path, meta.model_sha256, len(model.flatbuffer), meta, model.members, model.signature)
     try:
         return read_parts(model)
     except ModelError as e:
