@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -63,10 +65,13 @@ def download(
     verify: Callable[[Path], None] | None = None,
     http_hint: str = "check the URL",
     retry_hint: str = "run the same command again to resume",
+    offline_hint: str = "check the network connection",
 ) -> Path:
     """`dest`, downloading it (or finishing an earlier partial download) when it is not there yet.
     `verify(part)` raises an EdgeResnetError for a file that is not what was asked for; the partial
-    file is then removed. Failures are one-line InputErrors ending in the caller's hint."""
+    file is then removed. Failures are one-line InputErrors ending in the caller's hint. A host name
+    that does not resolve fails at once: retrying cannot help a machine without DNS (offline), and
+    "interrupted, resuming" would send its user looking at the wrong thing."""
     if dest.is_file() and dest.stat().st_size > 0:
         return dest
     part = dest.with_name(dest.name + ".part")
@@ -77,6 +82,13 @@ def download(
         except urllib.error.HTTPError as e:
             raise InputError(f"download of {url} failed: HTTP {e.code}; {http_hint}") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+            reason = e.reason if isinstance(e, urllib.error.URLError) else e
+            if isinstance(reason, socket.gaierror):
+                host = urllib.parse.urlsplit(url).hostname or url
+                raise InputError(
+                    f"download of {url} failed: host name {host} not resolved ({reason.strerror}); "
+                    f"offline? {offline_hint}"
+                ) from None
             if attempt == RETRIES:
                 raise InputError(f"download of {url} failed after {RETRIES} tries ({e}); {retry_hint}") from None
             log.warning("download interrupted (%s); resuming (%d/%d)", e, attempt, RETRIES)

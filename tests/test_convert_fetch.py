@@ -1,4 +1,4 @@
-"""`fetch` against a local HTTP server on 127.0.0.1: Range resume, validation, cache hits."""
+"""`fetch` against a local HTTP server on 127.0.0.1: Range resume, validation, files already there, labels."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_resnet.convert import fetch
-from edge_resnet.errors import InputError, ModelError
+from edge_resnet.errors import ExitCode, InputError, ModelError
 from tests.conftest import run_cli
 
 
@@ -38,6 +38,11 @@ def _tiny_classifier() -> bytes:
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 8)])
     m.ir_version = 4
     return bytes(m.SerializeToString())
+
+
+def synset_txt() -> bytes:
+    """The zoo's synset.txt shape: 1000 lines of `nXXXXXXXX name, other name`."""
+    return "".join(f"n{i:08d} class {i}, c{i}\n" for i in range(1000)).encode()
 
 
 class _State:
@@ -80,7 +85,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def server() -> Iterator[str]:
-    _State.files = {"resnet18-v1-7.onnx": _tiny_classifier(), "resnet34-v1-7.onnx": b"version https://git-lfs"}
+    _State.files = {
+        "resnet18-v1-7.onnx": _tiny_classifier(),
+        "resnet34-v1-7.onnx": b"version https://git-lfs",
+        "synset.txt": synset_txt(),
+    }
     _State.cut_first_at = None
     _State.honour_range = True
     _State.requests = []
@@ -101,20 +110,20 @@ def test_names() -> None:
 
 def test_interrupted_download_resumes_with_range(server: str, tmp_path: Path) -> None:
     _State.cut_first_at = 50_000
-    path = fetch.fetch("resnet18-v1", cache=tmp_path, base_url=server, timeout=5)
+    path = fetch.fetch("resnet18-v1", out=tmp_path, base_url=server, timeout=5)
     assert path.read_bytes() == _State.files["resnet18-v1-7.onnx"]
     assert _State.requests[0] == ("resnet18-v1-7.onnx", None)
     assert any(r == "bytes=50000-" for _, r in _State.requests[1:]), _State.requests
     onnx.load(str(path))
     n = len(_State.requests)
-    assert fetch.fetch("resnet18-v1", cache=tmp_path, base_url=server) == path  # cache hit: no request
+    assert fetch.fetch("resnet18-v1", out=tmp_path, base_url=server) == path  # cache hit: no request
     assert len(_State.requests) == n
 
 
 def test_partial_file_from_an_earlier_run_is_continued(server: str, tmp_path: Path) -> None:
     body = _State.files["resnet18-v1-7.onnx"]
     (tmp_path / "resnet18-v1-7.onnx.part").write_bytes(body[:1234])
-    path = fetch.fetch("resnet18-v1", cache=tmp_path, base_url=server, timeout=5)
+    path = fetch.fetch("resnet18-v1", out=tmp_path, base_url=server, timeout=5)
     assert path.read_bytes() == body
     assert _State.requests == [("resnet18-v1-7.onnx", "bytes=1234-")]
 
@@ -123,21 +132,47 @@ def test_server_without_range_restarts_cleanly(server: str, tmp_path: Path) -> N
     _State.honour_range = False
     body = _State.files["resnet18-v1-7.onnx"]
     (tmp_path / "resnet18-v1-7.onnx.part").write_bytes(b"stale bytes")
-    assert fetch.fetch("resnet18-v1", cache=tmp_path, base_url=server, timeout=5).read_bytes() == body
+    assert fetch.fetch("resnet18-v1", out=tmp_path, base_url=server, timeout=5).read_bytes() == body
 
 
 def test_lfs_pointer_is_rejected_and_removed(server: str, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="not a usable ONNX classifier"):
-        fetch.fetch("resnet34-v1", cache=tmp_path, base_url=server, timeout=5)
+        fetch.fetch("resnet34-v1", out=tmp_path, base_url=server, timeout=5)
     assert not list(tmp_path.iterdir())
 
 
 def test_http_404_is_one_line(server: str, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="HTTP 404"):
-        fetch.fetch("resnet152-v2", cache=tmp_path, base_url=server, timeout=5)
+        fetch.fetch("resnet152-v2", out=tmp_path, base_url=server, timeout=5)
 
 
-def test_cli_prints_cached_path(server: str, tmp_path: Path) -> None:
-    proc = run_cli("fetch", "resnet18-v1", "--cache", str(tmp_path), "--base-url", server)
+def test_cli_saves_here_and_prints_the_path(server: str, tmp_path: Path) -> None:
+    """Issue 22: the README's next line takes the bare file name, so fetch saves into --out, by default
+    the current folder, with the 1000 class names beside it; stdout is the model's path."""
+    proc = run_cli("fetch", "resnet18-v1", "--out", str(tmp_path), "--base-url", server)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(tmp_path / "resnet18-v1-7.onnx")
+    assert "saved resnet18-v1-7.onnx" in proc.stderr and "imagenet_labels.txt" in proc.stderr
+    names = (tmp_path / "imagenet_labels.txt").read_text().splitlines()
+    assert len(names) == 1000 and names[7] == "class 7, c7"  # synset ids dropped, order kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imagenet_labels.txt", "resnet18-v1-7.onnx"]
+    assert ("synset.txt", None) in _State.requests  # two folders above resnet/model, as in the zoo
+
+
+def test_a_labels_file_that_is_not_the_synset_list_is_refused(server: str, tmp_path: Path) -> None:
+    _State.files["synset.txt"] = b"<html>rate limited</html>\n"
+    with pytest.raises(InputError, match="not the ImageNet synset list"):
+        fetch.fetch_labels(tmp_path, base_url=server, timeout=5)
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_unresolvable_host_is_a_dns_failure_not_an_interruption(tmp_path: Path) -> None:
+    """Issue 22: a DNS failure was logged three times as "download interrupted ... resuming". `.invalid`
+    never resolves (RFC 2606): one line says so, names the offline way, and nothing is retried."""
+    proc = run_cli("fetch", "resnet50-v1", "--out", str(tmp_path), "--base-url", "http://zoo.invalid/models")
+    assert proc.returncode == int(ExitCode.INPUT), proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr  # the error, no "interrupted ... resuming" warnings
+    line = proc.stderr.strip()
+    assert line.startswith("edge-resnet: error: download of http://zoo.invalid/models/resnet50-v1-7.onnx failed")
+    assert "host name zoo.invalid not resolved" in line and "offline?" in line and "copy the .onnx" in line
+    assert "interrupted" not in line and "tries" not in line
