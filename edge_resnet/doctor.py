@@ -236,6 +236,24 @@ def probe_opencv_source(source: Any, timeout: float) -> list[Check]:
     return checks
 
 
+def probe_without_source(timeout: float) -> list[Check]:
+    """No config and no --source: whether the daemon will read a camera, a video file or a folder is
+    unknown, so the cameras found are listed for information and a missing one fails nothing."""
+    rows = [
+        c if c.result is Result.OK else Check(c.name, Result.SKIP, c.detail)
+        for c in check_cameras(timeout=timeout, required=False)
+    ]
+    return [
+        *rows,
+        Check(
+            "source",
+            Result.SKIP,
+            "none given (no --config, no --source): no camera required; check yours with "
+            "`edge-resnet doctor --source 0` (or /dev/videoN, a video file, a folder)",
+        ),
+    ]
+
+
 def probe_picamera2_source(source: Any, timeout: float) -> list[Check]:
     return check_picamera2(timeout=max(timeout, 10.0))
 
@@ -559,8 +577,18 @@ def check_disk(path: str, fail_mb: float = 100.0, warn_mb: float = 500.0) -> lis
     return [Check("disk", Result.OK, detail)]
 
 
-def check_state_dir(path: str) -> list[Check]:
+def check_state_dir(path: str, created_by_run: bool = False) -> list[Check]:
+    """`created_by_run`: the folder is one `run` makes itself (the user's own, without a config), so
+    it need only be creatable; the service's is made by deploy/install.sh with its owner."""
     fix_owner = f"sudo install -d -o edge-resnet -g edge-resnet -m 0750 {path} (deploy/install.sh does)"
+    if not os.path.isdir(path) and created_by_run:
+        parent = Path(path).parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if os.access(parent, os.W_OK | os.X_OK):
+            return [Check("state dir", Result.OK, f"{path} does not exist yet; `edge-resnet run` creates it")]
+        return [Check("state dir", Result.FAIL, f"{path} cannot be created ({parent} is not writable)",
+                      "pass --state-dir DIR (a folder you can write), or set state_dir in a config")]
     if not os.path.isdir(path):
         return [Check("state dir", Result.FAIL, f"{path} does not exist", fix_owner)]
     try:

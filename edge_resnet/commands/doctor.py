@@ -9,7 +9,7 @@ from typing import Any
 
 from .. import doctor as d
 from ..devices import DEVICES
-from ..errors import ConfigError, ExitCode
+from ..errors import ConfigError, EdgeResnetError, ExitCode
 
 DEFAULT_CONFIG = "/etc/edge-resnet/config.toml"
 
@@ -27,8 +27,17 @@ def register(sub: Any, name: str, helptext: str) -> None:
     p.add_argument("--config", "-c", help=f"daemon config to check against (default: {DEFAULT_CONFIG} if it exists)")
     p.add_argument("--model", "-m", help="model to load (default: [model] path, else the first in the models dir)")
     p.add_argument("--device", choices=DEVICES, help="where to run the model (default: [model] device, else auto)")
+    p.add_argument(
+        "--source",
+        "-s",
+        help="the source to check, as `run --source` takes it: 0, /dev/videoN, a video file, a folder, rtsp://... "
+        "(default: [source]; without either, cameras are listed for information only)",
+    )
     p.add_argument("--mqtt", metavar="URL", help="broker to reach, mqtt://HOST[:PORT] (default: [mqtt] url)")
-    p.add_argument("--state-dir", help="state directory to check (default: state_dir, else /var/lib/edge-resnet)")
+    p.add_argument(
+        "--state-dir",
+        help="state directory to check (default: state_dir; without a config, the one `run` would use)",
+    )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per camera/broker probe (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
@@ -52,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 def gather(args: argparse.Namespace) -> list[d.Check]:
     from ..config import SOURCES, Config, default_state_dir, load, resolve
+    from .run import parse_source, state_dir_without_config
 
     checks: list[d.Check] = d.check_user()
     cfg: Config | None = None
@@ -69,14 +79,25 @@ def gather(args: argparse.Namespace) -> list[d.Check]:
 
     # the source decides which camera checks matter: its registry entry names its probe
     source = cfg.source if cfg else None
-    kind = SOURCES[source.type if source is not None else "opencv"]
-    probe = resolve(kind.doctor) if kind.doctor else d.probe_path_source
-    checks += probe(source, args.timeout)
+    if args.source:
+        try:
+            source = parse_source(args.source)
+        except EdgeResnetError as e:
+            source = None
+            checks.append(d.Check("source", d.Result.FAIL, str(e), "pass a source `edge-resnet run --source` takes"))
+    if source is not None:
+        kind = SOURCES[source.type]
+        probe = resolve(kind.doctor) if kind.doctor else d.probe_path_source
+        checks += probe(source, args.timeout)
+    elif not args.source:
+        checks += d.probe_without_source(args.timeout)
 
     checks += d.check_interpreter()
     model = args.model or (cfg.model.path if cfg else None) or None
     device = args.device or (cfg.model.device if cfg else "auto")
-    state_dir = args.state_dir or (cfg.state_dir if cfg else default_state_dir())
+    # without a config, the folder `run` would use (the user's own outside systemd)
+    fallback = default_state_dir() if config_path else state_dir_without_config()
+    state_dir = args.state_dir or (cfg.state_dir if cfg else fallback)
     checks += d.check_model(model, device, os.path.join(state_dir, "models"))
     needs_tpu = device == "edgetpu" or bool(model and model.endswith("_edgetpu.tflite"))
     checks += d.check_edgetpu(required=needs_tpu)
@@ -86,5 +107,5 @@ def gather(args: argparse.Namespace) -> list[d.Check]:
     checks += d.check_throttling()
     checks += d.check_temperature()
     checks += d.check_disk(state_dir)
-    checks += d.check_state_dir(state_dir)
+    checks += d.check_state_dir(state_dir, created_by_run=not args.state_dir and cfg is None and not config_path)
     return checks
