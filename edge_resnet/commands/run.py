@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from .. import config as configmod
@@ -44,6 +46,12 @@ def register(sub: Any, name: str, helptext: str) -> None:
     p.add_argument("--fast", action="store_true", help="read a video file or folder as fast as possible")
     p.add_argument("--max-fps", type=float, help="classify at most this many frames per second")
     p.add_argument("--device-id", help="the name in MQTT topics (letters, digits, - and _)")
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="MQTT event queue and taught examples (state_dir; default without --config: ~/.local/state/edge-resnet, "
+        "under systemd its StateDirectory=)",
+    )
     for kind in SINKS.values():  # one flag per sink that has one: --mqtt, --http, --video, --stdout
         if kind.flag is None:
             continue
@@ -95,12 +103,25 @@ def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
     if getattr(args, "device_id", None):
         check_device_id(args.device_id)
         out = dataclasses.replace(out, device_id=args.device_id)
+    if getattr(args, "state_dir", None):
+        out = dataclasses.replace(out, state_dir=args.state_dir)
     sinks = dict(cfg.sinks)
     for name, kind in SINKS.items():
         value = getattr(args, kind.flag.dest, None) if kind.flag is not None else None
         if kind.flag is not None and value:
             sinks[name] = kind.flag.apply(cfg.sinks.get(name), value)
     return dataclasses.replace(out, sinks=sinks)
+
+
+def state_dir_without_config() -> str:
+    """Where a run without --config keeps its state: systemd's StateDirectory= under systemd, else the
+    user's own state folder. /var/lib/edge-resnet is the service's (deploy/install.sh makes it, owned
+    by the edge-resnet user): a root shell creating it, and a root-owned event queue in it, would
+    leave the service unable to write there later."""
+    if os.environ.get("STATE_DIRECTORY") or os.environ.get("INVOCATION_ID"):  # both set by systemd
+        return configmod.default_state_dir()
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "edge-resnet")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,9 +135,14 @@ def run(args: argparse.Namespace) -> int:
         cfg = configmod.load(args.config) if args.config else Config()
     except ConfigError as e:  # the first problem and how many more: `config check` lists them all
         raise ConfigError(first_and_count(e, args.config)) from None
+    chosen = not args.config and not args.state_dir
+    if chosen:
+        cfg = dataclasses.replace(cfg, state_dir=state_dir_without_config())
     cfg = configmod.validate(apply_overrides(cfg, args))  # the same checks as `config check`
     if not cfg.model.path:
         raise ConfigError("no model given; pass --model FILE.tflite or set [model] path in the config")
+    if chosen:
+        log.info("no --config: state (MQTT event queue, taught examples) in %s (--state-dir DIR)", cfg.state_dir)
     if cfg.log_level != "info" and not getattr(args, "verbose", False):
         logging.getLogger().setLevel(cfg.log_level.upper())
     daemon = Daemon(
