@@ -140,7 +140,11 @@ def read_model(path: str | os.PathLike[str]) -> ModelFile:
     except OSError as e:
         raise ModelError(f"model {p} cannot be read ({e.strerror}); check its permissions") from None
     if len(data) < 8 or data[4:8] != TFLITE_IDENT:
-        raise ModelError(f"{p} is not a TFLite model (no TFL3 identifier); pass a .tflite file")
+        # an ONNX file is a protobuf ModelProto: field 1 (ir_version, a small varint), then a string field
+        h = data[:3]
+        onnx = p.suffix == ".onnx" or (len(h) == 3 and h[0] == 8 and 0 < h[1] < 32 and h[2] in b"\x12\x1a\x22:")
+        fix = f"it looks like ONNX: convert it first, edge-resnet convert {p} --calib IMAGES/ --eval IMAGES/ --out out/"
+        raise ModelError(f"{p} is not a TFLite model (no TFL3 identifier); {fix if onnx else 'pass a .tflite file'}")
     found = _read_meta(data, p)
     if found is None:
         _check_sidecar_digest(p, data)

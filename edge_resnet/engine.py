@@ -219,8 +219,9 @@ class Engine:
                     "or use --device cpu"
                 )
         if mf.is_edgetpu:
-            try:
+            try:  # the delegate can load and the interpreter still fail (TPU busy, runtime older than the model)
                 delegate = _load_edgetpu(loader, edgetpu_device)
+                it = _make_interpreter(rt, mf, threads, [delegate])
             except EdgeTpuUnavailable as e:
                 twin = cpu_twin(mf.path)
                 if device == "auto" and twin is not None:
@@ -228,7 +229,6 @@ class Engine:
                     return cls.load(twin, "cpu", threads, runtime=rt, warm_up=warm_up)
                 alt = f" (CPU model: {twin})" if twin else ""
                 raise EdgeTpuUnavailable(f"{mf.path} needs an Edge TPU: {e}{alt}") from None
-            it = _make_interpreter(rt, mf, threads, [delegate])
             engine = cls(mf, it, rt, "edgetpu", "edgetpu", threads)
         else:
             it = _make_interpreter(rt, mf, threads, None)
@@ -370,6 +370,11 @@ def _make_interpreter(rt: Runtime, mf: ModelFile, threads: int | None, delegates
             it = rt.interpreter_cls(model_content=mf.flatbuffer, experimental_delegates=delegates, num_threads=threads)
             it.allocate_tensors()
     except Exception as e:
+        if delegates:  # the Edge TPU's: its runtime refused the model, so a CPU twin can still run
+            raise EdgeTpuUnavailable(
+                f"the Edge TPU runtime cannot run {mf.path.name} ({_first_line(e)}); update libedgetpu1-std, "
+                "free the accelerator from another process, or run the CPU model"
+            ) from None
         raise ModelError(
             f"{mf.path} cannot be loaded ({_first_line(e)}); it is truncated, corrupt or needs ops this "
             "runtime lacks: copy or convert it again"

@@ -44,8 +44,9 @@ def filtered_stderr(
 ) -> Iterator[None]:
     """Capture fd 2 while the block runs, then replay the lines `keep` accepts.
 
-    When the block raises an error, the last lines are replayed whatever `keep` says, so a message
-    like "see onnx2tf's messages above" stays true. Other threads' stderr lines written meanwhile
+    When the block raises an error, the last lines are replayed whatever `keep` says (but the
+    interpreter's known announcements, which never explain a failure), so a message like "see
+    onnx2tf's messages above" stays true. Other threads' stderr lines written meanwhile
     are replayed too (late, never lost). `write` replays (a progress bar passes its own, so lines
     land above the bar instead of on it).
     """
@@ -73,7 +74,10 @@ def filtered_stderr(
             os.close(saved)
             tmp.seek(0)
             lines = tmp.read().decode("utf-8", "replace").splitlines()
-            shown = lines[-FAILURE_TAIL:] if failed else [ln for ln in lines if keep(ln)]
+            # the XNNPACK banner is printed once per process, on the first model load: when that load
+            # fails (an Edge TPU model whose delegate loads but cannot run, which `--device auto` then
+            # answers with the CPU twin), replaying it would show the banner without -v after all
+            shown = [ln for ln in lines if not_known_noise(ln)][-FAILURE_TAIL:] if failed else list(filter(keep, lines))
             if shown:
                 (write or _write_stderr)("\n".join(shown) + "\n")
 

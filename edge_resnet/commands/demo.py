@@ -2,9 +2,12 @@
 with the live overlay on http://127.0.0.1:8080.
 
 Every step takes a local file instead of the network, so the demo runs offline:
-  --onnx FILE      skip the download of ResNet-50 v1
+  --onnx FILE      skip the download of ResNet-50 v1 (add --labels, and --preset if it is not imagenet)
   --images DIR     skip the download of the ImageNet sample photos
   --model FILE     skip the conversion (a .tflite or bundle; add --labels for a plain .tflite)
+e.g. with the repository's test data (MobileNet v2, converted on the spot):
+  edge-resnet demo --onnx ../shared/data/models/mobilenet_v2_1.0_224.onnx --preset inception \
+      --labels ../shared/data/models/imagenet_labels_1001.txt --images ../shared/data/imagenet-samples
 """
 
 from __future__ import annotations
@@ -108,7 +111,11 @@ def work_dir(arg: str | None) -> Path:
     return d
 
 
-OFFLINE = "offline, pass local files (--onnx, --images, --model)"
+LOCAL_FILES = (
+    "pass local files: --onnx MODEL.onnx --labels LABELS.txt --images DIR converts your model "
+    "(--model MODEL.tflite --labels LABELS.txt skips the conversion)"
+)
+OFFLINE = f"offline, {LOCAL_FILES}"
 
 
 def download(url: str, dest: Path, timeout: float = 60.0, verify: Callable[[Path], None] | None = None) -> Path:
@@ -121,6 +128,7 @@ def download(url: str, dest: Path, timeout: float = 60.0, verify: Callable[[Path
         verify=verify,
         http_hint=OFFLINE,
         retry_hint=f"run the demo again to resume, or {OFFLINE}",
+        offline_hint=LOCAL_FILES,
     )
 
 
@@ -254,8 +262,8 @@ def demo(args: argparse.Namespace) -> int:
             "stdout": StdoutConfig(enabled=True),
         },
     )
-    if cfg.http is not None:
+    if cfg.http is not None:  # with --no-http stdout is JSON lines only; the log line above names the video
         host, _, port = args.http.rpartition(":")
         shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
-        print(f"edge-resnet demo: open http://{shown}:{port}/ (Ctrl-C to stop)", flush=True)
+        print(f"edge-resnet demo: playing {video}; open http://{shown}:{port}/ (Ctrl-C to stop)", flush=True)
     return Daemon(cfg, max_frames=args.max_frames, duration_s=args.duration, watch_model=False).run()
