@@ -27,6 +27,8 @@ from typing import Any, Literal
 from .configtools import ConfigErrors, ErrorCollector, build_table, check_range, construct, hint
 from .devices import Device
 from .errors import ConfigError
+from .fleet.fleetconfig import FleetConfig
+from .fleet.trustconfig import TrustConfig
 from .prepspec import PRESETS, ChannelOrder, Interpolation, PreprocessSpec, merge_preprocess
 from .sinkconfig import HttpConfig, MqttConfig, StdoutConfig, VideoConfig
 from .sourceconfig import (
@@ -353,6 +355,8 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     sinks: dict[str, Any] = field(default_factory=dict)  # table name (a SINKS key) -> its config
     regions: list[RegionConfig] = field(default_factory=list)  # [[region]]: none = the whole frame (or roi)
+    trust: TrustConfig = field(default_factory=TrustConfig)  # [trust]: which signed models may run
+    fleet: FleetConfig = field(default_factory=FleetConfig)  # [fleet]: install jobs over MQTT
 
     def __post_init__(self) -> None:
         check_device_id(self.device_id)
@@ -430,8 +434,13 @@ def collect_config(data: dict[str, Any], errors: ErrorCollector) -> Config | Non
     """A Config from parsed TOML, tables in the file's order, every problem put in `errors`; a bad key
     or table falls back to its default so that the rest is still checked, then the checks across
     tables (device_id, regions). None when the whole cannot be built."""
-    top = sorted({*_SCALARS, "model", "source", "pipeline", "region", *SINKS})
-    tables: dict[str, type[Any]] = {"model": ModelConfig, "pipeline": PipelineConfig}
+    tables: dict[str, type[Any]] = {
+        "model": ModelConfig,
+        "pipeline": PipelineConfig,
+        "trust": TrustConfig,
+        "fleet": FleetConfig,
+    }
+    top = sorted({*_SCALARS, "source", "region", *tables, *SINKS})
     kw: dict[str, Any] = {"sinks": {}}
     for key, value in data.items():
         if key in _SCALARS:

@@ -203,8 +203,10 @@ def test_example_documents_every_key() -> None:
         sinkconfig.MqttConfig,
         sinkconfig.HttpConfig,
         sinkconfig.VideoConfig,
+        configmod.TrustConfig,
+        configmod.FleetConfig,
     ]
-    nested = {"model", "source", "pipeline", "sinks", *configmod.SINKS, "preprocess", "regions"}
+    nested = {"model", "source", "pipeline", "sinks", *configmod.SINKS, "preprocess", "regions", "trust", "fleet"}
     missing = sorted(
         {f"{cls.__name__}.{f.name}" for cls in tables for f in dataclasses.fields(cls) if f.name not in keys | nested}
     )
