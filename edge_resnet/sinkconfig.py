@@ -101,9 +101,18 @@ class HttpConfig:
     password_env: str = "EDGE_RESNET_HTTP_PASSWORD"
     jpeg_quality: int = 80
     stream_fps: float = 10.0
+    history: bool = True  # keep label changes on disk under state_dir (false: in memory, lost on restart)
+    history_max_events: int = 10000  # past any of the caps the oldest changes go
+    history_max_mib: float = 20.0  # the history's files on disk
+    history_max_age_days: float = 30.0
+    history_flush_s: float = 5.0  # write waiting changes at most this often (SD-card care)
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
+        check_range("[http] history_max_events", self.history_max_events, 10, 1_000_000, "label changes, e.g. 10000")
+        check_range("[http] history_max_mib", self.history_max_mib, 0.25, 4096, "MiB on disk, e.g. 20")
+        check_range("[http] history_max_age_days", self.history_max_age_days, 0.01, 3650, "days, e.g. 30")
+        check_range("[http] history_flush_s", self.history_flush_s, 0.1, 300, "seconds between writes, e.g. 5")
         if not 10 <= self.jpeg_quality <= 100:
             raise ConfigError(f"[http] jpeg_quality: {self.jpeg_quality} out of range; use 10..100, e.g. 80")
         if not 0 < self.stream_fps <= 60:

@@ -4,6 +4,11 @@ and the writing routes (teaching from the page) through a `Writer` someone else 
 Served by `front.Front`, a bounded standard-library front (see there for the limits and why);
 routes are `_Handler` methods, so a new endpoint is one more entry in its route table.
 
+The page's history of label changes (`timeline.Timeline` over `historywriter.History`, a bounded file
+in the state directory that survives restarts) is served as /api/events (JSON, filtered and paged:
+see timeline.py for the query string), /api/events.csv (the same filter, streamed, no thumbnails),
+/api/events/labels (the labels in it) and /api/events/<id>.jpg (one change's thumbnail).
+
 A POST (`/api/...`, to `Writer.post`) is refused, in this order, before its body is even read:
 with a password configured, without the right basic auth (401; 429 past the per-source limit,
 shared with GET); with no password, from a client that is not loopback (403), or whose `Host` does
@@ -22,12 +27,14 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
 from email.message import Message
 from http.server import BaseHTTPRequestHandler
 from importlib import resources
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
@@ -35,12 +42,14 @@ import cv2
 
 from ..annotate import annotate_observation, annotate_regions
 from ..errors import ConfigError
+from ..history import MIB, HistoryCaps
+from ..historywriter import History
 from ..observation import Observation, Status, observation_json
 from ..sinkconfig import HttpConfig, parse_listen
 from .base import SinkContext, StatusFn
 from .front import Accepted, AuthFailures, Front, Limits, Refusal, SocketWriter
 from .prometheus import prometheus_text
-from .timeline import Timeline
+from .timeline import QueryError, Timeline, parse_query
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,8 @@ SEND_TIMEOUT_S = Limits().send_timeout_s  # a client that takes no data for this
 BIND_RETRY_MAX_S = 10.0  # capped backoff while the port is in use
 
 Reply = tuple[int, str, bytes]  # status, content type, body
+HISTORY_FILE = "history.sqlite"  # in the state directory
+THUMB_CACHE = "private, max-age=86400, immutable"  # an id's thumbnail never changes
 
 
 class Writer(Protocol):
@@ -156,10 +167,15 @@ class _Handler(BaseHTTPRequestHandler):
         if refusal is not None and (refusal.code == 429 or path != "/healthz"):
             self._refuse(refusal)
             return
+        self.query = dict(parse_qsl(url.query, keep_blank_values=True))
         if path.startswith("/api/regions/"):
             writer = sink.writer
-            query = dict(parse_qsl(url.query, keep_blank_values=True))
+            query = self.query
             self._write_reply(None if writer is None else (lambda: writer.get(path, query)), f"GET {path}")
+            return
+        if path.startswith("/api/events/"):
+            with contextlib.suppress(OSError):
+                self._event_item(path.removeprefix("/api/events/"))
             return
         routes = {
             "/": self._index,
@@ -168,6 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/snapshot.jpg": self._snapshot,
             "/api/state": self._state,
             "/api/events": self._events,
+            "/api/events.csv": self._events_csv,
             "/healthz": self._healthz,
             "/metrics": self._metrics,
         }
@@ -231,12 +248,12 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._body(bytes(body), ctype, code)
 
-    def _body(self, body: bytes, ctype: str, code: int = 200, sent: bool = False) -> None:
+    def _body(self, body: bytes, ctype: str, code: int = 200, sent: bool = False, cache: str = "no-store") -> None:
         if not sent:
             self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
+        self.send_header("Cache-Control", cache)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -249,7 +266,47 @@ class _Handler(BaseHTTPRequestHandler):
         self._body(json.dumps(doc).encode(), "application/json")
 
     def _events(self) -> None:
-        self._body(json.dumps(self.server.sink.timeline.document()).encode(), "application/json")
+        """A page of the history as JSON; 400 and the reason for a bad query string."""
+        try:
+            doc = self.server.sink.timeline.document(self.query)
+        except QueryError as e:
+            self._body(f"{e}\n".encode(), "text/plain; charset=utf-8", 400)
+            return
+        self._body(json.dumps(doc).encode(), "application/json")
+
+    def _events_csv(self) -> None:
+        """The history as CSV, streamed in chunks (HTTP/1.0: the body ends when the connection closes)."""
+        sink = self.server.sink
+        try:
+            q = parse_query(self.query, csv_default=True)
+        except QueryError as e:
+            self._body(f"{e}\n".encode(), "text/plain; charset=utf-8", 400)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/csv; charset=utf-8")
+        name = f"{sink.device_id or 'edge-resnet'}-history.csv"
+        self.send_header("Content-Disposition", f'attachment; filename="{name}"')
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        for chunk in sink.timeline.csv_chunks(q):
+            self.wfile.write(chunk)
+
+    def _event_item(self, name: str) -> None:
+        """/api/events/labels, or /api/events/<id>.jpg: a change's thumbnail (404 once evicted)."""
+        timeline = self.server.sink.timeline
+        if name == "labels":
+            self._body(json.dumps(timeline.labels_document()).encode(), "application/json")
+            return
+        stem = name.removesuffix(".jpg")
+        ok = name.endswith(".jpg") and re.fullmatch(r"[0-9]{1,18}", stem) is not None
+        jpeg = timeline.history.thumbnail(int(stem)) if ok else None
+        if jpeg is None:
+            self._body(b"no such change in the history (evicted, or never had a thumbnail)\n",
+                       "text/plain; charset=utf-8", 404)  # fmt: skip
+            return
+        self._body(jpeg, "image/jpeg", cache=THUMB_CACHE)
 
     def _healthz(self) -> None:
         """200 "ok" when frames flow, else 503 and the reason; then one `sink: words` line per sink
@@ -332,10 +389,12 @@ class HttpSink:
         *,
         limits: Limits | None = None,
         device_id: str | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         """`sink_health` (optional, e.g. Pipeline.sink_health): name -> each sink's own words, shown by
         /healthz under the first line and in /api/state; a broker that is away is reported there.
-        `limits`: the front's caps (tests make them small)."""
+        `limits`: the front's caps (tests make them small). `state_dir`: where the history of label
+        changes is kept (None, or [http] history = false: in memory only)."""
         self.cfg = cfg
         self.limits = limits or Limits()
         self.device_id = device_id
@@ -366,7 +425,10 @@ class HttpSink:
         self._enc: tuple[int, bytes] | None = None
         self._enc_at = 0.0
         self._bind_error: str | None = None
-        self.timeline = Timeline()  # the last label changes, for the page's history (/api/events)
+        caps = HistoryCaps(cfg.history_max_events, int(cfg.history_max_mib * MIB), cfg.history_max_age_days * 86400)
+        path = state_dir / HISTORY_FILE if state_dir is not None and cfg.history else None
+        self.history = History(path, caps, flush_s=cfg.history_flush_s)  # opened by start()
+        self.timeline = Timeline(self.history)  # label changes in and out (/api/events)
         self.clients = 0
         self._streams_by_source: dict[str, int] = {}
         self.encoded = 0
@@ -385,6 +447,7 @@ class HttpSink:
                 self.port,
                 self.cfg.password_env,
             )
+        self.history.start()
         self.stopping.clear()
         self._thread = threading.Thread(target=self._serve, name="http-sink", daemon=True)
         self._thread.start()
@@ -417,13 +480,16 @@ class HttpSink:
             self._thread.join(max(0.1, deadline - time.monotonic()))
         if server is not None:
             server.join(max(0.1, deadline - time.monotonic()))
+        self.history.stop(max(0.5, deadline - time.monotonic()))  # stores what waits
 
     def healthy(self) -> tuple[bool, str]:
+        """Healthy however the history fares (a full disk degrades it, not the daemon); its words say."""
+        history = self.history.health()
         if self._bind_error is not None:
-            return True, self._bind_error
+            return True, f"{self._bind_error}; {history}"
         if self._server is None:
-            return True, "http starting"
-        return True, f"http serving on {self.url}"
+            return True, f"http starting; {history}"
+        return True, f"http serving on {self.url}; {history}"
 
     @property
     def url(self) -> str:
@@ -447,6 +513,7 @@ class HttpSink:
             "http_auth_failures_total": float(self.auth_failures.failures),
             "http_auth_throttled_total": float(self.auth_failures.refused),
             "http_writer_errors_total": float(self.writer_errors),
+            **self.history.counters(),
         }
         server = self._server
         if server is not None:
@@ -654,4 +721,4 @@ class HttpSink:
 
 def make_sink(cfg: HttpConfig, ctx: SinkContext) -> HttpSink:
     """The registry's factory for `[http]`."""
-    return HttpSink(cfg, ctx.status, ctx.sink_health, device_id=ctx.device_id)
+    return HttpSink(cfg, ctx.status, ctx.sink_health, device_id=ctx.device_id, state_dir=ctx.state_dir)
