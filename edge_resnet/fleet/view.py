@@ -144,8 +144,11 @@ class FleetView:
             self._refused = rc.getName()
             self._connected.set()
             return
-        # every (re)connect starts clean: the retained documents come again and bring us up to date
-        topics = [(f"{self.prefix}/+/{doc}", 1) for doc in self.docs] + [(self._sync_topic, 1)]
+        # Every (re)connect starts clean: the retained documents come again and bring us up to date, so
+        # QoS 0 loses nothing we need. QoS 1 would: a broker queues few QoS 1 messages per client beyond
+        # those in flight (mosquitto: 1,000 + 20 by default) and drops the rest of a large fleet's
+        # retained documents; QoS 0 ones go straight to the socket.
+        topics = [(f"{self.prefix}/+/{doc}", 0) for doc in self.docs] + [(self._sync_topic, 0)]
         client.subscribe(topics)
         self._connected.set()
 
@@ -154,7 +157,7 @@ class FleetView:
         if bad:
             self._refused = f"subscription refused ({bad[0].getName()}); the broker's ACL must let this user " \
                             f"read {self.prefix}/+/..."
-        # QoS 1 to ourselves, after the SUBACK: queued behind every retained message of the subscriptions
+        # to ourselves, after the SUBACK: it comes back behind every retained message of the subscriptions
         self._sync_mids.add(client.publish(self._sync_topic, b"sync", qos=1).mid)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:

@@ -31,11 +31,15 @@ SIM_EDGE_RESNET = "0.0.0-sim"
 
 
 def fleet_broker(workdir: Path) -> Broker:
-    """tests/helpers/broker.py's mosquitto saving its database once a second instead of after every
-    change: with thousands of retained documents a save per change (what the broker-restart tests
-    need) costs seconds per wave. These tests never kill the broker."""
+    """tests/helpers/broker.py's mosquitto with mosquitto's own queue limits (1,000 QoS 1 messages queued
+    per client beyond 20 in flight, as a fleet's broker has them: a reader of 4,000 retained documents
+    must cope with them), saving its database once a second instead of after every change (with
+    thousands of retained documents a save per change, which the broker-restart tests need, costs
+    seconds per wave; these tests never kill the broker)."""
     b = Broker(workdir)
-    b.conf.write_text(b.conf.read_text().replace("autosave_on_changes true", "autosave_on_changes false"))
+    conf = b.conf.read_text().replace("autosave_on_changes true", "autosave_on_changes false")
+    conf = conf.replace("max_queued_messages 100000\n", "").replace("max_inflight_messages 20\n", "")
+    b.conf.write_text(conf)
     return b.start()
 
 
