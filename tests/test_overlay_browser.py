@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -47,12 +48,14 @@ def photo(mobilenet_quant: Path, labels_1001: Path, samples_dir: Path) -> Classi
 
 
 @contextlib.contextmanager
-def overlay(feed: Callable[[HttpSink, threading.Event], None]) -> Iterator[HttpSink]:
+def overlay(feed: Callable[[HttpSink, threading.Event], None], state_dir: Path | None = None) -> Iterator[HttpSink]:
     """An overlay on a free port (device cam1, healthy), fed by `feed(sink, stop)` on a thread, as the
-    pipeline would, until the end: then `stop` is set and the overlay stopped."""
+    pipeline would, until the end: then `stop` is set and the overlay stopped. `state_dir`: its history
+    on disk there (else in memory)."""
     sink = HttpSink(
         HttpConfig(listen="127.0.0.1:0"),
         lambda: Status(True, "ok", {"frames_total": 1.0}, {"device_id": "cam1", "device": "cpu"}),
+        state_dir=state_dir,
     )
     sink.start()
     end = time.monotonic() + 5
@@ -171,7 +174,7 @@ def test_overlay_timeline_compact_scores_and_short_labels(changing: list[Classif
                 label: document.getElementById('label').textContent,
                 events: [...document.querySelectorAll('#timeline li')].map(li => ({
                   what: li.querySelector('.what').textContent, when: li.querySelector('.when').textContent,
-                  thumb: li.querySelector('img').src.slice(0, 23),
+                  thumb: li.querySelector('img').getAttribute('src'),
                   thumbLoaded: li.querySelector('img').naturalWidth})),
               };
             })()"""
@@ -191,8 +194,91 @@ def test_overlay_timeline_compact_scores_and_short_labels(changing: list[Classif
     assert [e["what"] for e in layout["events"]] == firsts[::-1]  # newest first
     for e in layout["events"]:
         assert re.match(r"\d\d:\d\d:\d\d · \d+\.\d%$", e["when"]), e
-        assert e["thumb"] == "data:image/jpeg;base64," and e["thumbLoaded"] == 120, e
+        assert re.fullmatch(r"api/events/\d+\.jpg", e["thumb"]) and e["thumbLoaded"] == 120, e
     img = cv2.imread(str(shot), cv2.IMREAD_COLOR)
     assert img is not None and img.shape[1] == 1160
     if os.environ.get("EDGE_RESNET_UPDATE_DOCS"):  # refresh the README's picture from this run
         shutil.copy(shot, Path(__file__).resolve().parents[1] / "docs" / "overlay.png")
+
+
+def artifacts(tmp_path: Path) -> Path:
+    """Where a test keeps what a person should look at: $EDGE_RESNET_ARTIFACTS (tests/run.sh), else tmp."""
+    out = os.environ.get("EDGE_RESNET_ARTIFACTS")
+    return Path(out) if out else tmp_path
+
+
+def test_history_section_filters_by_label_and_pages(changing: list[Classified], tmp_path: Path) -> None:
+    """Issue 22 must-show 2: 120 label changes over the last hour (24 to each of five photos' labels);
+    on the page's History section a label is chosen, the first page shows 12 changes to it, newest
+    first, "older" shows the other 12, "newer" goes back, and a `from` time narrows it; a screenshot
+    of the second page is kept (docs/history.png)."""
+    now = time.time()
+    labels = [c.top_k[0].label for c in changing]
+
+    def feed(sink: HttpSink, stop: threading.Event) -> None:
+        for k in range(120):  # one change every 30 s over the last hour
+            obs = observation(changing[k % 5], k + 1, changed=True)
+            sink.publish(dataclasses.replace(obs, classified_at=now - (120 - k) * 30))
+        seq = 120
+        while not stop.is_set():
+            seq += 1
+            sink.publish(observation(changing[4], seq, changed=False))
+            stop.wait(0.1)
+
+    x = labels[1]
+    short = json.dumps(x.split(",")[0])
+    with overlay(feed, tmp_path / "state") as sink:
+        page = Chromium(chromium(), tmp_path / "profile", width=1280, height=1240)
+        try:
+            page.open(sink.url)
+            page.wait_for("document.querySelectorAll('#h-label option').length === 6", timeout=30)
+            page.wait_for("document.querySelectorAll('#h-list li').length === 12", timeout=10)
+            page.eval(f"(() => {{ const s = document.getElementById('h-label'); s.value = {json.dumps(x)};"
+                      "s.dispatchEvent(new Event('change')); })()")  # fmt: skip
+            chosen = f"[...document.querySelectorAll('#h-list .what')].every(d => d.textContent === {short})"
+            page.wait_for(chosen + " && document.getElementById('h-info').textContent.includes('24 changes')", 10)
+            first = page.eval(LIST)
+            page.eval("document.getElementById('h-next').click()")
+            page.wait_for("document.getElementById('h-info').textContent.includes('page 2')", timeout=10)
+            page.wait_for("[...document.querySelectorAll('#h-list li img')].every(i => i.naturalWidth === 120)")
+            second = page.eval(LIST)
+            time.sleep(0.3)
+            shot = artifacts(tmp_path) / "history.png"
+            page.screenshot(shot)
+            page.eval("document.getElementById('h-prev').click()")
+            page.wait_for("document.getElementById('h-info').textContent.includes('page 1')", timeout=10)
+            back = page.eval(LIST)
+            since = round(now - 60 * 30)  # the last half hour: changes 61..120 (12 of them to x)
+            page.eval(f"(() => {{ const d = new Date({since} * 1000), p = n => String(n).padStart(2, '0');"
+                      "const f = document.getElementById('h-from');"
+                      "f.value = d.getFullYear() + '-' + p(d.getMonth() + 1) + '-' + p(d.getDate()) + 'T' +"
+                      "  p(d.getHours()) + ':' + p(d.getMinutes()) + ':' + p(d.getSeconds());"
+                      "f.dispatchEvent(new Event('change')); })()")  # fmt: skip
+            page.wait_for("document.getElementById('h-info').textContent.startsWith('12 changes')", timeout=10)
+            narrowed = page.eval(LIST)
+        finally:
+            page.close()
+    ids = [e["id"] for e in first["items"]] + [e["id"] for e in second["items"]]
+    print(f"\nhistory on the page: {first['info']!r} then {second['info']!r}; ids {ids}; from the last half hour: "
+          f"{narrowed['info']!r}; screenshot {shot}")  # fmt: skip
+    assert ids == list(range(117, 0, -5))  # changes 2, 7, ... 117: every 5th, newest first, over two pages
+    assert first["info"].startswith("24 changes to ") and not first["next"] and first["prev"]  # disabled flags
+    assert second["info"].endswith("page 2") and second["next"] and not second["prev"] and len(second["items"]) == 12
+    assert all(e["what"] == json.loads(short) and e["was"] == "was " + labels[0].split(",")[0] for e in second["items"])
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d · \d+\.\d%", e["when"]) for e in second["items"])
+    assert back["items"] == first["items"]
+    assert [e["id"] for e in narrowed["items"]] == list(range(117, 61, -5)) and narrowed["next"]
+    img = cv2.imread(str(shot), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape[1] == 1280
+    if os.environ.get("EDGE_RESNET_UPDATE_DOCS"):  # refresh the README's picture from this run
+        shutil.copy(shot, Path(__file__).resolve().parents[1] / "docs" / "history.png")
+
+
+# the History list as the page shows it (button flags: disabled)
+LIST = """(() => ({
+  info: document.getElementById('h-info').textContent,
+  prev: document.getElementById('h-prev').disabled, next: document.getElementById('h-next').disabled,
+  items: [...document.querySelectorAll('#h-list li')].map(li => ({
+    id: Number(li.dataset.id), what: li.querySelector('.what').textContent,
+    when: li.querySelector('.when').textContent, was: (li.querySelector('.was') || {}).textContent || null})),
+}))()"""
