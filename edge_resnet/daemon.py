@@ -12,6 +12,10 @@ Lifecycle
 - SIGHUP: read the config file again and reload the model; a bad config or model is refused and
   the running ones stay. A changed model file (same path, new mtime) is picked up the same way.
 - SIGTERM/SIGINT: STOPPING=1, sinks publish `offline`, threads stop, exit 0 within 5 s.
+- `[fleet] enabled`: the fleet agent (fleet/agent.py) takes install commands over MQTT and swaps
+  models through the same pipeline reload (fleet/swap.py), under the same model lock as SIGHUP. At
+  start, a model the fleet installed and the ledger names current runs instead of `[model] path`
+  (if it does not load, the configured one runs); a SIGHUP keeps it.
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import config as configmod
 from .capture import Capture, CaptureState
 from .config import Config, ModelConfig, RegionConfig
-from .errors import EdgeResnetError, HardwareError
+from .errors import ConfigError, EdgeResnetError, HardwareError
 from .model import load_classifier
 from .notify import Notifier
 from .pipeline import Pipeline
@@ -38,6 +42,11 @@ from .regions import load_regions
 from .sinks.base import Sink, SinkContext, StatusFn
 from .sources import make_source
 from .teach import Teacher
+
+if TYPE_CHECKING:
+    from .fleet.agent import FleetAgent
+    from .fleet.fleetconfig import FleetConfig
+    from .fleet.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +118,9 @@ class Daemon:
         max_frames: int | None = None,
         duration_s: float | None = None,
         watch_model: bool = True,
+        fleet: FleetConfig | None = None,
     ) -> None:
+        """`fleet`: the `[fleet]` table (default: the config's own, once Config has one)."""
         self.cfg = cfg
         self.config_path = Path(config_path) if config_path else None
         self.overrides = overrides or (lambda c: c)
@@ -127,6 +138,10 @@ class Daemon:
         self._model_stamp: tuple[float, int] | None = None
         self._refused_stamp: tuple[float, int] | None = None
         self.reloads_done = 0  # SIGHUP reloads handled (tests wait on it)
+        self.fleet_cfg: FleetConfig | None = fleet if fleet is not None else getattr(cfg, "fleet", None)
+        self.agent: FleetAgent | None = None
+        self._model_lock = threading.RLock()  # SIGHUP, the model file watcher and fleet swaps, one at a time
+        self._fleet_model: str | None = None  # the path of the fleet-installed model that runs, if one does
 
     # -- control from signal handlers or other threads --------------------------------------------
     def request_stop(self, why: str = "stop requested") -> None:
@@ -164,15 +179,20 @@ class Daemon:
     def _run(self) -> int:
         cfg = self.cfg = prepare_state_dir(self.cfg)
         log.info("starting:\n%s", configmod.summary(cfg))
-        regions = load_regions(cfg.regions, cfg.model, cfg.pipeline)
-        # with regions, the whole-frame classifier is the first region's (its backbone is loaded once)
-        clf = regions[0].classifier if regions else load_classifier(cfg.model)
-        log.info("model %s", clf.engine.describe())
+        fleet = self._fleet_enabled(cfg)
+        ledger = None
+        if fleet is not None:
+            from .fleet.ledger import Ledger
+
+            ledger = Ledger(Path(cfg.state_dir) / "fleet")
+        regions, clf, version = self._load_start_model(ledger)
+        cfg = self.cfg
+        log.info("model %s%s", clf.engine.describe(), f", fleet version {version}" if version is not None else "")
         self._model_stamp = _model_stamp(cfg.model.path)
         capture = self.capture = make_capture(cfg)
         pipeline = self.pipeline = Pipeline(
             capture, clf, [], cfg.pipeline, cfg.model.top_k, stall_s=cfg.source.watchdog_s, model=cfg.model,
-            regions=regions,
+            regions=regions, model_version=version,
         )
         failure: EdgeResnetError | None = None
         try:
@@ -187,6 +207,8 @@ class Daemon:
                 s.start()
             capture.start()
             pipeline.start()
+            if fleet is not None and ledger is not None:
+                self._start_agent(fleet, ledger)
             failure = self._loop()
         finally:
             self._shutdown()
@@ -269,6 +291,8 @@ class Daemon:
         def left(cap: float) -> float:
             return max(0.1, min(cap, deadline - time.monotonic()))
 
+        if self.agent is not None:  # first: a health window must not judge a stopping pipeline
+            self.agent.stop(left(1.0))
         if self.pipeline is not None:
             self.pipeline.stop(left(1.0))
         if self.teacher is not None:
@@ -287,16 +311,104 @@ class Daemon:
         if self.pipeline is not None and self.pipeline.capture is not self.capture:
             self.pipeline.capture.stop(left(1.0))
 
+    # -- the fleet ---------------------------------------------------------------------------------
+    def _fleet_enabled(self, cfg: Config) -> FleetConfig | None:
+        f = self.fleet_cfg
+        if f is None or not f.enabled:
+            return None
+        if cfg.mqtt is None:
+            raise ConfigError(
+                "[fleet] enabled = true needs [mqtt]: install commands come through the broker; add an [mqtt] "
+                "table or set [fleet] enabled = false"
+            )
+        return f
+
+    def _load_start_model(self, ledger: Ledger | None) -> tuple[list[Any], Any, int | None]:
+        """The regions and classifier to start with: the fleet's current model when the ledger names
+        one (the configured one if it does not load), else `[model] path`; and the model's version."""
+        cfg = self.cfg
+        current = ledger.current if ledger is not None else None
+        if current is not None and current.path != cfg.model.path:
+            fleet_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=current.path))
+            try:
+                regions = load_regions(fleet_cfg.regions, fleet_cfg.model, fleet_cfg.pipeline)
+                clf = regions[0].classifier if regions else load_classifier(fleet_cfg.model)
+            except EdgeResnetError as e:
+                log.error("fleet: the installed model (version %s) does not load (%s); running %s instead",
+                          current.version, e, cfg.model.path)  # fmt: skip
+            else:
+                self.cfg, self._fleet_model = fleet_cfg, current.path
+                return regions, clf, current.version
+        regions = load_regions(cfg.regions, cfg.model, cfg.pipeline)
+        # with regions, the whole-frame classifier is the first region's (its backbone is loaded once)
+        clf = regions[0].classifier if regions else load_classifier(cfg.model)
+        return regions, clf, self.signed_version(cfg.model.path)
+
+    def signed_version(self, path: str) -> int | None:
+        """The version a trusted signature gives this model (None: unsigned, or no [trust] that knows it;
+        only looked at with the fleet on or a [trust] table)."""
+        if not (self.fleet_cfg is not None and self.fleet_cfg.enabled) and getattr(self.cfg, "trust", None) is None:
+            return None
+        try:
+            return self._verify(Path(path), None)
+        except EdgeResnetError:
+            return None
+
+    def _verify(self, path: Path, min_version: int | None) -> int | None:
+        from .fleet.trust import TrustPolicy, check_model, load_policy
+
+        trust = getattr(self.cfg, "trust", None)
+        policy = load_policy(trust) if trust is not None else TrustPolicy()
+        target = self.cfg.model.device if self.cfg.model.device in ("cpu", "edgetpu") else None
+        m = check_model(path, policy, min_version=min_version, target=target)  # type: ignore[arg-type]
+        return m.version if m is not None else None
+
+    def _start_agent(self, fleet: FleetConfig, ledger: Ledger) -> None:
+        from .fleet.agent import FleetAgent
+        from .fleet.swap import ModelSwitch
+
+        assert self.pipeline is not None and self.cfg.mqtt is not None
+        pipeline = self.pipeline
+        switch = ModelSwitch(
+            pipeline,
+            lambda: self.cfg.model,
+            lambda: self.cfg.regions,
+            self._model_lock,
+            self._on_switch,
+            lambda p: self._verify(p, pipeline.model_version),
+            fleet.health_window_s,
+        )
+        self.agent = FleetAgent(fleet, self.cfg.mqtt, self.cfg.device_id, ledger, switch)
+        self.agent.start()
+
+    def _on_switch(self, model: ModelConfig, version: int | None) -> None:
+        """A fleet swap (or swap back) happened: the daemon's config names the model that runs now, so
+        the file watcher and a SIGHUP keep it."""
+        with self._model_lock:
+            self.cfg = dataclasses.replace(self.cfg, model=model)
+            self._model_stamp = _model_stamp(model.path)
+            self._refused_stamp = None
+            fleet_dir = Path(self.cfg.state_dir) / "fleet"
+            self._fleet_model = model.path if Path(model.path).parent.parent == fleet_dir else None
+            if self.teacher is not None:
+                self.teacher.retrain_all()
+
     # -- reload ------------------------------------------------------------------------------------
     def reload(self) -> bool:
         """SIGHUP: re-read the config (if there is a file), reload the model, apply what changed.
         Anything that fails is refused with one log line; what runs keeps running."""
+        with self._model_lock:
+            return self._reload_locked()
+
+    def _reload_locked(self) -> bool:
         assert self.pipeline is not None
         self.notifier.reloading()
         try:
             new = self.cfg
             if self.config_path is not None:
                 new = prepare_state_dir(self.overrides(configmod.load(self.config_path)))
+                if self._fleet_model is not None:  # the fleet's model stays what runs
+                    new = dataclasses.replace(new, model=dataclasses.replace(new.model, path=self._fleet_model))
         except EdgeResnetError as e:
             log.error("config reload refused, keeping the running configuration: %s", e)
             self.notifier.ready(self.pipeline.status_line())
@@ -321,7 +433,9 @@ class Daemon:
     def _reload_model(self, model: ModelConfig, regions: list[RegionConfig]) -> bool:
         assert self.pipeline is not None
         stamp = _model_stamp(model.path)
-        if self.pipeline.reload(model, regions):
+        same = model.path == self.cfg.model.path
+        version = self.pipeline.model_version if same else self.signed_version(model.path)
+        if self.pipeline.reload(model, regions, version=version):
             if self.teacher is not None:  # the taught heads again, on the new engines
                 self.teacher.retrain_all()
             self._model_stamp = stamp
@@ -338,8 +452,9 @@ class Daemon:
             return
         if time.time() - stamp[0] < 1.0:
             return  # still being written: look again next poll
-        log.info("model file %s changed; reloading it", self.cfg.model.path)
-        self._reload_model(self.cfg.model, self.cfg.regions)
+        with self._model_lock:
+            log.info("model file %s changed; reloading it", self.cfg.model.path)
+            self._reload_model(self.cfg.model, self.cfg.regions)
 
     def _swap_source(self, new: Config) -> bool:
         assert self.pipeline is not None

@@ -6,6 +6,11 @@ lifecycle: loading, the Edge TPU's CPU fallback and retry): a model that does no
 refused and the old one keeps classifying. Sinks get every classified frame (`publish` never
 blocks); `Observation.changed` marks a change of the smoothed label, which is what MQTT events
 and the stdout sink report.
+
+A fleet install (fleet/swap.py) swaps with `swap_model(..., keep_previous=True)`: the replaced
+classifier stays loaded, so `swap_back` restores it on the next frame without loading anything, and
+each classification attempt is kept as a FrameOutcome tagged with the model's generation, which is
+what the health window judges.
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -70,11 +75,37 @@ class RegionTap(Protocol):
     def seen(self, region: str, frame: Frame, roi: Box, clf: Classifier, res: Result, label: Prediction) -> None: ...
 
 
+class FrameOutcome(NamedTuple):
+    """One classification attempt, as the fleet's health window sees it (fleet/health.Outcome)."""
+
+    at: float  # monotonic
+    generation: int  # which loaded model: each swap_model gives the next number; swap_back restores one
+    ok: bool
+    invoke_ms: float
+    label: str  # this frame's own top-1 ("" when it failed)
+    error: str  # why it failed ("" when ok)
+
+
+OUTCOMES_MAX = 3000  # a few minutes of frames: the window and the previous model's recent past
+
+
 @dataclass(frozen=True)
 class _Swap:
     classifier: Classifier | None  # None: keep the one running
     model_name: str
     regions: list[Region] | None = None  # None: keep the regions as they are
+    generation: int | None = None  # None: the same model (settings, the Edge TPU back)
+    version: int | None = None  # the fleet version of the model (with a generation)
+    keep_previous: bool = False  # keep the replaced classifier loaded for swap_back
+
+
+@dataclass(frozen=True)
+class _Replaced:
+    """The model a fleet swap replaced, still loaded: what `swap_back` restores."""
+
+    swap: _Swap
+    model_cfg: ModelConfig | None
+    by: int  # the generation that replaced it
 
 
 class Pipeline:
@@ -91,9 +122,11 @@ class Pipeline:
         stall_s: float = 5.0,
         model: ModelConfig | None = None,
         regions: Sequence[Region] = (),
+        model_version: int | None = None,
     ) -> None:
         self.capture = capture
         self._model_cfg = model  # what `classifier` was loaded from: the Edge TPU fallback needs it
+        self._replaced_cfg: ModelConfig | None = model  # what the model of the last swap_model replaced
         self._degraded: str | None = None
         self.cfg = cfg or PipelineConfig()
         self.top_k = top_k
@@ -127,6 +160,11 @@ class Pipeline:
         self._stats_lock = threading.Lock()  # the deques are read from other threads (status)
         self._rate = _Rate()
         self._warned: set[str] = set()
+        self._generation = 0
+        self._next_generation = 0
+        self._model_version = model_version
+        self._replaced: _Replaced | None = None
+        self._outcomes: collections.deque[FrameOutcome] = collections.deque(maxlen=OUTCOMES_MAX)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -163,27 +201,95 @@ class Pipeline:
         return self._model_name
 
     @property
+    def model_version(self) -> int | None:
+        """The fleet version of the model that classifies (None: not known)."""
+        return self._model_version
+
+    @property
+    def generation(self) -> int:
+        """Which model classifies: the generation of the last swap applied on the pipeline thread."""
+        return self._generation
+
+    @property
     def sinks(self) -> tuple[Sink, ...]:
         return self._sinks
 
     # -- changes while running (called from the daemon's main thread) ----------------------------
-    def reload(self, model: ModelConfig, regions: list[RegionConfig] | None = None) -> bool:
+    def reload(
+        self, model: ModelConfig, regions: list[RegionConfig] | None = None, *, version: int | None = None
+    ) -> bool:
         """Load and warm up `model` (and the regions' models) here, then hand them to the pipeline
         thread. A model that does not load is refused with one log line and the running ones stay."""
         try:
-            loaded = None if regions is None else load_regions(regions, model, self.cfg)
-            clf = loaded[0].classifier if loaded else load_classifier(model)
+            self.swap_model(model, regions, version=version)
         except EdgeResnetError as e:
-            self.reload_failures += 1
             log.error("new model refused, keeping %s: %s", self._model_name, e)
             return False
+        return True
+
+    def swap_model(
+        self,
+        model: ModelConfig,
+        regions: list[RegionConfig] | None = None,
+        *,
+        version: int | None = None,
+        check: Callable[[Classifier], None] | None = None,
+        keep_previous: bool = False,
+    ) -> int:
+        """`reload` that raises: load, warm up and `check` the model here (an EdgeResnetError refuses
+        it, the running model stays), hand it to the pipeline thread, and return its generation.
+        `keep_previous`: the replaced model stays loaded until `forget_previous` (for `swap_back`)."""
+        try:
+            loaded = None if regions is None else load_regions(regions, model, self.cfg)
+            clf = loaded[0].classifier if loaded else load_classifier(model)
+            if check is not None:
+                check(clf)
+        except EdgeResnetError:
+            self.reload_failures += 1
+            raise
         with self._lock:
-            self._pending = _Swap(clf, Path(model.path).name, loaded)
+            self._next_generation += 1
+            gen = self._next_generation
+            self._pending = _Swap(clf, Path(model.path).name, loaded, gen, version, keep_previous)
+            self._replaced_cfg = self._model_cfg
             self._model_cfg = model
             self._degraded = None
         self.reloads += 1
         log.info("model %s loaded (%s); swapping it in", Path(model.path).name, clf.engine.describe())
+        return gen
+
+    def swap_back(self, generation: int) -> bool:
+        """Undo the swap that gave `generation` (kept with keep_previous): the replaced model classifies
+        again from the next frame, nothing loaded, under its own generation (its frames before and
+        after are one record). False when that model is no longer held."""
+        with self._lock:
+            pending = self._pending
+            if pending is not None and pending.generation == generation:  # not swapped in yet: cancel it
+                self._pending = None
+                self._model_cfg = self._replaced_cfg
+                return True
+            r = self._replaced
+            if r is None or r.by != generation or self._generation != generation:
+                return False
+            self._pending = dataclasses.replace(r.swap, keep_previous=False)  # its own generation again
+            self._model_cfg = r.model_cfg
+            self._replaced = None
+            self._degraded = None
+        log.warning("swapping %s back in", r.swap.model_name)
         return True
+
+    def forget_previous(self, generation: int) -> None:
+        """The swap that gave `generation` is final: let the replaced model go (memory)."""
+        with self._lock:
+            if self._replaced is not None and self._replaced.by == generation:
+                self._replaced = None
+
+    def outcomes(self, generation: int | None = None, since: float | None = None) -> list[FrameOutcome]:
+        """Recent classification attempts, of one generation and/or since a monotonic time."""
+        with self._stats_lock:
+            got = list(self._outcomes)
+        return [o for o in got if (generation is None or o.generation == generation)
+                and (since is None or o.at >= since)]  # fmt: skip
 
     @property
     def degraded(self) -> str | None:
@@ -264,10 +370,7 @@ class Pipeline:
                 swap, self._pending = self._pending, None
                 cfg, top_k, smoother = self.cfg, self.top_k, self._smoother
             if swap is not None:
-                if swap.classifier is not None:
-                    self._clf, self._model_name = swap.classifier, swap.model_name
-                if swap.regions is not None:
-                    self._regions = swap.regions
+                self._apply(swap)
                 smoother.reset()
             if self._region_swaps:
                 with self._lock:
@@ -303,6 +406,20 @@ class Pipeline:
             self._rate.add(now)
             self._first.set()
 
+    def _apply(self, swap: _Swap) -> None:
+        """On the pipeline thread: the swap's model (and regions) classify from now on."""
+        if swap.generation is not None and swap.generation != self._generation:
+            replaced = _Swap(self._clf, self._model_name, self._regions if swap.regions is not None else None,
+                             self._generation, self._model_version)  # fmt: skip
+            kept = _Replaced(replaced, self._replaced_cfg, swap.generation) if swap.keep_previous else None
+            with self._lock:
+                self._replaced = kept
+            self._generation, self._model_version = swap.generation, swap.version
+        if swap.classifier is not None:
+            self._clf, self._model_name = swap.classifier, swap.model_name
+        if swap.regions is not None:
+            self._regions = swap.regions
+
     def _classify(
         self, frame: Frame, clf: Classifier, smoother: Smoother, roi: Box | None, top_k: int, model_name: str,
         region: str | None,
@@ -315,12 +432,15 @@ class Pipeline:
             res = clf.classify(frame.image, k=top_k)
         except Exception as e:  # an interpreter failing mid-run: count, report, keep going
             self.errors += 1
+            why = str(e).splitlines()[0][:160] if str(e) else ""
+            self._outcome(region, False, 0.0, "", f"{type(e).__name__}: {why}")
             if clf.engine.device == "edgetpu" and region is None:
                 self._fall_back_to_cpu(e)
                 return False
             self._warn_once(f"classify:{type(e).__name__}", f"classifying frame {frame.seq} failed: {e}")
             return False
         self.invokes += 1
+        self._outcome(region, True, res.latency_ms, res.top.label, "")
         label, changed = smoother.update(res.probs, clf.labels, clf.label_offset)
         if region is not None and roi is not None and self._tap is not None:
             try:
@@ -349,6 +469,13 @@ class Pipeline:
         self.label_changes += int(changed)
         self.last_observation = obs
         return True
+
+    def _outcome(self, region: str | None, ok: bool, invoke_ms: float, label: str, error: str) -> None:
+        """Keep one attempt a frame (the whole frame's, or the first region's) for the health window."""
+        if region is not None and (not self._regions or region != self._regions[0].name):
+            return
+        with self._stats_lock:
+            self._outcomes.append(FrameOutcome(time.monotonic(), self._generation, ok, invoke_ms, label, error))
 
     def _warn_once(self, key: str, msg: str) -> None:
         if key not in self._warned:
@@ -426,12 +553,14 @@ class Pipeline:
                 except Exception as e:
                     log.debug("counters of sink %s: %s", sink.name, e)
         # static facts only: these become labels of one Prometheus info metric
-        labels = {
+        labels: dict[str, Any] = {
             "model": self._model_name,
             "device": eng.device,
             "delegate": eng.delegate,
             "source": self.capture.source.description,
         }
+        if self._model_version is not None:  # the fleet's version of the model (MQTT state: model_version)
+            labels["model_version"] = self._model_version
         return Status(healthy=healthy, reason=reason, counters=counters, labels=labels)
 
     def _sink_states(self) -> list[tuple[bool, str]]:
