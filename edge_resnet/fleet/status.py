@@ -4,7 +4,7 @@ healthy, last seen), for a table or JSON. Pure functions of DeviceDocs, so tests
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .view import DeviceDocs
@@ -27,7 +27,7 @@ class Row:
     groups: tuple[str, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "groups": list(self.groups)}
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"groups": list(self.groups)}
 
 
 def row(d: DeviceDocs) -> Row:
