@@ -383,3 +383,26 @@ def test_a_store_it_cannot_open_is_degraded_and_in_memory_when_asked(tmp_path: P
     assert m.size_bytes() == 0
     with pytest.raises(sqlite3.OperationalError):
         HistoryStore(None, HistoryCaps())._require()
+
+
+def test_a_corrupt_file_is_set_aside_and_a_fresh_history_started(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / HISTORY_FILE
+    h = History(path, HistoryCaps())
+    h.start()
+    h.add(time.time(), None, "cat", 1, 0.9, None, 1, jpeg_like(1))
+    h.stop()
+    with path.open("r+b") as f:
+        f.write(b"this is not a database" * 10)
+    h = History(path, HistoryCaps())
+    h.start()
+    try:
+        assert h.store.problem is None and len(h.store.set_aside) == 1 and h.store.set_aside[0].exists()
+        new = h.add(time.time(), None, "dog", 2, 0.9, None, 2, jpeg_like(2))
+        assert new > 1 and h.sync()  # ids go on above the lost file's (from the clock)
+        assert [e.label for e in h.query(HistoryQuery()).events] == ["dog"]
+    finally:
+        h.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "corrupt" in warnings[0] and "moved it to" in warnings[0], warnings
