@@ -283,8 +283,9 @@ class History:
         """The sink's words about its history, for /healthz and /api/state."""
         s = self.store
         if s.problem is not None:
-            return (f"history degraded ({s.problem}); {self.dropped} changes not stored, {self.waiting()} waiting; "
-                    f"retrying every {RETRY_S:g} s")  # fmt: skip
+            n = self.dropped
+            return (f"history degraded ({s.problem}); {n} change{'' if n == 1 else 's'} not stored, "
+                    f"{self.waiting()} waiting; retrying every {RETRY_S:g} s")  # fmt: skip
         if s.path is None:
             return f"history in memory, {s.count} changes (not kept over a restart)"
         cap = s.caps.max_bytes / MIB
