@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ from edge_resnet.fleet.view import DeviceDocs, parse_topic
 from .conftest import run_cli
 from .helpers.broker import free_port
 from .helpers.fleet_sim import FleetSim, fleet_broker
+from .helpers.run_child import RunChild
 
 TFLITE = b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 40  # a model file as far as the controller reads one
 GATE = ["--canary", "20", "--step-percent", "20", "--max-failed-percent", "10"]
@@ -352,3 +355,55 @@ def test_status_rows_follow_the_broker(fleet_port: int) -> None:
             assert [(r.device, r.healthy) for r in rows(view.devices(), "cams")][1] == ("cam-0001", False)
     finally:
         sim.stop()
+
+
+def test_two_real_daemons_take_a_good_version_and_the_canary_stops_a_broken_one(
+    fleet_port: int, models_dir: Path, samples_dir: Path, tmp_path: Path
+) -> None:
+    """The controller against the device side as it ships: `edge-resnet run` with `[fleet]` on."""
+    from edge_resnet.bundle import BundleMeta, write_bundle
+    from edge_resnet.classify import read_labels
+    from edge_resnet.fleet.view import FleetView
+    from edge_resnet.prepspec import PRESETS
+    from edge_resnet.sinkconfig import MqttConfig
+
+    meta = BundleMeta(preprocess=PRESETS["inception"], labels=read_labels(models_dir / "imagenet_labels_1001.txt"),
+                      label_offset=1, output_kind="probabilities")  # fmt: skip
+    flat = (models_dir / "mobilenet_v2_1.0_224_quant.tflite").read_bytes()
+    served = tmp_path / "www"
+    served.mkdir()
+    first = write_bundle(flat, meta, tmp_path / "v1.tflite")
+    write_bundle(flat, meta, served / "v2.tflite")
+    shutil.copy(models_dir / "invalid_invoke.tflite", served / "broken.tflite")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: _Files(*a, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    broker = f"mqtt://127.0.0.1:{fleet_port}"
+    daemons = []
+    for name in ("cam-a", "cam-b"):
+        cfg = tmp_path / f"{name}.toml"
+        cfg.write_text(
+            f'device_id = "{name}"\nstate_dir = "{tmp_path / name}"\n[model]\npath = "{first}"\n'
+            f'[source]\ntype = "folder"\npath = "{samples_dir}"\ninterval_s = 0\nloop = true\n'
+            f'[pipeline]\nmax_fps = 5.0\n[stdout]\nenabled = false\n[mqtt]\nurl = "{broker}"\n'
+            '[fleet]\nenabled = true\ngroups = ["cams"]\nhealth_window_s = 3\nstart_delay_max_s = 0\n'
+        )
+        daemons.append(RunChild(["--config", str(cfg)], os.environ))
+    try:
+        with FleetView(MqttConfig(url=broker)) as view:
+            up = view.wait(lambda ds: all(ds.get(n) and ds[n].presence for n in ("cam-a", "cam-b")), 90)
+        assert up, "\n".join(d.tail() for d in daemons)
+        wave = ("--group", "cams", "--canary", "1", "--step-percent", "50", "--wave-timeout", "60")
+        good, good_result, good_log = rollout(fleet_port, f"{base}/v2.tflite", "--version", "2", *wave)
+        bad, bad_result, bad_log = rollout(fleet_port, f"{base}/broken.tflite", "--version", "3", *wave)
+        status = run_cli("fleet", "status", "--broker", broker, "--json")
+    finally:
+        for d in daemons:
+            d.kill()
+        server.shutdown()
+    assert good == ExitCode.OK and good_result["applied"] == 2, good_log + "\n".join(d.tail() for d in daemons)
+    assert bad == ExitCode.VERIFY and bad_result["not_sent"] == ["cam-b"], bad_log
+    assert [(d["device"], d["outcome"]) for d in bad_result["waves"][0]["devices"]] == [("cam-a", "rejected")]
+    rows_now = {d["device"]: d for d in json.loads(status.stdout)["devices"]}
+    assert rows_now["cam-a"]["version"] == rows_now["cam-b"]["version"] == 2  # the broken one never ran
+    assert rows_now["cam-b"]["job"] == good_result["job_id"] and rows_now["cam-a"]["state"] == "rejected"
