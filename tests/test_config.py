@@ -11,6 +11,8 @@ from edge_resnet import config as configmod
 from edge_resnet import sinkconfig
 from edge_resnet.commands.run import apply_overrides, parse_source
 from edge_resnet.errors import ConfigError, InputError
+from edge_resnet.fleet.fleetconfig import FleetConfig
+from edge_resnet.fleet.trustconfig import TrustConfig
 from edge_resnet.sourceconfig import FileSource, FolderSource, OpenCvSource, Picamera2Source, UrlSource
 
 from .conftest import REPO, run_cli
@@ -203,8 +205,8 @@ def test_example_documents_every_key() -> None:
         sinkconfig.MqttConfig,
         sinkconfig.HttpConfig,
         sinkconfig.VideoConfig,
-        configmod.TrustConfig,
-        configmod.FleetConfig,
+        TrustConfig,
+        FleetConfig,
     ]
     nested = {"model", "source", "pipeline", "sinks", *configmod.SINKS, "preprocess", "regions", "trust", "fleet"}
     missing = sorted(
