@@ -79,7 +79,9 @@ def _bad_reshape_model(src: Path, dest: Path) -> Path:
     return dest
 
 
-def test_no_interpreter_banner_when_a_model_fails_to_load(tmp_path: Path, mobilenet_quant: Path, data_dir: Path) -> None:
+def test_no_interpreter_banner_when_a_model_fails_to_load(
+    tmp_path: Path, mobilenet_quant: Path, data_dir: Path
+) -> None:
     """What was captured while the model failed is replayed (it may explain the failure), but the XNNPACK
     banner never does: it showed without -v whenever the first load of the process failed, as the Edge
     TPU attempt of `--device auto` can (the fallback then loads quietly: the banner is printed once)."""
@@ -97,7 +99,9 @@ def test_no_interpreter_banner_when_a_model_fails_to_load(tmp_path: Path, mobile
 _FAKE_EDGETPU = r"""
 #include <stddef.h>
 #include <stdint.h>
-typedef struct D { void* data_; int (*Prepare)(void*, struct D*); void* a; void* b; void* c; int64_t flags; void* o; } D;
+typedef struct D {  /* TfLiteDelegate */
+  void* data_; int (*Prepare)(void*, struct D*); void* a; void* b; void* c; int64_t flags; void* o;
+} D;
 static int prepare(void* context, D* d) { return 0; }  /* takes no node: the custom op stays unresolved */
 static D delegate = {0, prepare, 0, 0, 0, 0, 0};
 void* tflite_plugin_create_delegate(char** k, char** v, size_t n, void (*report)(const char*)) { return &delegate; }
