@@ -590,8 +590,12 @@ class Pipeline:
         obs = self.last_observation
         label = obs.label.label.split(",")[0] if obs is not None else "-"
         head = "" if st.healthy else f"{st.reason} | "
+        rates = (  # no rate before one was measured: the ready line comes after the first frame
+            f"{c['inference_fps']:.1f} fps inference, {c['capture_fps']:.1f} fps capture | "
+            if c["inference_fps"] or c["capture_fps"]
+            else ""
+        )
         return (
-            f"{head}{label} ({c.get('score', 0.0):.2f}) | {c['inference_fps']:.1f} fps inference, "
-            f"{c['capture_fps']:.1f} fps capture | age p50 {c['frame_age_p50_ms']:.0f} ms | "
+            f"{head}{label} ({c.get('score', 0.0):.2f}) | {rates}age p50 {c['frame_age_p50_ms']:.0f} ms | "
             f"dropped {int(c['frames_dropped_total'])}"
         )

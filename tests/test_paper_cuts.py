@@ -191,3 +191,4 @@ def test_demo_names_its_video_and_the_whole_offline_way(
     video = tmp_path / "work" / "demo.avi"
     assert f"edge-resnet demo: playing {video}; open http://127.0.0.1:{port}/" in r.stdout, r.stdout
     assert video.stat().st_size > 10_000
+    assert "0.0 fps" not in r.stderr + r.stdout, "a rate printed before one was measured"
