@@ -33,3 +33,15 @@ venv .venv-old "$key" "numpy<2" "tflite-runtime==2.14.0" "opencv-python-headless
 rm -rf "$ROOT/build"
 .venv-device/bin/pip install -q --no-deps --force-reinstall "$ROOT" > .venv-device.pip.log 2>&1 || { cat .venv-device.pip.log; exit 1; }
 .venv-old/bin/pip install -q --no-deps --force-reinstall "$ROOT" > .venv-old.pip.log 2>&1 || { cat .venv-old.pip.log; exit 1; }
+
+# .venv-ha: Home Assistant (2025.1.4, pinned) for tests/test_ha_discovery.py, which runs HA's own MQTT
+# discovery schemas on our payloads (tests/helpers/ha_schema.py). HA needs Python >= 3.12: pyenv's
+# newest 3.12 if present, else python3.12 / python3.13 on PATH; none: the tests skip (fail under CI=true).
+HA_PIN="homeassistant==2025.1.4"
+HA_PY=$(printf '%s\n' "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python | sort -V | tail -n 1)
+[ -x "$HA_PY" ] || HA_PY=$(command -v python3.12 || command -v python3.13 || true)
+if [ -n "$HA_PY" ]; then
+  PY=$HA_PY venv .venv-ha "$HA_PIN $("$HA_PY" -V 2>&1)" "$HA_PIN"
+else
+  echo "== no Python 3.12+ for .venv-ha: the Home Assistant discovery tests will skip (fail under CI=true)"
+fi
