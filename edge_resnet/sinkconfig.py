@@ -17,12 +17,18 @@ _TOPIC_BAD = re.compile(r"[#+\x00]")
 
 @dataclass
 class MqttConfig:
-    """`[mqtt]` in the config file. The password is read from the environment variable `password_env`."""
+    """`[mqtt]` in the config file. The password is read from the environment variable `password_env`.
 
-    url: str = "mqtt://127.0.0.1:1883"
+    `url` is one broker or a list of them (failover: the daemon connects to the first that answers and
+    stays on the one that works). Every URL of a list has the same scheme: a failover must never move
+    the password and the device's identity from TLS to clear text."""
+
+    url: str | list[str] = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password_env: str = "EDGE_RESNET_MQTT_PASSWORD"
     ca_file: str | None = None
+    cert_file: str | None = None  # client certificate (PEM) for brokers that require one (mTLS)
+    key_file: str | None = None  # its private key (PEM, unencrypted)
     topic_prefix: str = "edge-resnet"
     discovery: bool = True
     discovery_prefix: str = "homeassistant"
@@ -32,7 +38,22 @@ class MqttConfig:
     client_id: str | None = None
 
     def __post_init__(self) -> None:
-        self.endpoint()  # validates the URL
+        tls = {t for _, _, t in self.endpoints()}  # validates every URL
+        if len(tls) > 1:
+            raise ConfigError(
+                "[mqtt] url: the list mixes mqtt:// and mqtts://; a failover would send the password and "
+                "the device's identity in clear text: use mqtts:// for every broker (or mqtt:// for all)"
+            )
+        if (self.cert_file is None) != (self.key_file is None):
+            given, missing = ("cert_file", "key_file") if self.key_file is None else ("key_file", "cert_file")
+            raise ConfigError(
+                f"[mqtt] {given}: set without {missing}; a client certificate needs both: cert_file (PEM "
+                "certificate) and key_file (its private key), or neither"
+            )
+        if self.cert_file is not None and tls == {False}:
+            raise ConfigError(
+                "[mqtt] cert_file: a client certificate needs TLS; use mqtts://HOST[:PORT] in [mqtt] url"
+            )
         for key in ("topic_prefix", "discovery_prefix"):
             v = getattr(self, key)
             if not v or _TOPIC_BAD.search(v) or v.startswith("/") or v.endswith("/"):
@@ -49,22 +70,43 @@ class MqttConfig:
         if self.client_id is not None and not 1 <= len(self.client_id) <= 128:
             raise ConfigError("[mqtt] client_id: 1..128 characters, or leave it out")
 
+    @property
+    def urls(self) -> list[str]:
+        """`url` as a list: one broker is a list of one."""
+        return [self.url] if isinstance(self.url, str) else list(self.url)
+
+    def endpoints(self) -> list[tuple[str, int, bool]]:
+        """(host, port, tls) of every broker, in the order to try them."""
+        urls = self.urls
+        if not urls:
+            raise ConfigError('[mqtt] url: the list is empty; give at least one broker, e.g. "mqtt://127.0.0.1:1883"')
+        out: list[tuple[str, int, bool]] = []
+        for u in urls:
+            ep = self._parse(u)
+            if ep[:2] in [o[:2] for o in out]:
+                raise ConfigError(f"[mqtt] url: {ep[0]}:{ep[1]} is listed twice; list each broker once")
+            out.append(ep)
+        return out
+
     def endpoint(self) -> tuple[str, int, bool]:
-        """(host, port, tls) from `url`: mqtt:// defaults to port 1883, mqtts:// to 8883."""
+        """(host, port, tls) of the first broker: mqtt:// defaults to port 1883, mqtts:// to 8883."""
+        return self.endpoints()[0]
+
+    def _parse(self, url: str) -> tuple[str, int, bool]:
         try:
-            u = urlsplit(self.url)
+            u = urlsplit(url)
             port = u.port
         except ValueError as e:
-            raise ConfigError(f"[mqtt] url: {self.url!r} is not a valid URL ({e}); use mqtt://HOST:PORT") from None
+            raise ConfigError(f"[mqtt] url: {url!r} is not a valid URL ({e}); use mqtt://HOST:PORT") from None
         if u.scheme not in ("mqtt", "mqtts"):
             raise ConfigError(
-                f"[mqtt] url: scheme {u.scheme or '(none)'!r} in {self.url!r} is not supported; "
+                f"[mqtt] url: scheme {u.scheme or '(none)'!r} in {url!r} is not supported; "
                 "use mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
             )
         if not u.hostname:
-            raise ConfigError(f"[mqtt] url: {self.url!r} has no host; use mqtt://HOST[:PORT]")
+            raise ConfigError(f"[mqtt] url: {url!r} has no host; use mqtt://HOST[:PORT]")
         if u.path not in ("", "/") or u.query or u.fragment:
-            raise ConfigError(f"[mqtt] url: {self.url!r} must not have a path or query; use mqtt://HOST[:PORT]")
+            raise ConfigError(f"[mqtt] url: {url!r} must not have a path or query; use mqtt://HOST[:PORT]")
         if u.username or u.password:
             raise ConfigError(
                 "[mqtt] url: do not put credentials in the URL; set username in [mqtt] and the password in "
@@ -73,14 +115,34 @@ class MqttConfig:
         tls = u.scheme == "mqtts"
         return u.hostname, port if port is not None else (8883 if tls else 1883), tls
 
+    def file_problems(self) -> list[str]:
+        """The files this table names (CA, client certificate, key) that this user cannot read, one line
+        each with the fix. Not checked at load time (a config is often checked away from its device):
+        the sink checks them at start, `doctor` and `config check` name them."""
+        out = []
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, key)
+            if path is None:
+                continue
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+            except OSError as e:
+                why = e.strerror or str(e)
+                owner = " (the key is for the service user: chown edge-resnet, chmod 0600)" if key == "key_file" else ""
+                out.append(f"[mqtt] {key}: {path} cannot be read ({why}); give a readable PEM file{owner}")
+        return out
+
     def clear_text_password(self) -> str | None:
         """Anyone on the path between device and broker reads a password sent over plain mqtt://; one
         message for `config check` (before the password is even on the device) and the running daemon."""
-        host, port, tls = self.endpoint()
-        if self.username is None or tls or host in ("127.0.0.1", "::1", "localhost"):
+        if self.username is None:
             return None
-        return (f"[mqtt] the password for {self.username!r} goes to {host}:{port} in clear text (mqtt://); "
-                "use mqtts:// with [mqtt] ca_file, or a broker on this machine")
+        for host, port, tls in self.endpoints():
+            if not tls and host not in ("127.0.0.1", "::1", "localhost"):
+                return (f"[mqtt] the password for {self.username!r} goes to {host}:{port} in clear text (mqtt://); "
+                        "use mqtts:// with [mqtt] ca_file, or a broker on this machine")
+        return None
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -8,8 +8,6 @@ import json
 import logging
 import os
 import queue
-import random
-import ssl
 import sys
 import threading
 import time
@@ -29,9 +27,10 @@ from ...observation import Observation, Status
 from ...sinkconfig import MqttConfig
 from ..base import SinkContext, StatusFn, degraded_words
 from .eventqueue import EventQueue
+from .failover import Broker, Brokers
 from .payloads import discovery_payload, event_body, state_payload
-from .reach import Unreachable, subject, unreachable_words
-from .tls import tls_problem
+from .reach import Unreachable, refused_words, subject, unreachable_words
+from .tls import client_context, tls_diagnosis
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +64,14 @@ class _RateLimit:
         return False, ""
 
 
+class Attempt(Enum):
+    """The connection attempt in progress, as paho's callbacks tell it (each attempt is judged once)."""
+
+    OPEN = "open"  # on_pre_connect ran, no CONNACK yet
+    CONNECTED = "connected"  # CONNACK success
+    DONE = "done"  # failed (no TCP, TLS, CONNACK refusal, closed before CONNACK) or lost: judged
+
+
 class Link(Enum):
     """The broker connection as the sink sees it."""
 
@@ -91,9 +98,14 @@ class MqttSink:
         self.cfg = cfg
         self.device_id = device_id
         self._status = status
-        self.host, self.port, self.tls = cfg.endpoint()
-        if cfg.ca_file is not None and not Path(cfg.ca_file).is_file():
-            raise ConfigError(f"[mqtt] ca_file: {cfg.ca_file} does not exist; give the broker's CA certificate (PEM)")
+        endpoints = cfg.endpoints()
+        self.tls = endpoints[0][2]  # the same for every broker of the list (MqttConfig checks it)
+        self._brokers = Brokers([Broker(host, port) for host, port, _ in endpoints])
+        self._delay = 0.0  # seconds to wait before the next connection attempt (our backoff, not paho's)
+        self._attempt = Attempt.DONE
+        problems = cfg.file_problems()
+        if problems:
+            raise ConfigError(problems[0])
         base = f"{cfg.topic_prefix}/{device_id}"
         self.state_topic = f"{base}/state"
         self.events_topic = f"{base}/events"
@@ -113,6 +125,8 @@ class MqttSink:
         self._link_since = time.monotonic()
         self._link_reason = "connecting"
         self._fail_cause: Unreachable | None = None  # why the last connection attempt failed, in this outage
+        # each broker's last failure in this outage: (the error's class, the cause found, the words)
+        self._failures: dict[Broker, tuple[Unreachable, Unreachable, str]] = {}
         self._started = time.monotonic()
         self._announce = False  # (re)connected: publish online and state (and discovery again)
         self._inflight: dict[int, int] = {}  # paho mid -> event seq
@@ -143,15 +157,33 @@ class MqttSink:
 
     # -- paho client and its callbacks (run on paho's network thread; they only record and wake) --
 
+    @property
+    def host(self) -> str:
+        """The broker in use (or being tried): the first of [mqtt] url until a failover."""
+        return self._brokers.current.host
+
+    @property
+    def port(self) -> int:
+        return self._brokers.current.port
+
+    def _where(self, broker: Broker | None = None) -> str:
+        """host:port, and which of the list when there are several."""
+        b = broker or self._brokers.current
+        pos = f" ({self._brokers.position})" if self._brokers.position and broker is None else ""
+        return f"{b.host}:{b.port}{pos}"
+
     def _make_client(self) -> mqtt.Client:
         cfg = self.cfg
         client_id = cfg.client_id or f"edge-resnet-{self.device_id}"
+        # MQTT 5 with a stable client id, clean_start false and a session expiry (see start()): a broker
+        # that keeps sessions keeps ours across reconnects. Nothing depends on it: events wait in our own
+        # queue until acknowledged, and paho re-sends what was in flight to whichever broker it reaches.
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         c.max_inflight_messages_set(PAHO_INFLIGHT)
-        c.max_queued_messages_set(PAHO_QUEUE_MAX)
-        # Capped backoff: paho's default grows to 120 s and never catches up with a flapping broker.
-        # The cap differs a little per process so a fleet does not reconnect in lock step.
-        c.reconnect_delay_set(min_delay=1, max_delay=random.choice((3, 4, 5)))
+        c.max_queued_messages_set(PAHO_QUEUE_MAX)  # paho's queue is unbounded by default
+        # Our own backoff (failover.Brokers: jittered, capped at a few seconds, round the broker list),
+        # waited in on_pre_connect; paho's (up to 120 s, no jitter, one host) is switched off.
+        c.reconnect_delay_set(min_delay=0, max_delay=0)
         c.connect_timeout = 5.0
         if cfg.username is not None:
             password = os.environ.get(cfg.password_env)
@@ -166,13 +198,9 @@ class MqttSink:
             if password and clear:
                 log.warning("mqtt: %s", clear)
         if self.tls:
-            try:
-                c.tls_set(ca_certs=cfg.ca_file, cert_reqs=ssl.CERT_REQUIRED)
-            except (OSError, ssl.SSLError, ValueError) as e:
-                raise ConfigError(
-                    f"[mqtt] ca_file: {cfg.ca_file} cannot be used ({e}); give a PEM CA certificate"
-                ) from None
+            c.tls_set_context(client_context(cfg.ca_file, cfg.cert_file, cfg.key_file))  # ConfigError: key + fix
         c.will_set(self.availability_topic, "offline", qos=1, retain=True)
+        c.on_pre_connect = self._on_pre_connect
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
@@ -186,77 +214,120 @@ class MqttSink:
             self._link, self._link_reason = link, reason
         self._wake.set()
 
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        """Before every connection attempt (paho has no list of hosts): wait our backoff, then point
+        paho at the broker `Brokers` chose. paho reads _host/_port right after this returns; its
+        host/port setters refuse while a connection is being opened, hence the attributes."""
+        if self._delay > 0:
+            self._stopping.wait(self._delay)
+        b = self._brokers.current
+        client._host, client._port = b.host, b.port
+        self._attempt = Attempt.OPEN
+
+    def _judged(self) -> bool:
+        """Mark the attempt in progress as judged; False if it already was (paho calls on_connect with a
+        refusal and then on_disconnect for the same attempt)."""
+        if self._attempt is Attempt.DONE:
+            return False
+        self._attempt = Attempt.DONE
+        return True
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         if rc.is_failure:
-            reason = f"refused: {rc.getName()}"
-            if (self._link, self._link_reason) != (Link.REFUSED, reason):  # once per cause, not per retry
-                log.error(
-                    "mqtt: %s:%d refused the connection: %s; check [mqtt] username, %s and client_id; retrying",
-                    self.host,
-                    self.port,
-                    rc.getName(),
-                    self.cfg.password_env,
-                )
-            self._set_link(Link.REFUSED, reason)
+            if self._judged():
+                self._attempt_failed(Unreachable.AUTH, None, refused=rc.getName())
             return
+        self._attempt = Attempt.CONNECTED
+        self._brokers.connected()
         was_down = time.monotonic() - self._link_since
         self._fail_cause = None
+        self._failures.clear()
         self.stats["connects"] += 1
         with self._lock:
             self._announce = True
         if self.stats["connects"] > 1:
             ok, more = self._log_limit("reconnected")
             (log.info if ok else log.debug)(
-                "mqtt: reconnected to %s:%d after %.1f s; %d events queued%s",
-                self.host,
-                self.port,
+                "mqtt: reconnected to %s after %.1f s; %d events queued%s",
+                self._where(),
                 was_down,
                 len(self.queue),
                 more,
             )
         else:
-            log.info("mqtt: connected to %s:%d", self.host, self.port)
+            log.info("mqtt: connected to %s", self._where())
         self._set_link(Link.CONNECTED, "connected")
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         """paho does not pass on why a connection attempt failed, and the why is the fix: a wrong host
         name (DNS), a broker that is down, TLS. paho calls this inside its `except OSError:`, so the
-        error is in sys.exc_info(). Logged once per cause, not per retry."""
-        err = sys.exc_info()[1]
-        cause = Unreachable.of(err)
-        first = self._link is not Link.DISCONNECTED or self._link_reason == "connecting"
-        if cause is self._fail_cause and not first:
-            reason = self._link_reason  # the same cause: keep the words (and TLS diagnosis) made at its start
+        error is in sys.exc_info()."""
+        if self._judged():
+            err = sys.exc_info()[1]
+            self._attempt_failed(Unreachable.of(err), err)
+
+    def _attempt_failed(self, cause: Unreachable, err: BaseException | None, refused: str | None = None) -> None:
+        """One failed attempt on the current broker: say why (logged once per broker and cause, not per
+        retry), then move on to the next broker of the list after a jittered wait."""
+        b = self._brokers.current
+        before = self._failures.get(b)
+        raw = cause
+        if refused is not None:
+            reason = refused_words(refused, self.cfg.password_env, self.cfg.cert_file is not None)
+        elif before is not None and before[0] is raw:
+            _, cause, reason = before  # the same cause: keep the words (and TLS diagnosis) made at its start
         else:
-            reason = unreachable_words(cause, err)
+            reason = unreachable_words(cause, err, self.cfg.cert_file, b.host)
             if self.tls and cause in (Unreachable.TLS, Unreachable.OTHER):
-                reason = tls_problem(self.host, self.port, self.cfg.ca_file) or reason
-        changed = self._fail_cause is not None and cause is not self._fail_cause
+                cfg = self.cfg
+                diagnosis = tls_diagnosis(b.host, b.port, cfg.ca_file, 3.0, cfg.cert_file, cfg.key_file)
+                if diagnosis is not None:
+                    cause, reason = diagnosis
         self._fail_cause = cause
-        if first or (changed and self._log_limit(f"cause:{cause.value}")[0]):
-            log.warning(
-                "mqtt: %s: %s; classification goes on, retrying every few seconds",
-                subject(cause, self.host, self.port),
-                reason,
-            )
-        self._set_link(Link.DISCONNECTED, reason)
+        self._failures[b] = (raw, cause, reason)
+        first = before is None
+        changed = before is not None and before[0] is not raw
+        if first or (changed and self._log_limit(f"cause:{b}:{cause.value}")[0]):
+            if refused is not None:
+                log.error("mqtt: %s %s; retrying", subject(None, b.host, b.port), reason)
+            else:
+                log.warning(
+                    "mqtt: %s: %s; classification goes on, retrying every few seconds",
+                    subject(cause, b.host, b.port),
+                    reason,
+                )
+        self._delay = self._brokers.failed()
+        about = f"{subject(cause, b.host, b.port)}: " if self._brokers.position else ""
+        if refused is not None:
+            self._set_link(Link.REFUSED, f"{about}refused: {refused}")
+        else:
+            self._set_link(Link.DISCONNECTED, f"{about}{reason}")
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         if self._stopping.is_set():
             self._set_link(Link.STOPPED, "stopped")
             return
-        if self._link is Link.REFUSED:
+        if self._attempt is Attempt.OPEN:
+            # closed before any CONNACK: on TLS 1.3 a refused client certificate arrives here (the
+            # handshake ended before the broker looked at it); the probe in _attempt_failed names it
+            self._judged()
+            closed = ConnectionAbortedError("the broker closed the connection before answering CONNECT")
+            self._attempt_failed(Unreachable.OTHER, closed)
+            return
+        if self._attempt is not Attempt.CONNECTED:
             return  # the broker closes the connection after a refused CONNACK: keep saying why
+        self._attempt = Attempt.DONE
+        self._delay = self._brokers.lost()  # the same broker first: a restart or a blip
         self.stats["disconnects"] += 1
         ok, more = self._log_limit("lost")
         (log.warning if ok else log.debug)(
-            "mqtt: lost broker %s:%d (%s); events are kept on disk and sent after reconnecting%s",
-            self.host,
-            self.port,
+            "mqtt: lost broker %s (%s); events are kept on disk and sent after reconnecting%s",
+            self._where(),
             rc.getName() if isinstance(rc, ReasonCode) else rc,
             more,
         )
-        self._set_link(Link.DISCONNECTED, f"lost: {rc.getName() if isinstance(rc, ReasonCode) else rc}")
+        about = f" {self._where(self._brokers.current)}" if self._brokers.position else ""
+        self._set_link(Link.DISCONNECTED, f"lost{about}: {rc.getName() if isinstance(rc, ReasonCode) else rc}")
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode | None, props: Any) -> None:
         self._acks.put((mid, rc))
@@ -315,7 +386,7 @@ class MqttSink:
         TLS); failed only when the sink cannot keep events (queue) or its thread died."""
         with self._lock:
             link, reason, since = self._link, self._link_reason, self._link_since
-        where = f"{self.host}:{self.port}"
+        where = self._where()
         queued = len(self.queue)
         if self._failed is not None:
             return False, self._failed
@@ -336,28 +407,33 @@ class MqttSink:
         if link is Link.STOPPED:
             return True, "mqtt stopped"
         if self.stats["connects"] == 0:
-            detail = self._never_connected(link, reason)
+            detail = self._never_connected(link)
             if detail is not None:
                 return True, degraded_words("mqtt never connected", f"{detail}, {queued} events queued on disk")
+        if self._brokers.position:
+            return True, (
+                f"mqtt {link.value} for {time.monotonic() - since:.0f} s ({reason}); retrying, next {where}, "
+                f"{queued} events queued on disk"
+            )
         return True, (
             f"mqtt broker {where} {link.value} for {time.monotonic() - since:.0f} s ({reason}); "
             f"retrying, {queued} events queued on disk"
         )
 
-    def _never_connected(self, link: Link, reason: str) -> str | None:
+    def _never_connected(self, link: Link) -> str | None:
         """What stands between the sink and its first connect; None while that is still being tried
         (for up to paho's connect timeout: a daemon starting is not degraded)."""
         waited = f"{time.monotonic() - self._started:.0f} s"
-        if link is Link.REFUSED:
-            return (
-                f"broker {self.host}:{self.port} {reason}; check [mqtt] username, {self.cfg.password_env} and "
-                f"client_id; retrying for {waited}"
-            )
-        if link is Link.DISCONNECTED:
-            return f"{subject(self._fail_cause, self.host, self.port)}: {reason}; retrying for {waited}"
+        failures = dict(self._failures)
+        if link in (Link.REFUSED, Link.DISCONNECTED) and failures:
+            said = [
+                f"{subject(cause, b.host, b.port)}{' ' if cause is Unreachable.AUTH else ': '}{words}"
+                for b, (_, cause, words) in failures.items()
+            ]
+            return f"{'; '.join(said)}; retrying for {waited}"
         if time.monotonic() - self._started <= self._client.connect_timeout:
             return None
-        return f"broker {self.host}:{self.port}: no answer to CONNECT yet; waiting for {waited}"
+        return f"broker {self._where()}: no answer to CONNECT yet; waiting for {waited}"
 
     def counters(self) -> dict[str, float]:
         """Prometheus-friendly counters for /metrics (the daemon merges them into Status.counters)."""
