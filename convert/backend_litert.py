@@ -221,6 +221,14 @@ def _drop_unused_tensor(m: Any, g: Any, index: int) -> None:
 
 def to_int8(float_model: bytes, act_ranges: dict[str, tuple[float, float]], images: npt.NDArray[np.uint8]) -> bytes:
     """Full-integer model from ai-edge-quantizer with our activation ranges in place of its calibration."""
+    return to_int8_counted(float_model, act_ranges, images)[0]
+
+
+def to_int8_counted(
+    float_model: bytes, act_ranges: dict[str, tuple[float, float]], images: npt.NDArray[np.uint8]
+) -> tuple[bytes, int]:
+    """`to_int8`, and how many zero-weight channels `fix_dead_channels` repaired (said once per conversion
+    by `quantize`, not once per range candidate)."""
     from ai_edge_quantizer import quantizer, recipe
 
     q = quantizer.Quantizer(bytearray(float_model), recipe.static_wi8_ai8())
@@ -253,7 +261,8 @@ def to_int8(float_model: bytes, act_ranges: dict[str, tuple[float, float]], imag
     model = result.quantized_model
     if model is None:
         raise ModelError("ai-edge-quantizer produced no model; run with -v to see its messages")
-    return set_op_versions(fix_dead_channels(bytes(model), float_model)[0])
+    fixed, count = fix_dead_channels(bytes(model), float_model)
+    return set_op_versions(fixed), count
 
 
 _LAYERS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -303,8 +312,6 @@ def fix_dead_channels(int8_model: bytes, float_model: bytes) -> tuple[bytes, int
         wt.quantization.scale = w_scale.astype(np.float32).tolist()
         bt.quantization.scale = (w_scale * s_in).astype(np.float32).tolist()
         tflite_io.set_buffer(m, int(op.inputs[2]), bias.astype(np.int32))
-    if fixed:
-        log.info("quantizer fix-up: %d zero-weight channels given a scale that holds their bias", fixed)
     return tflite_io.write(m), fixed
 
 
@@ -396,18 +403,25 @@ def quantize(
             stats = Statistics(float_tflite, images)
             to_quantize, ties, padv2 = for_int8(float_tflite, stats)
 
+        repaired: dict[str, int] = {}  # per range method: the same weights, so the same channels
+
         def int8(method: str) -> tuple[bytes, dict[str, Any], bytes]:
             act, range_stats = stats.ranges(method)
             act.update({dst: act[src] for dst, src in ties.items()})
-            return scores_first(to_int8(to_quantize, act, images), info), range_stats, float_tflite
+            model, repaired[method] = to_int8_counted(to_quantize, act, images)
+            return scores_first(model, info), range_stats, float_tflite
 
         choice = choose(float_tflite, images, methods, int8, correct_bias, stage)
     best = choice.best
+    dead = repaired.get(best.ranges, 0)
+    if dead:
+        log.info("quantizer fix-up: %d zero-weight channels given a scale that holds their bias", dead)
     model = with_uint8_input(best.model) if input_type == "uint8" else best.model
     details = {
         "backend": "onnx2tf flatbuffer_direct + ai-edge-quantizer (no TensorFlow)",
         **choice.report(log),
         "maxpool_padding": f"{padv2} PADV2(-inf) -> PAD(0) on non-negative inputs" if padv2 else "none rewritten",
+        "zero_weight_channels_fixed": dead,
         "input": ("uint8 pixels (normalisation folded into the model)" if input_type == "uint8"
                   else "int8 pixels: scale 1, zero point -128 (normalisation folded into the model)"),
         "output": "int8",

@@ -24,6 +24,16 @@ from edge_resnet.preprocess import PreprocessSpec
 
 PIXEL_INPUT = "pixels"
 _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE}
+NAME_CHARS = 60  # a tensor or node name in a log line or error: exporters write names of 200+ characters
+
+
+def shorten(name: str, limit: int = NAME_CHARS) -> str:
+    """`name` quoted, with its middle elided past `limit` characters: the start (the layer) and the end
+    (what it computes) say which tensor it is; a fused TensorFlow name repeats everything in between."""
+    if len(name) <= limit:
+        return repr(name)
+    head = (limit - 3) // 2
+    return repr(name[:head] + "..." + name[len(name) - (limit - 3 - head) :])
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnx_model import shorten
+
 log = logging.getLogger(__name__)
 
 BLOCK = 2
@@ -63,7 +65,7 @@ def _find_stem(g: onnx.GraphProto, input_name: str) -> tuple[int | None, str]:
     for _ in range(8):
         users = [i for i, n in enumerate(g.node) if tensor in n.input]
         if len(users) != 1:
-            return None, f"input {tensor!r} feeds {len(users)} ops, not one stem convolution"
+            return None, f"input {shorten(tensor)} feeds {len(users)} ops, not one stem convolution"
         node = g.node[users[0]]
         if node.op_type == "Conv" and node.input[0] == tensor:
             return users[0], " -> ".join([*path, "Conv"])
@@ -98,10 +100,10 @@ def rewrite(model: onnx.ModelProto, input_name: str, hw: tuple[int, int], layout
     a = _attrs(conv)
     inits = {t.name: t for t in g.initializer}
     if conv.input[1] not in inits:
-        return skip(f"stem Conv {conv.name!r} weights are not an initializer")
+        return skip(f"stem Conv {shorten(conv.name)} weights are not an initializer")
     w = numpy_helper.to_array(inits[conv.input[1]])
     if w.ndim != 4:
-        return skip(f"stem Conv {conv.name!r} is not 2-D")
+        return skip(f"stem Conv {shorten(conv.name)} is not 2-D")
     cout, cin, kh, kw = (int(d) for d in w.shape)
     k = kh
     strides = list(a.get("strides", [1, 1]))
@@ -122,7 +124,7 @@ def rewrite(model: onnx.ModelProto, input_name: str, hw: tuple[int, int], layout
     ]
     for ok, why in checks:
         if not ok:
-            return skip(f"stem Conv {conv.name!r}: {why}")
+            return skip(f"stem Conv {shorten(conv.name)}: {why}")
 
     kk = (k + 1) // 2
     top, left, bottom, right = (int(p) for p in pads)
