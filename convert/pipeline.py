@@ -13,7 +13,7 @@ from typing import Any
 
 from edge_resnet.bundle import BundleMeta, OutputKind, write_bundle
 from edge_resnet.classify import read_labels, resolve_labels
-from edge_resnet.errors import InputError
+from edge_resnet.errors import ConfigError, InputError, VerificationError
 from edge_resnet.preprocess import PreprocessSpec
 
 from . import calibration, edgetpu, onnx_model, tflite_io, verify
@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 DEFAULT_CALIB_COUNT = 200
 DEFAULT_EVAL_LIMIT = 1000
 MIN_HELD_OUT = 20  # fewer held-out images measure agreement in 5-point steps: not worth a report
+UNVERIFIED = (
+    "converted with --no-eval: no evaluation set, so nothing measured how far this INT8 model departs from "
+    "FP32; convert again with --eval DIR before deploying it"
+)
 
 
 @dataclass
@@ -46,7 +50,10 @@ class ConvertJob:
     eval_dir: Path | None = None
     eval_split: Split = "auto"
     eval_limit: int = DEFAULT_EVAL_LIMIT
-    max_top1_drop: float | None = 1.0
+    max_top1_drop: float | None = 1.0  # points, with ground truth; None: not gated
+    min_agreement: float | None = verify.DEFAULT_MIN_AGREEMENT  # percent, without ground truth; None: not gated
+    no_eval: bool = False  # no evaluation set on purpose: the model is written as <name>_int8.unverified.tflite
+    keep_float: bool = False  # keep the FP32 TFLite reference as <name>_float32.tflite
     range_method: RangeMethod = "auto"
     backend: Backend = "auto"  # convert/backends.py: litert (no TensorFlow) wherever installed, else tf
     input_type: InputType = "auto"  # pixel input: litert int8 unless uint8 is asked for; tf always uint8
@@ -60,11 +67,12 @@ class ConvertJob:
 
 @dataclass
 class ConvertResult:
-    bundle: Path
-    float_model: Path
+    bundle: Path  # <name>_int8.tflite, or <name>_int8.unverified.tflite with --no-eval
+    float_model: Path | None  # <name>_float32.tflite with keep_float, else not kept
     report_json: Path
     report_md: Path
     report: dict[str, Any]
+    verified: bool
 
 
 def _versions() -> dict[str, str]:
@@ -104,10 +112,12 @@ def run(job: ConvertJob) -> ConvertResult:
     labels_by_slot, offset = resolve_labels(labels, info.num_classes, job.label_offset, str(job.labels))
     output_kind = job.output_kind or _guess_output_kind(model)
 
-    plan = plan_evaluation(job)
-    # said once, before the long work: what the fidelity report will be measured on
-    (log.info if plan.items else log.warning)("evaluation: %s", plan.note)
+    stem = job.onnx.stem
+    plan = plan_or_no_eval(job)
+    if plan.items or job.no_eval:  # said once, before the long work: what the report will be measured on
+        (log.info if plan.items else log.warning)("evaluation: %s", plan.note)
     calib = calibration.load(plan.calib_pool, job.calib_count, info.hw, job.preprocess, seed=job.seed)
+    require_evaluation(job, plan)  # after the calibration images' own errors, before the conversion
     log.info(
         "calibration: %d images from %d classes (%d found, %d unreadable)",
         len(calib.images), calib.classes, calib.found, len(calib.corrupt),
@@ -122,7 +132,8 @@ def run(job: ConvertJob) -> ConvertResult:
         )
     classes = info.num_classes - offset
     if any(i.class_index is not None and i.class_index >= classes for i in eval_items):
-        log.warning("labels.json class indices exceed the model's %d classes; reporting agreement only", classes)
+        log.warning("labels.json class indices exceed the model's %d classes; reporting and gating on top-1 "
+                    "agreement with FP32 only (--min-agreement)", classes)
         eval_items = [calibration.Item(i.path, i.group) for i in eval_items]
 
     if job.stem_rewrite:
@@ -136,8 +147,8 @@ def run(job: ConvertJob) -> ConvertResult:
     if isinstance(traced, onnx_model.Embedding):
         emb: onnx_model.Embedding | None = traced
         prepared = onnx_model.with_embedding_output(prepared, traced)
-        log.info("embedding: %d values from %r (in front of the %s classifier)", traced.size, traced.name,
-                 traced.classifier)
+        log.info("embedding: %d values from %s (in front of the %s classifier)", traced.size,
+                 onnx_model.shorten(traced.name), traced.classifier)
     else:
         emb = None
         log.warning("the bundle will have no embedding output: %s", traced)
@@ -151,7 +162,6 @@ def run(job: ConvertJob) -> ConvertResult:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
-    stem = job.onnx.stem
     job.out.mkdir(parents=True, exist_ok=True)
     source = {
         "onnx": job.onnx.name,
@@ -191,23 +201,23 @@ def run(job: ConvertJob) -> ConvertResult:
     )
     final = job.out / f"{stem}_int8.tflite"
     rejected = job.out / f"{stem}_int8.rejected.tflite"
+    unverified = job.out / f"{stem}_int8.unverified.tflite"
     float_final = job.out / f"{stem}_float32.tflite"
-    # unverified models live under hidden names that do not end in .tflite until the gate passes;
+    # models live under hidden names that do not end in .tflite until the gate has judged them;
     # an interrupt or error removes them, so nothing that looks deployable is left behind
     bundle = job.out / f".{stem}_int8.tflite.unverified"
     float_model = job.out / f".{stem}_float32.tflite.unverified"
     try:
         write_bundle(q.int8_tflite, meta, bundle)
-        fmeta = BundleMeta(
-            preprocess=meta.preprocess, labels=meta.labels, label_offset=offset, output_kind=output_kind,
-            source={**source, "quantization": {"method": "none (float32 reference)"}},
-            embedding=emb_float,
-        )
-        write_bundle(q.float_tflite, fmeta, float_model)
+        if eval_items or job.keep_float:  # the evaluation compares with it
+            fmeta = BundleMeta(
+                preprocess=meta.preprocess, labels=meta.labels, label_offset=offset, output_kind=output_kind,
+                source={**source, "quantization": {"method": "none (float32 reference)"}},
+                embedding=emb_float,
+            )
+            write_bundle(q.float_tflite, fmeta, float_model)
 
-        ref = verify.OnnxReference(job.onnx, info, job.preprocess)
         extra: dict[str, Any] = {
-            "model": final.name,
             "source": source,
             "evaluation_set": eval_note,
             "sizes_bytes": {
@@ -218,33 +228,36 @@ def run(job: ConvertJob) -> ConvertResult:
             "embedding": _embedding_report(emb, traced, emb_int8, q.details),
         }
         if eval_items:
-            report = verify.evaluate(bundle, float_model, ref, eval_items, offset, job.max_top1_drop, extra)
-        else:
-            report = verify.Report(extra)
-        passed = verify.passes(report)
-        report.data["gate"] = {**report.data.get("gate", {}), "passed": passed}
-        if not passed:
-            report.data["model"] = rejected.name
+            ref = verify.OnnxReference(job.onnx, info, job.preprocess)
+            gate = verify.Gate(job.max_top1_drop, job.min_agreement)
+            report = verify.evaluate(bundle, float_model, ref, eval_items, offset, gate, extra)
+            target = final if verify.passes(report) else rejected
+        else:  # --no-eval (require_evaluation refused a missing evaluation set otherwise)
+            report = verify.Report({**extra, "gate": verify.unverified_gate("no evaluation set; --no-eval"),
+                                    "unverified": UNVERIFIED})
+            target = unverified
+        report.data["model"] = target.name
         json_path = job.out / f"{stem}_int8.report.json"
         md_path = job.out / f"{stem}_int8.report.md"
         report.data["wall_time_s"] = round(time.perf_counter() - t_start, 1)
         report.write(json_path, md_path)
-        os.replace(float_model, float_final)
-        if not passed:
-            os.replace(bundle, rejected)
-            if final.exists():
-                log.warning("%s is from an earlier conversion, not the one this report describes", final)
+        if job.keep_float:
+            os.replace(float_model, float_final)
+        os.replace(bundle, target)
+        if target != final and final.exists():
+            log.warning("%s is from an earlier conversion, not the one this report describes", final)
+        if target == rejected:
             verify.check(report, rejected, md_path)
-        os.replace(bundle, final)
     finally:
         bundle.unlink(missing_ok=True)
         float_model.unlink(missing_ok=True)
     if job.edgetpu:
-        report.data["edgetpu"] = edgetpu.compile_report(final, q.int8_tflite)
+        report.data["edgetpu"] = edgetpu.compile_report(target, q.int8_tflite)
         report.data["wall_time_s"] = round(time.perf_counter() - t_start, 1)
         report.write(json_path, md_path)
         edgetpu.require_compiled(report.data["edgetpu"])
-    return ConvertResult(final, float_final, json_path, md_path, report.data)
+    return ConvertResult(target, float_final if job.keep_float else None, json_path, md_path, report.data,
+                         verified=target == final)
 
 
 def _embedding_meta(emb: onnx_model.Embedding | None, flatbuffer: bytes) -> dict[str, Any] | None:
@@ -264,7 +277,7 @@ def _embedding_report(
 ) -> dict[str, Any]:
     """The report's `embedding` entry before evaluation adds its SQNR: where it is, or why there is none."""
     if emb is None or meta is None:
-        return {"output": None, "reason": traced if isinstance(traced, str) else "the converted model lost it"}
+        return {"reason": traced if isinstance(traced, str) else "the converted model lost it"}  # no output: no key
     out = {**meta, "classifier": emb.classifier}
     if "embedding_calib_sqnr_db" in details:
         out["calib_sqnr_db"] = details["embedding_calib_sqnr_db"]
@@ -280,6 +293,28 @@ class EvaluationPlan:
     items: list[calibration.Item]
     note: str
     calib_split: Split
+
+
+def plan_or_no_eval(job: ConvertJob) -> EvaluationPlan:
+    """The evaluation plan; with --no-eval the same calibration and nothing to evaluate."""
+    if job.no_eval and job.eval_dir is not None:
+        raise ConfigError("--no-eval and --eval contradict each other: drop --no-eval to verify on --eval DIR")
+    plan = plan_evaluation(job)
+    if not job.no_eval:
+        return plan
+    note = f"none (--no-eval): the model is written unverified, as {job.onnx.stem}_int8.unverified.tflite"
+    return EvaluationPlan(plan.calib_pool, [], note, plan.calib_split)
+
+
+def require_evaluation(job: ConvertJob, plan: EvaluationPlan) -> None:
+    """No evaluation set fails the job (exit 8) unless the user said --no-eval: nothing unverified is
+    written under a name that looks deployable."""
+    if plan.items or job.no_eval:
+        return
+    raise VerificationError(
+        f"no evaluation set to verify the INT8 model on: {plan.note.removeprefix('none: ')}; pass --eval DIR "
+        f"(ground truth not needed), or --no-eval to write it unverified as {job.onnx.stem}_int8.unverified.tflite"
+    )
 
 
 def plan_evaluation(job: ConvertJob) -> EvaluationPlan:
@@ -307,7 +342,7 @@ def plan_evaluation(job: ConvertJob) -> EvaluationPlan:
     if len(tail) < MIN_HELD_OUT:
         return EvaluationPlan(pool, [], (
             f"none: {job.calib} has {len(pool)} images and calibration takes up to {job.calib_count}, leaving "
-            f"{len(tail)} (fewer than {MIN_HELD_OUT}); pass --eval DIR for a fidelity report"), calib_split)
+            f"{len(tail)} (fewer than {MIN_HELD_OUT})"), calib_split)
     held = tail[: job.eval_limit]
     return EvaluationPlan(head, held, (
         f"{len(held)} held-out images of {job.calib} (those beyond the {len(head)} calibration images; "

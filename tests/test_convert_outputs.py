@@ -1,4 +1,5 @@
-"""Issue 14: what `edge-resnet convert` leaves on disk and prints, run as a user runs it.
+"""Issue 14: what `edge-resnet convert` leaves on disk and prints, run as a user runs it (issue 22: a
+folder too small to hold images out needs --no-eval, and the FP32 model is not left behind).
 
 - the evaluation set is decided and said once before the long work, and broken files never change it;
 - the model appears under its deployable name only after verification, with the umask's mode; a gate
@@ -97,33 +98,38 @@ def test_evaluation_plan_ignores_unreadable_files(work: Path, samples_dir: Path)
 
 
 def test_broken_calibration_images_without_eval(work: Path, samples_dir: Path, tiny_onnx: Path) -> None:
-    """Case 1 as written: --calib with a text file named broken.jpg and a truncated JPEG, no --eval.
-    The plan is said once before the work, the conversion succeeds, and no evaluation is pretended."""
+    """Case 1 as written: --calib with a text file named broken.jpg and a truncated JPEG, no --eval, and
+    --no-eval (60 images leave none to evaluate on). The plan is said once before the work, the conversion
+    succeeds, and no evaluation is pretended: the model is named unverified."""
     calib = _folder(work, samples_dir, "calib60", 60, broken=True)
     out = work / "out60"
-    proc = run_cli("convert", str(tiny_onnx), "--calib", str(calib), "--out", str(out))
+    proc = run_cli("convert", str(tiny_onnx), "--calib", str(calib), "--out", str(out), "--no-eval")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     said = [i for i, ln in enumerate(lines) if "edge_resnet.convert.pipeline: evaluation:" in ln]
-    assert len(said) == 1 and "none" in lines[said[0]] and "--eval" in lines[said[0]], proc.stderr
+    assert len(said) == 1 and "none (--no-eval)" in lines[said[0]], proc.stderr
     first_stage = next(i for i, ln in enumerate(lines) if "onnx2tf float model" in ln)
     assert said[0] < first_stage
     assert "skipped 2 unreadable" in proc.stderr and "edge-resnet: error" not in proc.stderr
     assert all(re.match(r"^(INFO|WARNING) (convert|edge_resnet)[\w.]*: ", ln) for ln in lines), proc.stderr
     rep = json.loads((out / "tiny_int8.report.json").read_text())
     assert "evaluation" not in rep and rep["source"]["calibration"]["unreadable_skipped"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["tiny_int8.report.json", "tiny_int8.report.md",
+                                                     "tiny_int8.unverified.tflite"]  # fmt: skip
 
 
 def test_held_out_evaluation_and_a_passing_model_under_umask_022(
     work: Path, samples_dir: Path, tiny_onnx: Path
 ) -> None:
-    """300 photos + 2 broken files, no --eval: the 102 files beyond calibration evaluate (2 skipped);
-    the passing model is `<name>_int8.tflite`, mode 0644 under umask 022, nothing hidden left over."""
+    """300 photos + 2 broken files, no --eval: the 102 files beyond calibration evaluate (2 skipped), with
+    no ground truth, so the agreement gate judges; the passing model is `<name>_int8.tflite`, mode 0644
+    under umask 022, beside its report and nothing else (no FP32 model, nothing hidden)."""
     calib = _folder(work, samples_dir, "calib300", 300, broken=True)
     out = work / "out300"
     old = os.umask(0o022)  # the child inherits it
     try:
-        proc = run_cli("convert", str(tiny_onnx), "--calib", str(calib), "--out", str(out))
+        # random weights give near-tied scores: INT8 agrees with FP32 on 94 of these 100 (a real model: ~98 %)
+        proc = run_cli("convert", str(tiny_onnx), "--calib", str(calib), "--out", str(out), "--min-agreement", "90")
     finally:
         os.umask(old)
     assert proc.returncode == 0, proc.stderr
@@ -131,7 +137,8 @@ def test_held_out_evaluation_and_a_passing_model_under_umask_022(
     rep = json.loads((out / "tiny_int8.report.json").read_text())
     assert (rep["evaluation"]["images"], rep["evaluation"]["unreadable_skipped"]) == (100, 2)
     assert rep["gate"]["passed"] is True and rep["model"] == "tiny_int8.tflite"
-    assert _deployable(out) == ["tiny_int8.tflite"] and _hidden(out) == []
+    assert rep["gate"]["min_agreement_pct"] == 90.0 and rep["gate"]["top1_agreement_pct"] >= 90.0
+    assert sorted(p.name for p in out.iterdir()) == ["tiny_int8.report.json", "tiny_int8.report.md", "tiny_int8.tflite"]
     for f in out.iterdir():
         assert f.stat().st_mode & 0o777 == 0o644, f
 
@@ -204,7 +211,7 @@ def test_ctrl_c_during_evaluation_leaves_nothing_deployable(
 def test_verbose_shows_what_tensorflow_prints(work: Path, samples_dir: Path, tiny_onnx: Path) -> None:
     """Case 4: the third-party output silenced by default is all there with -v (here after the sub-command)."""
     calib = _folder(work, samples_dir, "calib_verbose", 40, broken=False)
-    proc = run_cli("convert", str(tiny_onnx), "--calib", str(calib), "--out", str(work / "out_v"), "-v")
+    proc = run_cli("convert", str(tiny_onnx), "--calib", str(calib), "--out", str(work / "out_v"), "--no-eval", "-v")
     assert proc.returncode == 0, proc.stderr[-3000:]
     theirs = [ln for ln in proc.stderr.splitlines() if not re.match(r"^(DEBUG|INFO|WARNING) (convert|edge_resnet)", ln)]
     assert len(theirs) > 20, proc.stderr[-3000:]

@@ -190,11 +190,33 @@ def test_sqnr_db() -> None:
 
 
 def test_top1_gate() -> None:
-    rep = verify.Report({"evaluation": {"top1_drop_pts": 1.5}, "gate": {"max_top1_drop_pts": 1.0}})
-    with pytest.raises(VerificationError, match=r"dropped 1\.50 points"):
+    gate = verify.Gate(max_top1_drop=1.0, min_agreement=97.0)
+    ev = {"images": 100, "top1_agreement_pct": 99.0}
+    rep = verify.Report({"evaluation": ev, "gate": gate.judge({**ev, "top1_drop_pts": 1.5})})
+    with pytest.raises(VerificationError, match=r"dropped 1\.50 points \(limit 1\.00\)"):
         verify.check(rep)
-    verify.check(verify.Report({"evaluation": {"top1_drop_pts": 0.5}, "gate": {"max_top1_drop_pts": 1.0}}))
-    verify.check(verify.Report({"evaluation": {}, "gate": {"max_top1_drop_pts": 1.0}}))  # no labels: no gate
+    verify.check(verify.Report({"gate": gate.judge({**ev, "top1_drop_pts": 0.5})}))
+    # ground truth decides, whatever the agreement
+    assert gate.judge({"top1_agreement_pct": 50.0, "top1_drop_pts": 0.5})["passed"] is True
+
+
+def test_agreement_gate_without_ground_truth() -> None:
+    """No labels: the gate is INT8's top-1 agreement with FP32, not nothing (issue 22)."""
+    gate = verify.Gate(max_top1_drop=1.0, min_agreement=97.0)
+    ev = {"images": 100, "top1_agreement_pct": 94.0}
+    judged = gate.judge(ev)
+    assert judged == {"rule": "top-1 agreement with FP32 (no ground truth)", "top1_agreement_pct": 94.0,
+                      "min_agreement_pct": 97.0, "passed": False}  # fmt: skip
+    with pytest.raises(VerificationError, match=r"agreement with FP32 is 94\.00 % on 100 images .*--min-agreement"):
+        verify.check(verify.Report({"evaluation": ev, "gate": judged}))
+    assert gate.judge({"top1_agreement_pct": 97.0})["passed"] is True
+    off = verify.Gate(max_top1_drop=None, min_agreement=None)
+    assert off.judge(ev)["passed"] is True and None not in off.judge(ev).values()
+    from edge_resnet.commands.convert import DEFAULT_MIN_AGREEMENT  # the CLI's copy (it loads without the extra)
+
+    assert DEFAULT_MIN_AGREEMENT == verify.DEFAULT_MIN_AGREEMENT == verify.Gate().min_agreement
+    # no evaluation at all (--no-eval) is never a pass
+    assert not verify.passes(verify.Report({"gate": verify.unverified_gate("no evaluation set; --no-eval")}))
 
 
 # --- Edge TPU log parsing, offline guard ----------------------------------------------------------

@@ -1,19 +1,24 @@
 """`edge-resnet convert`: ONNX classifier -> verified full-INT8 TFLite bundle + report.
 
-Light on purpose: the heavy `convert` package (onnx2tf, ai-edge-quantizer or TensorFlow) is imported inside run(), so
-a device without the extra still gets `--help` and a one-line install hint.
+Light on purpose: the heavy `convert` package (onnx2tf, ai-edge-quantizer or TensorFlow) and OpenCV are
+imported inside run(), so a device without the extra, or a system where OpenCV cannot load, still gets
+`--help` and a one-line hint naming the fix.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DependencyError, ExitCode
-from ..preprocess import INTERPOLATIONS, PRESETS, PreprocessSpec
+from ..errors import ConfigError, DependencyError, EdgeResnetError, ExitCode, InputError, ModelError
+from ..prepspec import INTERPOLATIONS, PRESETS, PreprocessSpec
 from .modelargs import rgb_triple
+
+DEFAULT_MIN_AGREEMENT = 97.0  # = convert.verify.DEFAULT_MIN_AGREEMENT (not imported: the extra may be absent)
 
 DESCRIPTION = """\
 Convert an ONNX image classifier to a full-INT8 TFLite bundle (uint8 or int8 pixel input with the
@@ -24,6 +29,12 @@ Split rule: a folder with a labels.json (list of {file, class_index, ...}) is sp
 entries at positions divisible by 5 are the calibration part, the rest the evaluation part. With
 --calib and --eval naming the same such folder, the split is applied automatically (auto);
 --calib-split/--eval-split all|calib|eval override it.
+
+Gate (exit 8, the model kept as <name>_int8.rejected.tflite beside the report): with ground truth, INT8
+top-1 may drop at most --max-top1-drop points; without it, INT8 must agree with FP32's top-1 on at
+least --min-agreement % of the evaluation images. No evaluation set (no --eval, and the calibration
+folder has no 20 images to spare) fails too, before any work, unless --no-eval says to write the model
+unverified, as <name>_int8.unverified.tflite.
 """
 
 
@@ -59,7 +70,18 @@ def register(sub: Any, name: str, helptext: str) -> None:
     p.add_argument("--eval-limit", type=int, default=1000, metavar="N", help="evaluate at most N images")
     p.add_argument(
         "--max-top1-drop", type=float, default=1.0, metavar="PTS",
-        help="fail (exit 8) when INT8 top-1 drops more than PTS points vs FP32 (default 1.0)",
+        help="with ground truth: fail (exit 8) when INT8 top-1 drops more than PTS points vs FP32 (default 1.0)",
+    )
+    p.add_argument(
+        "--min-agreement", type=percent, default=DEFAULT_MIN_AGREEMENT, metavar="PCT",
+        help="without ground truth: fail (exit 8) when INT8's top-1 agrees with FP32's on fewer than PCT %% of "
+        "the evaluation images (default 97.0: MobileNet v2 reaches 98.6 %% on 800 images, generated ResNets "
+        "~98 %%; 97 allows a few flips per 100 images, a broken conversion agrees far less)",
+    )
+    p.add_argument(
+        "--no-eval", action="store_true",
+        help="no evaluation set on purpose: skip verification and write <name>_int8.unverified.tflite "
+        "(without it, a conversion with nothing to evaluate on fails with exit 8)",
     )
     p.add_argument(
         "--ranges", choices=["auto", "mse", "minmax"], default="auto",
@@ -86,8 +108,24 @@ def register(sub: Any, name: str, helptext: str) -> None:
     )
     p.add_argument("--edgetpu", action="store_true", help="also compile for the Coral Edge TPU")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    p.add_argument(
+        "--keep-float", action="store_true",
+        help="also keep the FP32 TFLite model as <name>_float32.tflite: a reference to compare the INT8 "
+        "model's outputs with (4x its size, not meant for the device); not kept by default",
+    )
     p.add_argument("--keep-workdir", action="store_true", help="keep onnx2tf's working folder (debugging)")
     p.set_defaults(func=run)
+
+
+def percent(text: str) -> float:
+    """An argparse type: a number from 0 to 100."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a percentage from 0 to 100")
+    return value
 
 
 def spec_from_args(args: argparse.Namespace) -> PreprocessSpec:
@@ -109,8 +147,10 @@ def run(args: argparse.Namespace) -> int:
         from edge_resnet.convert.backends import choose
         from edge_resnet.convert.pipeline import ConvertJob
         from edge_resnet.convert.pipeline import run as convert_run
-    except ImportError:
-        raise DependencyError('conversion needs the convert extra: pip install "edge-resnet[convert]"') from None
+    except ImportError as e:
+        raise import_failure(e) from None
+    if not args.model.exists():
+        zoo_hint(args.model)
     choose(args.backend)  # a path that is not installed fails here, before images are loaded
     job = ConvertJob(
         onnx=args.model,
@@ -125,6 +165,9 @@ def run(args: argparse.Namespace) -> int:
         eval_split=args.eval_split,
         eval_limit=args.eval_limit,
         max_top1_drop=args.max_top1_drop,
+        min_agreement=args.min_agreement,
+        no_eval=args.no_eval,
+        keep_float=args.keep_float,
         range_method=args.ranges,
         backend=args.backend,
         input_type=args.input_type,
@@ -134,10 +177,69 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         keep_workdir=args.keep_workdir,
     )
-    result = convert_run(job)
-    ev = result.report.get("evaluation", {})
+    try:
+        result = convert_run(job)
+    except ImportError as e:  # onnx2tf and TensorFlow load late, with their own shared libraries
+        if not _missing_library(e):
+            raise
+        raise import_failure(e) from None
+    rep = result.report
     print(f"model:  {result.bundle}")
+    if not result.verified:
+        print(f"unverified: {rep.get('unverified', rep.get('gate', {}).get('rule', 'not verified'))}")
     print(f"report: {result.report_md}")
-    print(json.dumps({"evaluation": ev, "float_tflite_vs_onnx_max_abs_diff":
-                      result.report.get("float_tflite_vs_onnx_max_abs_diff")}, sort_keys=True))
+    if result.float_model is not None:
+        print(f"float:  {result.float_model} (FP32 reference kept by --keep-float, to compare outputs with; "
+              "not for the device)")
+    summary = {k: rep[k] for k in ("evaluation", "float_tflite_vs_onnx_max_abs_diff", "gate") if k in rep}
+    print(json.dumps(summary, sort_keys=True))
     return int(ExitCode.OK)
+
+
+def zoo_hint(model: Path) -> None:
+    """A missing MODEL that is a model-zoo name (`resnet50-v1`) is an `edge-resnet fetch` away: say so, and
+    where fetch saves it (the current folder); any other missing path is left to the loader's message."""
+    from edge_resnet.convert.fetch import canonical
+
+    if model.parent != Path("."):
+        return
+    try:
+        stem = canonical(model.name)
+    except InputError:
+        return
+    saved = Path(f"{stem}.onnx")
+    if saved.is_file():
+        raise ModelError(f"ONNX model {model} not found: {model.name} is a model-zoo name, fetched already into this "
+                         f"folder as {saved}; convert that file")
+    raise ModelError(f"ONNX model {model} not found: {model.name} is a model-zoo name; `edge-resnet fetch "
+                     f"{stem.removesuffix('-7')}` saves it in the current folder as {saved}; convert that file")
+
+
+_SHARED_LIBRARY = re.compile(r"\b(lib[\w.+-]*\.so(?:\.\d+)*)")
+
+
+def _missing_library(e: ImportError) -> str | None:
+    """The shared library an ImportError says the dynamic loader could not find, if that is what it says."""
+    m = _SHARED_LIBRARY.search(str(e))
+    return m.group(1) if m and "cannot open shared object file" in str(e) else None
+
+
+def import_failure(e: ImportError) -> EdgeResnetError:
+    """One line for a converter import that failed: a missing system library (onnx2tf pins the GUI build
+    of OpenCV, whose cv2 needs libxcb, absent on minimal systems) or the convert extra not installed."""
+    lib = _missing_library(e)
+    if lib is None:
+        return DependencyError('conversion needs the convert extra: pip install "edge-resnet[convert]"')
+    module = (e.name or "").split(".")[0]
+    if module == "cv2" or "xcb" in lib or "libGL" in lib:
+        try:
+            pin = f"=={version('opencv-python')}"  # the GUI build's version: the headless one of it fits
+        except PackageNotFoundError:
+            pin = ""
+        return DependencyError(
+            f"OpenCV cannot load: {lib} is missing (onnx2tf installs the GUI build of OpenCV, which needs it); "
+            "put the headless build back over it: "
+            f'pip install --force-reinstall --no-deps "opencv-python-headless{pin}"'
+        )
+    return DependencyError(f"{module or 'a converter package'} cannot load: {lib} is missing; install the system "
+                           "package that provides it")
