@@ -1,6 +1,6 @@
-"""The fleet agent on the device: its own MQTT client (`<device>-fleet`, the `[mqtt]` broker,
-credentials and TLS) subscribed to `<prefix>/<device>/model/install` and to each of its groups'
-`<prefix>/group/<group>/model/install`.
+"""The fleet agent on the device: its own MQTT client (`<device>-fleet`, the `[mqtt]` brokers in the
+sink's failover order and backoff, credentials and TLS) subscribed to `<prefix>/<device>/model/install`
+and to each of its groups' `<prefix>/group/<group>/model/install`.
 
 paho's network thread only hands messages over (a bounded inbox). The agent thread applies the
 rules (job.decide) and answers at once (queued, rejected, or the status a known job has); the
@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import queue
-import ssl
 import threading
 import time
 from pathlib import Path
@@ -29,9 +28,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from .. import __version__
-from ..errors import ConfigError
 from ..sinkconfig import MqttConfig
-from ..sinks.mqtt.tls import tls_problem
+from ..sinks.mqtt.failover import Broker, Brokers
+from ..sinks.mqtt.tls import client_context, tls_problem
 from .fleetconfig import FleetConfig
 from .health import Rules
 from .install import Effects, Installer
@@ -66,7 +65,10 @@ class FleetAgent:
         self.effects = effects
         self.topics = topics(cfg, mqtt_cfg.topic_prefix, device_id)
         self.install_topics = [t for k, t in self.topics.items() if k == "install" or k.startswith("group:")]
-        self.host, self.port, self.tls = mqtt_cfg.endpoint()
+        endpoints = mqtt_cfg.endpoints()
+        self.tls = endpoints[0][2]
+        self._brokers = Brokers([Broker(h, p) for h, p, _ in endpoints])
+        self._delay = 0.0  # before the next connection attempt (failover.Brokers' backoff)
         self._stop = threading.Event()
         self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue(maxsize=INBOX_MAX)
         self._jobs: queue.Queue[str] = queue.Queue(maxsize=JOBS_MAX)
@@ -82,41 +84,56 @@ class FleetAgent:
     def _make_client(self) -> mqtt.Client:
         cfg = self.mqtt_cfg
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{self.device_id}-fleet", protocol=mqtt.MQTTv5)
-        c.reconnect_delay_set(min_delay=1, max_delay=5)
+        c.reconnect_delay_set(min_delay=0, max_delay=0)  # the backoff is Brokers', waited in on_pre_connect
         c.connect_timeout = 5.0
         if cfg.username is not None:
             c.username_pw_set(cfg.username, os.environ.get(cfg.password_env))
         if self.tls:
-            try:
-                c.tls_set(ca_certs=cfg.ca_file, cert_reqs=ssl.CERT_REQUIRED)
-            except (OSError, ssl.SSLError, ValueError) as e:
-                raise ConfigError(
-                    f"[mqtt] ca_file: {cfg.ca_file} cannot be used ({e}); give a PEM CA certificate"
-                ) from None
+            c.tls_set_context(client_context(cfg.ca_file, cfg.cert_file, cfg.key_file))  # ConfigError: key + fix
+        c.on_pre_connect = self._on_pre_connect
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         return c
 
+    @property
+    def broker(self) -> Broker:
+        return self._brokers.current
+
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        """Before each attempt: wait the backoff, then point paho at the broker to try (as the sink does:
+        paho reads _host/_port right after this, and its setters refuse during a connection attempt)."""
+        if self._delay > 0:
+            self._stop.wait(self._delay)
+        b = self._brokers.current
+        client._host, client._port = b.host, b.port
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         if rc.is_failure:
-            log.error("fleet: %s:%d refused the connection: %s; check [mqtt] username and %s", self.host, self.port,
+            log.error("fleet: %s:%d refused the connection: %s; check [mqtt] username and %s", *self.broker,
                       rc.getName(), self.mqtt_cfg.password_env)  # fmt: skip
+            self._delay = self._brokers.failed()
             return
+        self._brokers.connected()
         client.subscribe([(t, 1) for t in self.install_topics])
         log.info("fleet: listening for install commands on %s", ", ".join(self.install_topics))
         self._connected.set()
         self._announce.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        if self._connected.is_set() or not self._announce.is_set():
-            problem = tls_problem(self.host, self.port, self.mqtt_cfg.ca_file) if self.tls else None
-            log.warning("fleet: cannot reach broker %s:%d%s; retrying", self.host, self.port,
-                        f" ({problem})" if problem else "")  # fmt: skip
+        host, port = self.broker
+        if self._brokers.failures == 0:  # once per outage, not per retry
+            cfg = self.mqtt_cfg
+            problem = tls_problem(host, port, cfg.ca_file, cert_file=cfg.cert_file, key_file=cfg.key_file) \
+                if self.tls else None  # fmt: skip
+            log.warning("fleet: cannot reach broker %s:%d%s; retrying", host, port, f" ({problem})" if problem else "")
+        self._delay = self._brokers.failed()
         self._connected.clear()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if self._connected.is_set():
+            self._delay = self._brokers.lost()
         self._connected.clear()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -136,7 +153,7 @@ class FleetAgent:
         self._tidy_downloads()
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
-        self._client.connect_async(self.host, self.port, keepalive=self.mqtt_cfg.keepalive, clean_start=False,
+        self._client.connect_async(*self.broker, keepalive=self.mqtt_cfg.keepalive, clean_start=False,
                                    properties=props)  # fmt: skip
         self._client.loop_start()
         self._threads = [

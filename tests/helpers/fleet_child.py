@@ -46,8 +46,15 @@ class FleetChild:
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             cwd=REPO,
         )
-        for stream, sink in ((self.p.stdout, self.out), (self.p.stderr, self.err)):
-            threading.Thread(target=_pump, args=(stream, sink), daemon=True).start()
+        self._readers = [threading.Thread(target=_pump, args=(stream, sink), daemon=True)
+                         for stream, sink in ((self.p.stdout, self.out), (self.p.stderr, self.err))]  # fmt: skip
+        for t in self._readers:
+            t.start()
+
+    def drained(self, timeout: float = 5.0) -> None:
+        """After the child exited: every line it wrote has been read."""
+        for t in self._readers:
+            t.join(timeout)
 
     def tail(self, n: int = 30) -> str:
         return "\n".join(list(self.err)[-n:])
