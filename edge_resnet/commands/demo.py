@@ -13,6 +13,7 @@ e.g. with the repository's test data (MobileNet v2, converted on the spot):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
@@ -214,10 +215,10 @@ def convert_model(args: argparse.Namespace, work: Path, images_dir: Path) -> Pat
         labels = labels_for_1000(download(SYNSET_URL, work / "synset.txt"), work)
     out = work / "model"
     out.mkdir(exist_ok=True)
-    cached = out / f"{onnx.stem}_int8.tflite"
-    if cached.exists() and cached.stat().st_mtime >= onnx.stat().st_mtime:
-        log.info("using %s converted earlier (delete it to convert again)", cached)
-        return cached
+    for cached in (out / f"{onnx.stem}_int8.tflite", out / f"{onnx.stem}_int8.unverified.tflite"):
+        if cached.exists() and cached.stat().st_mtime >= onnx.stat().st_mtime:
+            log.info("using %s converted earlier (delete it to convert again)", cached)
+            return cached
     job = convert_pipeline.ConvertJob(
         onnx=onnx,
         calib=images_dir,
@@ -226,7 +227,10 @@ def convert_model(args: argparse.Namespace, work: Path, images_dir: Path) -> Pat
         labels=labels,
         eval_limit=200,  # a quick fidelity look; `edge-resnet convert` does the full evaluation
         max_top1_drop=None,  # a handful of demo photos cannot judge fidelity, so no gate here
+        min_agreement=None,
     )
+    if not convert_pipeline.plan_evaluation(job).items:  # too few photos to hold some out: say so in its name
+        job = dataclasses.replace(job, no_eval=True)
     log.info("converting %s to INT8 (this takes a few minutes the first time)", onnx.name)
     try:
         result = convert_pipeline.run(job)
