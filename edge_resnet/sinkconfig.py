@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from .configtools import check_range
@@ -36,6 +37,9 @@ class MqttConfig:
     heartbeat_s: float = 30.0
     queue_max: int = 10000
     client_id: str | None = None
+    # Home Assistant discovery: "device" is one message for the whole device (Home Assistant 2024.11+),
+    # "entity" one message per entity (older Home Assistant); switching cleans the other form's topics
+    discovery_form: Literal["device", "entity"] = "entity"
 
     def __post_init__(self) -> None:
         tls = {t for _, _, t in self.endpoints()}  # validates every URL

@@ -6,17 +6,22 @@ Topics under `<topic_prefix>/<device_id>/`:
   a clean stop leaves a last one with `"healthy": false, "reason": "stopped"` (before `offline`).
 - `events`: label changes, QoS 1, not retained, `seq` increasing across restarts; at least once, in order.
 - `availability`: `online` once per connect / `offline` at a clean stop, retained; the Last Will is `offline`.
-- `<discovery_prefix>/sensor/<device_id>/label/config`: Home Assistant discovery, retained; once the first
-  observation names the model (again after a model swap or a reconnect). The device is named by device_id.
+- Home Assistant discovery (`discovery`), retained: the label sensor and the label-change event of the
+  whole frame and of each [[region]], on one device named by device_id. `discovery_form = "device"`: one
+  `<discovery_prefix>/device/<device_id>/config` (Home Assistant 2024.11+); `"entity"` (the default):
+  `<discovery_prefix>/sensor/<device_id>/label/config`, `.../event/<device_id>/label_event/config`, ...
+  Published once the first observation names the model, again after a model swap, a new region or a
+  reconnect; the first time a run publishes, the other form's configs (an earlier run's, recorded in
+  state_dir/discovery.json) are migrated and cleared so Home Assistant shows each entity once.
 
 A broker that is away is never fatal: `healthy()` stays ok and its words say what the link is doing
 (a wrong host name as DNS, a broker that is down as connection refused); while the broker has never
 been reached the sink is degraded (/healthz: 200, first line "degraded: mqtt never connected"). The
 reconnect backoff is capped at 3-5 s (the cap is picked at random per process).
 
-Split by job: `payloads` (state, events, discovery documents), `tls` (TLS diagnosis, shared with
-doctor), `reach` (why a connection attempt failed), `eventqueue` (the SQLite store and forward queue),
-`client` (paho, callbacks, the sink thread).
+Split by job: `payloads` (state and event documents), `discovery` (Home Assistant's configs), `tls`
+(TLS diagnosis, shared with doctor), `reach` (why a connection attempt failed), `eventqueue` (the SQLite
+store and forward queue), `client` (paho, callbacks, the sink thread).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ stores events, sends them in order and publishes state (topics and payloads: see
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -26,9 +27,10 @@ from ...errors import ConfigError
 from ...observation import Observation, Status
 from ...sinkconfig import MqttConfig
 from ..base import SinkContext, StatusFn, degraded_words
+from . import discovery
 from .eventqueue import EventQueue
 from .failover import Broker, Brokers
-from .payloads import discovery_payload, event_body, state_payload
+from .payloads import event_body, state_payload
 from .reach import Unreachable, refused_words, subject, unreachable_words
 from .tls import client_context, tls_diagnosis
 
@@ -41,6 +43,10 @@ PAHO_QUEUE_MAX = 500  # paho's outgoing queue (unbounded by default); > EVENT_WI
 HEALTH_CHECK_S = 1.0  # how often the sink thread looks for a change of the pipeline's health
 CHANGES_MAX = 1000  # label changes waiting for the sink thread to write them to SQLite
 UNSTORED_MAX = 100  # events the degraded queue could not store, waiting to be sent live
+# the Home Assistant platforms whose topics the daemon serves today (label state and label-change events);
+# discovery.py can also describe image, select, button and update entities, announced once served
+SERVED_PLATFORMS = ("sensor", "event")
+DISCOVERY_FILE = "discovery.json"  # in state_dir: the form and topics announced, to clean them on a switch
 
 
 LOG_EVERY_S = 60.0  # a flapping broker gets one warning a minute, not one per flap (SD-card care)
@@ -136,7 +142,9 @@ class MqttSink:
         self._resend_barrier: set[int] = set()  # mids in flight at the last reconnect, not yet acknowledged
         self._barrier_since = 0.0
         self._previous_label: dict[str | None, str] = {}  # region (None: the whole frame) -> last label
-        self._discovered: dict[str | None, str] = {}  # region (None: the whole frame) -> model announced to HA
+        self._discovered: dict[str, str] = {}  # discovery topic -> payload announced since the last connect
+        self._discovery_file = Path(state_dir) / DISCOVERY_FILE
+        self._discovery_checked = False  # the other form's topics (an earlier run's) looked at
         self._thread: threading.Thread | None = None
         self._failed: str | None = None
         self._health_checked = 0.0
@@ -585,29 +593,94 @@ class MqttSink:
         """`<prefix>/<device_id>/<region>/<leaf>`: a region's own state and events."""
         return f"{self.cfg.topic_prefix}/{self.device_id}/{region}/{leaf}"
 
-    def region_discovery_topic(self, region: str) -> str:
-        return f"{self.cfg.discovery_prefix}/sensor/{self.device_id}/{region}_label/config"
-
     def events_topic_of(self, doc: dict[str, Any]) -> str:
         region = doc.get("region")
         return self.region_topic(str(region), "events") if region else self.events_topic
 
-    def _announce_discovery(self) -> None:
-        """Home Assistant's config for each sensor (the whole frame, each [[region]]) once its first
-        observation names its model, so HA gets one config with the right model rather than a placeholder
-        and then the real one; again when that model changes (a SIGHUP swap) and after a reconnect. Before
-        the first observation the sink cannot know the model, nor whether there are regions."""
+    def _discovery_messages(self, form: str) -> list[discovery.Message]:
+        """Home Assistant's configs (discovery.py) for what the observations so far name: the whole
+        frame's label sensor and label-change event once it has an observation, each [[region]]'s once
+        that region has one; only entities whose topics the daemon serves (SERVED_PLATFORMS). The
+        device's model is the whole frame's (else the first region's): none before the first observation."""
         with self._lock:
-            models: dict[str | None, str] = {name: obs.model for name, obs in self._regions.items()}
-            if self._latest is not None:
-                models[None] = self._latest.model
-        for region, model in models.items():
-            if self._discovered.get(region) == model:
-                continue
-            doc = discovery_payload(self.cfg, self.device_id, model, region)
-            topic = self.discovery_topic if region is None else self.region_discovery_topic(region)
-            self._client.publish(topic, json.dumps(doc), qos=1, retain=True)
-            self._discovered[region] = model
+            whole = self._latest.model if self._latest is not None else None
+            regions = tuple(sorted(self._regions))
+            model = whole or (self._regions[regions[0]].model if regions else None)
+        if model is None:
+            return []
+        a = discovery.Announce(
+            self.device_id, self.cfg.topic_prefix, self.cfg.discovery_prefix, model=model, fleet=False
+        )
+        parts = ([a] if whole else []) + ([dataclasses.replace(a, regions=regions)] if regions else [])
+        if form == "entity":
+            return [
+                discovery.Message(discovery.entity_topic(p, e), _dumps(discovery.entity_document(p, e)))
+                for p in parts
+                for e in discovery.entities(p)
+                if e.platform in SERVED_PLATFORMS
+            ]
+        doc = discovery.device_document(parts[0])
+        cmps = {k: c for p in parts for k, c in discovery.device_document(p)["cmps"].items()}
+        doc["cmps"] = {k: c for k, c in cmps.items() if c["p"] in SERVED_PLATFORMS}
+        return [discovery.Message(discovery.device_topic(a), _dumps(doc))]
+
+    def _announce_discovery(self) -> None:
+        """Home Assistant's config once the first observation names the model, so HA gets one config with
+        the right model rather than a placeholder and then the real one; again when it changes (a SIGHUP
+        swap, a new region) and after a reconnect (`_discovered` is cleared). Before the first
+        observation the sink cannot know the model, nor whether there are regions."""
+        form = self.cfg.discovery_form
+        messages = self._discovery_messages(form)
+        fresh = [m for m in messages if self._discovered.get(m.topic) != m.payload]
+        if not fresh:
+            return
+        old = self._other_form_topics(form, {m.topic for m in messages})
+        for topic in old:  # Home Assistant unloads the entity and keeps its id and history for the new form
+            self._client.publish(topic, discovery.MIGRATE, qos=1, retain=True)
+        for m in fresh:
+            self._client.publish(m.topic, m.payload, qos=1, retain=m.retain)
+            self._discovered[m.topic] = m.payload
+        for topic in old:
+            self._client.publish(topic, "", qos=1, retain=True)  # the broker drops the retained config
+        self._remember_discovery(form, [m.topic for m in fresh])
+
+    def _other_form_topics(self, form: str, now: set[str]) -> list[str]:
+        """Once a process: the retained configs of the other discovery form, left by an earlier run
+        (state_dir/discovery.json), which would show every entity twice in Home Assistant. Without the
+        file (a first start, or a version before it) the per-entity configs earlier versions published."""
+        if self._discovery_checked:
+            return []
+        self._discovery_checked = True
+        before = self._read_discovery_file()
+        if before is None:
+            old = [m.topic for m in self._discovery_messages("entity")] if form == "device" else []
+        else:
+            old = before[1] if before[0] != form else []
+        return [t for t in old if t not in now]
+
+    def _read_discovery_file(self) -> tuple[str, list[str]] | None:
+        try:
+            doc = json.loads(self._discovery_file.read_text(encoding="utf-8"))
+            return str(doc["form"]), [str(t) for t in doc["topics"]]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("mqtt: %s unreadable (%s); cleaning the per-entity discovery configs", self._discovery_file, e)
+            return None
+
+    def _remember_discovery(self, form: str, topics: list[str]) -> None:
+        """Record the form and every topic announced in it (written only when that set grows)."""
+        before = self._read_discovery_file()
+        known = set(before[1]) if before is not None and before[0] == form else set()
+        if before is not None and before[0] == form and known >= set(topics):
+            return
+        doc = {"form": form, "topics": sorted(known | set(topics))}
+        tmp = self._discovery_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(doc), encoding="utf-8")
+            os.replace(tmp, self._discovery_file)
+        except OSError as e:
+            log.warning("mqtt: cannot write %s (%s); a later switch of discovery_form may leave duplicates", tmp, e)
 
     def _status_now(self) -> Status | None:
         try:
@@ -665,6 +738,10 @@ class MqttSink:
         finally:
             self._drain_acks()
             self.queue.close()
+
+
+def _dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, separators=(",", ":"))
 
 
 def make_sink(cfg: MqttConfig, ctx: SinkContext) -> MqttSink:
