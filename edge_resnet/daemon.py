@@ -12,6 +12,10 @@ Lifecycle
 - SIGHUP: read the config file again and reload the model; a bad config or model is refused and
   the running ones stay. A changed model file (same path, new mtime) is picked up the same way.
 - SIGTERM/SIGINT: STOPPING=1, sinks publish `offline`, threads stop, exit 0 within 5 s.
+- `[trust]`: every way a model arrives (start, SIGHUP, a file replaced on disk, a fleet install) goes
+  through `fleet.trust.check_model`: with `require_signature` an unsigned or untrusted model is
+  refused (at start: exit 4; later: one line, the running model goes on), and the version a trusted
+  signature gives it is the running model's version (Status label `model_version`).
 - `[fleet] enabled`: the fleet agent (fleet/agent.py) takes install commands over MQTT and swaps
   models through the same pipeline reload (fleet/swap.py), under the same model lock as SIGHUP. At
   start, a model the fleet installed and the ledger names current runs instead of `[model] path`
@@ -118,9 +122,7 @@ class Daemon:
         max_frames: int | None = None,
         duration_s: float | None = None,
         watch_model: bool = True,
-        fleet: FleetConfig | None = None,
     ) -> None:
-        """`fleet`: the `[fleet]` table (default: the config's own, once Config has one)."""
         self.cfg = cfg
         self.config_path = Path(config_path) if config_path else None
         self.overrides = overrides or (lambda c: c)
@@ -138,7 +140,6 @@ class Daemon:
         self._model_stamp: tuple[float, int] | None = None
         self._refused_stamp: tuple[float, int] | None = None
         self.reloads_done = 0  # SIGHUP reloads handled (tests wait on it)
-        self.fleet_cfg: FleetConfig | None = fleet if fleet is not None else getattr(cfg, "fleet", None)
         self.agent: FleetAgent | None = None
         self._model_lock = threading.RLock()  # SIGHUP, the model file watcher and fleet swaps, one at a time
         self._fleet_model: str | None = None  # the path of the fleet-installed model that runs, if one does
@@ -313,8 +314,8 @@ class Daemon:
 
     # -- the fleet ---------------------------------------------------------------------------------
     def _fleet_enabled(self, cfg: Config) -> FleetConfig | None:
-        f = self.fleet_cfg
-        if f is None or not f.enabled:
+        f = cfg.fleet
+        if not f.enabled:
             return None
         if cfg.mqtt is None:
             raise ConfigError(
@@ -331,36 +332,32 @@ class Daemon:
         if current is not None and current.path != cfg.model.path:
             fleet_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=current.path))
             try:
+                self.trusted_version(current.path, None)  # the fleet's version stands (signed or not)
                 regions = load_regions(fleet_cfg.regions, fleet_cfg.model, fleet_cfg.pipeline)
                 clf = regions[0].classifier if regions else load_classifier(fleet_cfg.model)
             except EdgeResnetError as e:
-                log.error("fleet: the installed model (version %s) does not load (%s); running %s instead",
+                log.error("fleet: the installed model (version %s) cannot run (%s); running %s instead",
                           current.version, e, cfg.model.path)  # fmt: skip
             else:
                 self.cfg, self._fleet_model = fleet_cfg, current.path
                 return regions, clf, current.version
+        version = self.trusted_version(cfg.model.path, None)  # refused: the daemon does not start (exit 4)
         regions = load_regions(cfg.regions, cfg.model, cfg.pipeline)
         # with regions, the whole-frame classifier is the first region's (its backbone is loaded once)
         clf = regions[0].classifier if regions else load_classifier(cfg.model)
-        return regions, clf, self.signed_version(cfg.model.path)
+        return regions, clf, version
 
-    def signed_version(self, path: str) -> int | None:
-        """The version a trusted signature gives this model (None: unsigned, or no [trust] that knows it;
-        only looked at with the fleet on or a [trust] table)."""
-        if not (self.fleet_cfg is not None and self.fleet_cfg.enabled) and getattr(self.cfg, "trust", None) is None:
+    def trusted_version(self, path: str | os.PathLike[str], min_version: int | None) -> int | None:
+        """Whether the model may run under `[trust]`: the version a trusted signature gives it, None when
+        it is unsigned (or signed by a key this device does not know) and the policy lets it run, or
+        ModelRefused (one line: why, and the fix). Nothing is read without [trust] keys or the fleet."""
+        trust, fleet = self.cfg.trust, self.cfg.fleet
+        if not (trust.keys or trust.require_signature or fleet.enabled):
             return None
-        try:
-            return self._verify(Path(path), None)
-        except EdgeResnetError:
-            return None
+        from .fleet.trust import check_model, load_policy
 
-    def _verify(self, path: Path, min_version: int | None) -> int | None:
-        from .fleet.trust import TrustPolicy, check_model, load_policy
-
-        trust = getattr(self.cfg, "trust", None)
-        policy = load_policy(trust) if trust is not None else TrustPolicy()
         target = self.cfg.model.device if self.cfg.model.device in ("cpu", "edgetpu") else None
-        m = check_model(path, policy, min_version=min_version, target=target)  # type: ignore[arg-type]
+        m = check_model(path, load_policy(trust), min_version=min_version, target=target)  # type: ignore[arg-type]
         return m.version if m is not None else None
 
     def _start_agent(self, fleet: FleetConfig, ledger: Ledger) -> None:
@@ -375,7 +372,7 @@ class Daemon:
             lambda: self.cfg.regions,
             self._model_lock,
             self._on_switch,
-            lambda p: self._verify(p, pipeline.model_version),
+            lambda p: self.trusted_version(p, pipeline.model_version),
             fleet.health_window_s,
         )
         self.agent = FleetAgent(fleet, self.cfg.mqtt, self.cfg.device_id, ledger, switch)
@@ -433,8 +430,15 @@ class Daemon:
     def _reload_model(self, model: ModelConfig, regions: list[RegionConfig]) -> bool:
         assert self.pipeline is not None
         stamp = _model_stamp(model.path)
-        same = model.path == self.cfg.model.path
-        version = self.pipeline.model_version if same else self.signed_version(model.path)
+        try:  # a signed model may not go back to an older version than the one running
+            version = self.trusted_version(model.path, self.pipeline.model_version)
+        except EdgeResnetError as e:
+            self.pipeline.reload_failures += 1
+            log.error("new model refused, keeping %s: %s", self.pipeline.model_name, e)
+            self._refused_stamp = stamp
+            return False
+        if version is None and model.path == self.cfg.model.path:
+            version = self.pipeline.model_version  # unsigned: a fleet install's version stays with its file
         if self.pipeline.reload(model, regions, version=version):
             if self.teacher is not None:  # the taught heads again, on the new engines
                 self.teacher.retrain_all()

@@ -11,13 +11,14 @@ mosquitto and a real HTTP server on loopback.
 - `kill -9` during a download: no half model anywhere, and after the restart the job resumes (HTTP
   Range from where it was) and is applied; the start after that runs the installed model.
 
-The daemons run through tests/helpers/fleet_child.py until config.py reads [fleet] (same Daemon).
+Each daemon is `edge-resnet run --config FILE` with `[fleet] enabled = true`.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ import pytest
 from tests.helpers import fleet_models as fm
 from tests.helpers.broker import Broker, Message, Subscriber, broker
 from tests.helpers.fileserver import FileServer
-from tests.helpers.fleet_child import FleetChild
+from tests.helpers.run_child import RunChild
 from tests.helpers.video import pick_samples, write_video
 
 __all__ = ["broker"]  # the fixture
@@ -133,7 +134,19 @@ class Fleet:
                                  (self.presence(device) or {})[key] == value, timeout)  # fmt: skip
 
 
-def frames(child: FleetChild) -> list[dict[str, Any]]:
+class Child(RunChild):
+    """`edge-resnet run --config FILE`, its stdout (a JSON line a frame) and stderr kept."""
+
+    def __init__(self, config: Path) -> None:
+        super().__init__(["--config", str(config)], dict(os.environ, PYTHONUNBUFFERED="1"), keep_stdout=True)
+
+    def drained(self, timeout: float = 5.0) -> None:
+        """After the child exited: every line it wrote has been read."""
+        for t in self.readers:
+            t.join(timeout)
+
+
+def frames(child: Child) -> list[dict[str, Any]]:
     return [json.loads(line) for line in list(child.out) if line.startswith("{")]
 
 
@@ -142,7 +155,7 @@ def max_gap(docs: list[dict[str, Any]]) -> float:
     return max((b - a for a, b in itertools.pairwise(t)), default=0.0)
 
 
-def stop(child: FleetChild) -> int:
+def stop(child: Child) -> int:
     child.p.send_signal(signal.SIGTERM)
     return child.p.wait(15)
 
@@ -152,7 +165,7 @@ def test_three_daemons_apply_a_good_model_and_roll_back_bad_ones_by_themselves(
 ) -> None:
     sub = Subscriber(broker.port, [f"{PREFIX}/#"]).start()
     fleet = Fleet(sub, served)
-    daemons = {d: FleetChild(write_config(tmp_path / f"{d}.toml", d, bundles, labels_1001, video, broker.url))
+    daemons = {d: Child(write_config(tmp_path / f"{d}.toml", d, bundles, labels_1001, video, broker.url))
                for d in DEVICES}  # fmt: skip
     try:
         for d, child in daemons.items():
@@ -260,7 +273,7 @@ def test_kill_9_during_a_download_leaves_no_half_model_and_the_job_resumes(
     fleet = Fleet(sub, server)
     cfg = write_config(tmp_path / "cam-k.toml", "cam-k", bundles, labels_1001, video, broker.url)
     state = tmp_path / "cam-k"
-    child = FleetChild(cfg)
+    child = Child(cfg)
     try:
         assert fleet.wait_presence("cam-k", "running_version", None, 60), child.tail()
         cmd = bundles.command("good.tflite", "v2-resume", 2)
@@ -285,7 +298,7 @@ def test_kill_9_during_a_download_leaves_no_half_model_and_the_job_resumes(
 
         server.rate = None
         n_before = len(sub.messages)
-        child = FleetChild(cfg)
+        child = Child(cfg)
         end = fleet.wait_end("cam-k", "v2-resume", 90)
         assert end["state"] == "applied", f"{end}\n{child.tail()}"
         after = [m.json() for m in sub.messages[n_before:] if m.topic.endswith("/model/job")]
@@ -301,7 +314,7 @@ def test_kill_9_during_a_download_leaves_no_half_model_and_the_job_resumes(
 
         # the next start runs the installed model, not [model] path
         n_before = len(sub.messages)
-        child = FleetChild(cfg)
+        child = Child(cfg)
 
         def announced(ms: list[Message]) -> bool:
             return any(m.topic == f"{PREFIX}/cam-k/fleet" for m in ms[n_before:])
@@ -313,6 +326,56 @@ def test_kill_9_during_a_download_leaves_no_half_model_and_the_job_resumes(
         child.drained()
         assert {f["model"] for f in frames(child)} == {f"v2-{cmd['sha256'][:12]}.tflite"}
         print(f"restarted: runs version 2 ({len(frames(child))} frames) from the start")
+    finally:
+        child.kill()
+        server.stop()
+        sub.stop()
+
+
+def test_with_require_signature_only_a_model_signed_by_a_trusted_key_is_installed(
+    broker: Broker, bundles: Bundles, video: Path, labels_1001: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    from edge_resnet.fleet.keys import generate, load_private
+    from edge_resnet.fleet.manifest import sign_model
+
+    _, key, pub = generate(tmp_path / "keys")
+    _, other, _ = generate(tmp_path / "other-keys")
+    root = tmp_path / "served"
+    root.mkdir()
+    good = (bundles.root / "good.tflite").read_bytes()
+    for name in ("unsigned", "foreign", "signed"):
+        (root / f"{name}.tflite").write_bytes(good)
+    sign_model(root / "foreign.tflite", load_private(other), 2)
+    sign_model(root / "signed.tflite", load_private(key), 2)
+    start = fm.bundle((models_dir / "mobilenet_v1_0.75_192_quant.tflite").read_bytes(), labels_1001,
+                      tmp_path / "start.tflite")  # fmt: skip
+    sign_model(start, load_private(key), 1)
+    signed = Bundles(root, start)
+    cfg = write_config(tmp_path / "cam-s.toml", "cam-s", signed, labels_1001, video, broker.url)
+    cfg.write_text(cfg.read_text() + f'[trust]\nkeys = ["{pub}"]\nrequire_signature = true\n')
+    server = FileServer(root).start()
+    sub = Subscriber(broker.port, [f"{PREFIX}/#"]).start()
+    fleet = Fleet(sub, server)
+    child = Child(cfg)
+    try:
+        assert fleet.wait_presence("cam-s", "running_version", 1, 60), child.tail()  # its signature's version
+        for cmd, words in (
+            (signed.command("unsigned.tflite", "v2-unsigned", 2), "refused (unsigned): it carries no signature"),
+            (signed.command("foreign.tflite", "v2-foreign", 2), "refused (unknown_key)"),
+            (signed.command("signed.tflite", "v3-mislabelled", 3),
+             "the bundle is signed as version 2 but the command says 3"),
+        ):
+            fleet.send("cam-s", cmd)
+            end = fleet.wait_end("cam-s", cmd["job_id"], 30)
+            assert end["state"] == "rejected" and end["reason"].startswith(words), end
+            assert end["running_version"] == 1
+            print(f"\nrefused ({cmd['file']}, version {cmd['version']}): {end['reason']}")
+        fleet.send("cam-s", signed.command("signed.tflite", "v2-signed", 2))
+        end = fleet.wait_end("cam-s", "v2-signed", 60)
+        assert end["state"] == "applied" and end["running_version"] == 2 and end["previous_version"] == 1, end
+        print(f"signed by the trusted key: {end['state']}, version {end['previous_version']} -> "
+              f"{end['running_version']}")
+        assert stop(child) == 0
     finally:
         child.kill()
         server.stop()

@@ -19,6 +19,7 @@ from edge_resnet.fleet.health import (
     golden_cases,
     golden_verdict,
     judge,
+    low_quartile,
     measured_latency_ms,
     varied_labels,
 )
@@ -186,7 +187,7 @@ VARIED = baseline(None, frames(["cat", "dog", "cat", "bird", "dog"] * 10), RULES
 def test_the_baseline_takes_the_bundles_measured_latency_else_the_previous_median() -> None:
     prev = frames(["cat", "dog"] * 10, ms=8.0)
     assert baseline(2.5, prev, RULES) == Baseline(2.5, "its bundle's measured 2.5 ms", 2)
-    assert baseline(None, prev, RULES) == Baseline(8.0, "the previous model's 8.0 ms median here", 2)
+    assert baseline(None, prev, RULES) == Baseline(8.0, "the previous model's 8.0 ms here", 2)
     assert baseline(None, prev[:2], RULES).invoke_ms is None  # too few frames to be a reference
     assert measured_latency_ms({"runtime": {"invoke_ms_median": 4.2}}) == 4.2
     assert measured_latency_ms({"invoke_ms_median": 3}) == 3.0
@@ -204,8 +205,7 @@ def test_a_healthy_model_passes_at_the_end_of_its_window_and_not_before() -> Non
     assert judge(new[:20], 0.0, 2.0, VARIED, RULES).done is False
     v = judge(new, 0.0, 5.0, VARIED, RULES)
     assert v.done and v.healthy
-    assert v.reason == ("48 frames in 5 s, invoke 14.0 ms median (1.4x the previous model's 10.0 ms median here), "
-                        "3 labels")
+    assert v.reason == "48 frames in 5 s, invoke 14.0 ms (1.4x the previous model's 10.0 ms here), 3 labels"
 
 
 def test_a_model_that_fails_to_invoke_is_caught_at_once() -> None:
@@ -222,11 +222,19 @@ def test_a_model_ten_times_slower_is_caught_after_enough_frames() -> None:
     assert judge(slow[:9], 0.0, 1.0, VARIED, RULES).done is False
     v = judge(slow, 0.0, 1.0, VARIED, RULES)
     assert (v.done, v.healthy) == (True, False)
-    assert v.reason == "too slow: invoke 100.0 ms median, 10.0x the previous model's 10.0 ms median here (at most 3x)"
+    assert v.reason == "too slow: invoke 100.0 ms, 10.0x the previous model's 10.0 ms here (at most 3x)"
     measured = Baseline(2.0, "its bundle's measured 2.0 ms", 2)
     assert "10.0x its bundle's measured 2.0 ms" in judge(frames(["a"] * 10, ms=20.0), 0.0, 1.0, measured, RULES).reason
     assert judge(frames(["a", "b"] * 25, ms=29.0), 0.0, 5.0, VARIED, RULES).healthy  # 2.9x: within the factor
 
+
+def test_a_busy_cpu_stretching_most_invokes_is_not_a_slow_model() -> None:
+    """Another process on the CPU stretches many invokes (here 7 in 10 take 5x); the model's own cost
+    shows in the frames it got the CPU for, so it passes; a model slow on every frame does not."""
+    busy = [F(0.1 * i, True, 12.0 if i % 10 < 3 else 60.0, "ab"[i % 2]) for i in range(50)]
+    assert judge(busy, 0.0, 5.0, VARIED, RULES).healthy
+    assert low_quartile([60.0, 12.0, 60.0, 13.0, 60.0, 60.0, 60.0, 60.0]) == 13.0
+    assert low_quartile([]) == 0.0
 
 def test_one_label_on_every_frame_fails_only_when_the_previous_model_varied() -> None:
     same = frames(["great white shark"] * 50)

@@ -167,8 +167,8 @@ class Installer:
         try:
             signed = self.effects.verify(path)
         except EdgeResnetError as e:
-            path.unlink(missing_ok=True)
-            return self._end(rec, JobState.REJECTED, str(e))
+            path.unlink(missing_ok=True)  # the job names the file: the device's own path would only crowd the reason
+            return self._end(rec, JobState.REJECTED, str(e).removeprefix(f"{path}: "))
         if signed is not None and signed != cmd.version:
             path.unlink(missing_ok=True)
             return self._end(rec, JobState.REJECTED, f"the bundle is signed as version {signed} but the command says "
