@@ -12,7 +12,6 @@ import fcntl
 import glob
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any, TypeVar
 
 from .devices import edgetpu_library
 from .errors import EdgeResnetError
+from .sinkconfig import MqttConfig
 
 T = TypeVar("T")
 
@@ -438,54 +438,73 @@ def check_edgetpu(
 # -- broker ---------------------------------------------------------------------------------------
 
 
-def check_broker(url: str | None, timeout: float = 3.0, ca_file: str | None = None) -> list[Check]:
-    """TCP reachability, then for mqtts:// the TLS handshake with the CA the daemon will use: a wrong CA
-    is the commonest TLS failure and a bare TCP connect cannot see it. The diagnosis is the MQTT sink's
-    own (`tls_problem`), so doctor and the running daemon say the same thing."""
+def check_broker(
+    url: str | list[str] | None, timeout: float = 3.0, ca_file: str | None = None, mqtt: MqttConfig | None = None
+) -> list[Check]:
+    """Every broker of `url` (one or a list), one row each, probed as the daemon connects: DNS, TCP,
+    for mqtts:// the TLS handshake with the configured CA and client certificate, then an MQTT CONNECT
+    with the configured user name and password (the broker's answer says whether it takes them). The
+    words are the MQTT sink's own (`reach`, `probe`), so doctor and the running daemon say the same
+    thing. `mqtt`: the config's [mqtt] table (MqttConfig), for the certificate, user and password; `url`
+    (e.g. from --mqtt) replaces its list. A broker that is merely down is a warning while another of the
+    list works (the daemon fails over to it); a mistake (DNS, certificates, credentials) always fails."""
     if not url:
         return [Check("broker", Result.SKIP, "no MQTT broker configured (--mqtt URL or [mqtt] url)")]
-    from .sinkconfig import MqttConfig
-    from .sinks.mqtt.tls import tls_problem
+    import dataclasses
+
+    from .sinks.mqtt.probe import probe
+    from .sinks.mqtt.reach import Unreachable, subject
+    from .sinks.mqtt.tls import client_context
 
     try:
-        host, port, tls = MqttConfig(url=url).endpoint()
+        cfg = dataclasses.replace(mqtt, url=url) if mqtt is not None else MqttConfig(url=url, ca_file=ca_file)
+        endpoints = cfg.endpoints()
     except EdgeResnetError as e:
         return [Check("broker", Result.FAIL, str(e), "use mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")]
-    t0 = time.perf_counter()
+    problems = cfg.file_problems()
+    if problems:
+        return [Check("broker", Result.FAIL, *p.split("; ", 1)) for p in problems]
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except socket.gaierror as e:
-        return [
-            Check("broker", Result.FAIL, f"{host}: name not resolved ({e.strerror})", "check the host name and DNS")
-        ]
-    except TimeoutError:
-        return [
-            Check(
-                "broker",
-                Result.FAIL,
-                f"{host}:{port} did not answer within {timeout:g} s",
-                "check the address, the network and any firewall between here and the broker",
-            )
-        ]
-    except OSError as e:
-        return [
-            Check(
-                "broker",
-                Result.FAIL,
-                f"cannot connect to {host}:{port} ({e.strerror or e})",
-                "start the broker (e.g. `sudo systemctl start mosquitto`) or fix [mqtt] url",
-            )
-        ]
-    ms = (time.perf_counter() - t0) * 1000.0
-    if not tls:
-        return [Check("broker", Result.OK, f"{host}:{port} reachable over TCP in {ms:.0f} ms")]
-    problem = tls_problem(host, port, ca_file, timeout)
-    if problem is not None:
-        detail, _, fix = problem.partition("; ")
-        return [Check("broker", Result.FAIL, f"{host}:{port} reachable, but {detail}", fix)]
-    ca = f"CA {ca_file}" if ca_file else "the system's CAs"
-    return [Check("broker", Result.OK, f"{host}:{port} reachable in {ms:.0f} ms; TLS certificate verified with {ca}")]
+        ctx = client_context(cfg.ca_file, cfg.cert_file, cfg.key_file) if endpoints[0][2] else None
+    except EdgeResnetError as e:
+        return [Check("broker", Result.FAIL, *str(e).split("; ", 1))]
+    password = os.environ.get(cfg.password_env) if cfg.username is not None else None
+    got = [
+        probe(
+            host,
+            port,
+            ctx,
+            username=cfg.username,
+            password=password,
+            password_env=cfg.password_env,
+            cert_file=cfg.cert_file,
+            timeout=timeout,
+        )
+        for host, port, _ in endpoints
+    ]
+    any_ok = any(r.cause is None for r in got)
+    rows = []
+    for i, r in enumerate(got, start=1):
+        name = "broker" if len(got) == 1 else f"broker {i}"
+        if r.cause is None:
+            how = [f"{r.host}:{r.port} reachable in {r.ms:.0f} ms"]
+            if ctx is not None:
+                how.append(f"TLS certificate verified with {f'CA {cfg.ca_file}' if cfg.ca_file else 'the system CAs'}")
+            if cfg.cert_file is not None:
+                how.append(f"client certificate {cfg.cert_file} accepted")
+            how.append("MQTT CONNECT accepted" + (f" for {cfg.username!r}" if cfg.username is not None else ""))
+            rows.append(Check(name, Result.OK, "; ".join(how)))
+            continue
+        what, _, fix = r.words.partition("; ")
+        detail = f"{subject(r.cause, r.host, r.port)}{' ' if r.cause is Unreachable.AUTH else ': '}{what}"
+        if r.cause in (Unreachable.REFUSED, Unreachable.TIMEOUT, Unreachable.NETWORK):
+            detail = f"cannot connect to {r.host}:{r.port} ({what})"
+            fix = fix or "start the broker (e.g. `sudo systemctl start mosquitto`) or fix [mqtt] url"
+        down = not r.cause.lasting and any_ok
+        if down:
+            fix = f"{fix + '; ' if fix else ''}the daemon uses the other brokers meanwhile"
+        rows.append(Check(name, Result.WARN if down else Result.FAIL, detail, fix))
+    return rows
 
 
 # -- Raspberry Pi health --------------------------------------------------------------------------

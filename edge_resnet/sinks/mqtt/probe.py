@@ -115,12 +115,18 @@ def probe(
         try:
             sock.sendall(connect_packet(client_id, username, password))
             ack = _read_exactly(sock, 4)
-        except ssl.SSLError as e:
-            return failed(e)  # TLS 1.3: the client certificate's refusal comes here
         except TimeoutError:
             return done(Unreachable.TIMEOUT, f"no answer to CONNECT within {timeout:g} s: is this an MQTT broker?")
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as e:
+            if context is None:
+                return failed(e)
+            return done(Unreachable.CLIENT_CERT, unreachable_words(Unreachable.CLIENT_CERT, e, cert_file, host))
         except OSError as e:
             return failed(e)
+        if not ack and context is not None:
+            # TLS 1.3: the handshake ends on our side before the broker looks at our certificate; a broker
+            # that refuses it (or wanted one) closes the session, often without an alert
+            return done(Unreachable.CLIENT_CERT, unreachable_words(Unreachable.CLIENT_CERT, None, cert_file, host))
         if len(ack) < 4 or ack[0] != 0x20:
             closed = "closed the connection" if not ack else f"answered {ack.hex()}"
             return done(Unreachable.OTHER, f"{closed} instead of answering CONNECT: is this an MQTT broker?")

@@ -93,15 +93,16 @@ def unreachable_words(
             "set [mqtt] ca_file to the CA that signed the broker's certificate"
         )
     if cause is Unreachable.CLIENT_CERT:
-        alert = getattr(err, "reason", None) or "refused"
+        alert = getattr(err, "reason", None)
+        how = f"TLS alert {alert}" if alert else "the broker ended the TLS session before answering CONNECT"
         if cert_file is None:
             return (
-                f"client certificate required (TLS alert {alert}): the broker asks for one and this "
-                "device sends none; set [mqtt] cert_file and key_file"
+                f"client certificate required ({how}) and this device sends none; set [mqtt] cert_file and "
+                "key_file (a certificate the broker's CA signed)"
             )
         return (
-            f"client certificate refused (TLS alert {alert}): the broker does not accept {cert_file}; "
-            "have [mqtt] cert_file signed by the CA the broker trusts for clients (its cafile), unexpired"
+            f"client certificate refused ({how}): the broker does not accept {cert_file}; have [mqtt] cert_file "
+            "signed by the CA the broker trusts for clients (its cafile), unexpired"
         )
     if cause is Unreachable.TLS:
         why = str(getattr(err, "reason", None) or (err.strerror if isinstance(err, OSError) and err.strerror else err))

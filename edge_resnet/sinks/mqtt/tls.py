@@ -14,6 +14,14 @@ def _no_password() -> bytes:
     return b""  # an encrypted key fails to load instead of prompting on a terminal the daemon has not
 
 
+def _encrypted(pem: str) -> bool:
+    try:
+        with open(pem, "rb") as f:
+            return b"ENCRYPTED" in f.read(4096)  # BEGIN ENCRYPTED PRIVATE KEY, or Proc-Type: 4,ENCRYPTED
+    except OSError:
+        return False
+
+
 def client_context(ca_file: str | None, cert_file: str | None = None, key_file: str | None = None) -> ssl.SSLContext:
     """What paho's tls_set(cert_reqs=REQUIRED) builds (the broker's certificate checked against ca_file,
     or the system's CAs, and its host name), plus the client certificate when one is configured.
@@ -29,7 +37,7 @@ def client_context(ca_file: str | None, cert_file: str | None = None, key_file: 
             reason = e.reason or str(e)
             if reason == "KEY_VALUES_MISMATCH":
                 why = f"{key_file} is not the key of {cert_file}; give the key the certificate was made for"
-            elif "DECRYPT" in reason.upper() or "PASSWORD" in reason.upper():
+            elif _encrypted(key_file or cert_file):
                 why = f"{key_file} is encrypted; give an unencrypted key (openssl pkey -in KEY -out PLAIN.key)"
             else:
                 why = f"{reason}; give a PEM certificate (cert_file) and its unencrypted private key (key_file)"
