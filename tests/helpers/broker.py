@@ -1,5 +1,7 @@
 """A real mosquitto for tests: start on a free loopback port, kill -9, restart on the same port,
-pause (SIGSTOP) and resume; plus a paho subscriber that records what arrives.
+pause (SIGSTOP) and resume; TLS with a test CA (tests/helpers/pki.py), client certificates required
+(`require_certificate`, `use_identity_as_username`), a bridge to other brokers (a failover pair); plus
+a paho subscriber that records what arrives.
 
 Nothing is installed here: without `mosquitto` on PATH the tests skip, or fail under CI=true.
 """
@@ -26,6 +28,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from tests.helpers.pki import Pki
 
 
 def mosquitto_path() -> str:
@@ -55,22 +59,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 def make_certs(d: Path) -> tuple[Path, Path, Path]:
     """A throw-away CA and a server certificate for 127.0.0.1/localhost, made with the openssl CLI."""
-    if not shutil.which("openssl"):
-        msg = "openssl is not installed (apt-get install openssl); the TLS test needs it"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    d.mkdir(parents=True, exist_ok=True)
-    ca_key, ca, key, csr, cert, ext = (d / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt",
-                                                       "ext.cnf"))  # fmt: skip
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for cmd in (
-        f"req -x509 -newkey rsa:2048 -nodes -keyout {ca_key} -out {ca} -days 2 -subj /CN=edge-resnet-test-CA",
-        f"req -newkey rsa:2048 -nodes -keyout {key} -out {csr} -subj /CN=localhost",
-        f"x509 -req -in {csr} -CA {ca} -CAkey {ca_key} -CAcreateserial -out {cert} -days 2 -extfile {ext}",
-    ):
-        subprocess.run(["openssl", *cmd.split()], check=True, capture_output=True)
-    return ca, cert, key
+    pki = Pki(d)
+    cert, key = pki.server()
+    return pki.ca, cert, key
 
 
 class Broker:
@@ -78,10 +69,25 @@ class Broker:
     queued messages survive a restart; saved after every change so that even kill -9 keeps them)."""
 
     def __init__(
-        self, workdir: Path, port: int | None = None, tls: bool = False, users: dict[str, str] | None = None
+        self,
+        workdir: Path,
+        port: int | None = None,
+        tls: bool = False,
+        users: dict[str, str] | None = None,
+        *,
+        pki: Pki | None = None,
+        require_certificate: bool = False,
+        client_ca: Path | None = None,
+        bridge: list[int] | None = None,
+        bridge_topic: str = "edge-resnet/# both 1",
     ) -> None:
         """`tls`: the main listener speaks TLS with a throw-away CA (`ca_file`), and a plain listener on
-        `plain_port` stays for test subscribers. `users`: name -> password, anonymous clients refused."""
+        `plain_port` stays for test subscribers. `users`: name -> password, anonymous clients refused.
+        `pki`: the CA to use for TLS (brokers of one PKI share a ca_file; default: one of its own).
+        `require_certificate`: TLS clients must show a certificate signed by `client_ca` (default: the
+        CA's own), whose CN becomes their user name (`use_identity_as_username`). `bridge`: ports of
+        brokers on 127.0.0.1 this one bridges `bridge_topic` with (QoS 1, a persistent bridge session,
+        so messages wait while the other side is down), one connection trying each address in turn."""
         self.exe = mosquitto_path()
         self.workdir = workdir
         self.port = port or free_port()
@@ -92,12 +98,29 @@ class Broker:
         self.log = workdir / "mosquitto.log"
         workdir.mkdir(parents=True, exist_ok=True)
         listeners = f"listener {self.port} 127.0.0.1\n"
-        if tls:
-            self.ca_file, cert, key = make_certs(workdir / "tls")
+        if tls or pki is not None:
+            if pki is None:
+                self.ca_file, cert, key = make_certs(workdir / "tls")
+            else:
+                self.ca_file, (cert, key) = pki.ca, pki.server()
             self.plain_port = free_port()
             self.url = f"mqtts://127.0.0.1:{self.port}"
-            listeners += f"cafile {self.ca_file}\ncertfile {cert}\nkeyfile {key}\n"
+            listeners += f"cafile {client_ca or self.ca_file}\ncertfile {cert}\nkeyfile {key}\n"
+            if require_certificate:
+                listeners += "require_certificate true\nuse_identity_as_username true\n"
             listeners += f"listener {self.plain_port} 127.0.0.1\n"
+        bridges = ""
+        if bridge:
+            bridges = (
+                f"connection bridge-{self.port}\n"
+                f"addresses {' '.join(f'127.0.0.1:{p}' for p in bridge)}\n"
+                f"topic {bridge_topic}\n"
+                "cleansession false\n"
+                f"remote_clientid bridge-{self.port}\n"
+                "restart_timeout 1\n"
+                "keepalive_interval 5\n"
+                "notifications false\n"
+            )
         auth = "allow_anonymous true\n"
         if users:
             pw = workdir / "passwords"
@@ -116,7 +139,7 @@ class Broker:
             "max_queued_messages 100000\n"
             "max_inflight_messages 20\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
-            f"log_dest file {self.log}\n" + listeners
+            f"log_dest file {self.log}\n" + listeners + bridges  # a bridge's options come last
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
