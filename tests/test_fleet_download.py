@@ -360,3 +360,32 @@ def test_a_full_state_disk_rejects_the_job_and_nothing_is_swapped(tiny_disk: Pat
     end = inst.run(job(src))
     assert end.status.state is JobState.REJECTED and "cannot write the fleet job ledger" in end.status.reason
     assert [s.state for s in published] == [JobState.REJECTED] and d.calls == [] and d.version == 1
+
+
+def test_golden_images_a_bundle_carries_are_checked_on_the_loaded_model(
+    tmp_path: Path, models_dir: Path, labels_1001: Path, samples_dir: Path
+) -> None:
+    import json
+
+    from edge_resnet.config import ModelConfig
+    from edge_resnet.fleet.swap import check_golden
+    from edge_resnet.images import load_image
+    from edge_resnet.model import load_classifier
+    from tests.helpers import fleet_models as fm
+    from tests.helpers.video import pick_samples
+
+    flat = (models_dir / "mobilenet_v1_0.75_192_quant.tflite").read_bytes()
+    photos = pick_samples(samples_dir, 2, start=11)
+    plain = load_classifier(ModelConfig(path=str(fm.bundle(flat, labels_1001, tmp_path / "plain.tflite"))))
+    said = [plain.classify(load_image(p.path), k=1).top.label for p in photos]
+    images = {f"golden/{i}.jpg": p.path.read_bytes() for i, p in enumerate(photos)}
+
+    def with_golden(name: str, labels: list[str]) -> Path:
+        doc = {"images": [{"file": f"golden/{i}.jpg", "label": lab} for i, lab in enumerate(labels)]}
+        return fm.bundle(flat, labels_1001, tmp_path / name, files={"golden.json": json.dumps(doc).encode(), **images})
+
+    check_golden(load_classifier(ModelConfig(path=str(with_golden("right.tflite", said)))))
+    with pytest.raises(ModelError) as e:
+        check_golden(load_classifier(ModelConfig(path=str(with_golden("wrong.tflite", [said[0], "toaster"])))))
+    assert str(e.value) == f"golden images: 1 of 2 wrong (golden/1.jpg: expected 'toaster', got {said[1]!r})"
+    check_golden(plain)  # a bundle without golden images: nothing to check
