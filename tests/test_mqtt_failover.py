@@ -104,6 +104,9 @@ def test_url_list_config_rules(tmp_path: Path) -> None:
     lines = error_lines(e.value)
     print("\n" + "\n".join(lines))
     assert len(lines) == 2 and "mixes" in lines[0] and "[mqtt] cert_file: set without key_file" in lines[1]
+    cfg.write_text('[mqtt]\nprotocol = "3"\n')
+    with pytest.raises(ConfigError, match=r"\[mqtt\] protocol: '3' is not one of '5', '3.1.1'"):
+        load(str(cfg))
 
 
 # -- the sink against real brokers --------------------------------------------------------------

@@ -109,6 +109,8 @@ class MqttSink:
         self._brokers = Brokers([Broker(host, port) for host, port, _ in endpoints])
         self._delay = 0.0  # seconds to wait before the next connection attempt (our backoff, not paho's)
         self._attempt = Attempt.DONE
+        # brokers spoken to in MQTT 3.1.1: all with [mqtt] protocol = "3.1.1", else those that said so
+        self._v311: set[Broker] = set(self._brokers.brokers) if cfg.protocol == "3.1.1" else set()
         problems = cfg.file_problems()
         if problems:
             raise ConfigError(problems[0])
@@ -230,6 +232,11 @@ class MqttSink:
             self._stopping.wait(self._delay)
         b = self._brokers.current
         client._host, client._port = b.host, b.port
+        # the protocol of this broker: paho fixes it per client, and reads it per connection
+        if b in self._v311:
+            client._protocol, client._clean_session = mqtt.MQTTv311, False  # 3.1.1's persistent session
+        else:
+            client._protocol = mqtt.MQTTv5
         self._attempt = Attempt.OPEN
 
     def _judged(self) -> bool:
@@ -242,6 +249,13 @@ class MqttSink:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         if rc.is_failure:
+            b = self._brokers.current
+            if rc.getName() == "Unsupported protocol version" and b not in self._v311:
+                self._judged()
+                self._v311.add(b)  # a broker that speaks only 3.1.1 answers a 5 CONNECT so: retry in 3.1.1
+                self._delay = 0.0
+                log.info("mqtt: %s speaks MQTT 3.1.1 only; connecting with 3.1.1", self._where())
+                return
             if self._judged():
                 self._attempt_failed(Unreachable.AUTH, None, refused=rc.getName())
             return
@@ -319,7 +333,10 @@ class MqttSink:
             # closed before any CONNACK: on TLS 1.3 a refused client certificate arrives here (the
             # handshake ended before the broker looked at it); the probe in _attempt_failed names it
             self._judged()
-            closed = ConnectionAbortedError("the broker closed the connection before answering CONNECT")
+            why = "the broker closed the connection before answering CONNECT"
+            if self._brokers.current not in self._v311:
+                why += '; if it speaks only MQTT 3.1.1, set [mqtt] protocol = "3.1.1"'
+            closed = ConnectionAbortedError(why)
             self._attempt_failed(Unreachable.OTHER, closed)
             return
         if self._attempt is not Attempt.CONNECTED:
