@@ -69,6 +69,9 @@ class FleetAgent:
         self.tls = endpoints[0][2]
         self._brokers = Brokers([Broker(h, p) for h, p, _ in endpoints])
         self._delay = 0.0  # before the next connection attempt (failover.Brokers' backoff)
+        # brokers spoken to in MQTT 3.1.1, as the sink does: all with [mqtt] protocol = "3.1.1", else those
+        # that answered a 5 CONNECT with "Unsupported protocol version"
+        self._v311: set[Broker] = set(self._brokers.brokers) if mqtt_cfg.protocol == "3.1.1" else set()
         self._stop = threading.Event()
         self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue(maxsize=INBOX_MAX)
         self._jobs: queue.Queue[str] = queue.Queue(maxsize=JOBS_MAX)
@@ -108,8 +111,17 @@ class FleetAgent:
             self._stop.wait(self._delay)
         b = self._brokers.current
         client._host, client._port = b.host, b.port
+        if b in self._v311:
+            client._protocol, client._clean_session = mqtt.MQTTv311, False  # 3.1.1's persistent session
+        else:
+            client._protocol = mqtt.MQTTv5
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
+        if rc.is_failure and rc.getName() == "Unsupported protocol version" and self.broker not in self._v311:
+            self._v311.add(self.broker)
+            self._delay = 0.0
+            log.info("fleet: %s:%d speaks MQTT 3.1.1 only; connecting with 3.1.1", *self.broker)
+            return
         if rc.is_failure:
             log.error("fleet: %s:%d refused the connection: %s; check [mqtt] username and %s", *self.broker,
                       rc.getName(), self.mqtt_cfg.password_env)  # fmt: skip
