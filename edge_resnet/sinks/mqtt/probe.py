@@ -116,7 +116,11 @@ def probe(
             sock.sendall(connect_packet(client_id, username, password))
             ack = _read_exactly(sock, 4)
         except TimeoutError:
-            return done(Unreachable.TIMEOUT, f"no answer to CONNECT within {timeout:g} s: is this an MQTT broker?")
+            return done(
+                Unreachable.OTHER,
+                f"reachable over TCP, but no answer to MQTT CONNECT within {timeout:g} s; check that [mqtt] url "
+                "names an MQTT broker's port (a paused or overloaded broker does not answer either)",
+            )
         except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as e:
             if context is None:
                 return failed(e)
