@@ -287,7 +287,7 @@ SINKS: dict[str, SinkKind] = {
     "mqtt": SinkKind(
         MqttConfig,
         "edge_resnet.sinks.mqtt:make_sink",
-        lambda c: f"mqtt {c.url}",
+        lambda c: f"mqtt {', '.join(c.urls)}",
         Flag(
             "--mqtt",
             "publish to this broker: mqtt://HOST[:PORT] or mqtts://...",

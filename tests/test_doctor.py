@@ -22,13 +22,15 @@ HAS_TPU = any(Path("/dev").glob("apex_*")) or bool(d.find_coral_usb())
 
 
 @pytest.fixture
-def broker_port() -> Iterator[int]:
-    """A listening TCP socket standing in for the broker (doctor only checks it is reachable)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    s.listen(4)
-    yield s.getsockname()[1]
-    s.close()
+def broker_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A real mosquitto (doctor sends an MQTT CONNECT), its files outside the test's tmp_path."""
+    from .helpers.broker import Broker
+
+    b = Broker(tmp_path_factory.mktemp("broker")).start()
+    try:
+        yield b.port
+    finally:
+        b.stop()
 
 
 @pytest.fixture
@@ -322,7 +324,7 @@ def test_doctor_names_a_wrong_broker_ca(tmp_path: Path, mobilenet_quant: Path, s
     from .helpers.broker import Broker, make_certs
 
     wrong_ca = make_certs(tmp_path / "other-ca")[0]
-    b = Broker(tmp_path / "tls-broker", tls=True, users={"test": "t"}).start()
+    b = Broker(tmp_path / "tls-broker", tls=True).start()
     try:
         state = tmp_path / "state"
         state.mkdir()

@@ -32,14 +32,14 @@ def warnings_for(cfg: configmod.Config) -> list[str]:
     password that would cross the network in clear text."""
     out = []
     named: list[tuple[str, str | None]] = [("[model] path", cfg.model.path), ("[model] labels", cfg.model.labels)]
-    if cfg.mqtt is not None:
-        named.append(("[mqtt] ca_file", cfg.mqtt.ca_file))
     src = cfg.source
     if isinstance(src, FileSource | FolderSource):
         named.append(("[source] path", src.path))
     for key, value in named:
         if value and not Path(value).exists():
             out.append(f"{key}: {value} does not exist here")
+    if cfg.mqtt is not None:
+        out += cfg.mqtt.file_problems()  # CA, client certificate and key: readable by this user
     if cfg.mqtt is not None and cfg.mqtt.username and not os.environ.get(cfg.mqtt.password_env):
         out.append(f"[mqtt] username is set but ${cfg.mqtt.password_env} is empty here")
     if cfg.mqtt is not None and (clear := cfg.mqtt.clear_text_password()):

@@ -103,7 +103,7 @@ def gather(args: argparse.Namespace) -> list[d.Check]:
     checks += d.check_edgetpu(required=needs_tpu)
     mqtt_url = args.mqtt or (cfg.mqtt.url if cfg and cfg.mqtt else None)
     ca_file = cfg.mqtt.ca_file if cfg and cfg.mqtt else None
-    checks += d.check_broker(mqtt_url, timeout=args.timeout, ca_file=ca_file)
+    checks += d.check_broker(mqtt_url, timeout=args.timeout, ca_file=ca_file, mqtt=cfg.mqtt if cfg else None)
     checks += d.check_throttling()
     checks += d.check_temperature()
     checks += d.check_disk(state_dir)
