@@ -15,6 +15,7 @@ from .classify import Classifier, default_preprocess, read_labels
 from .config import ModelConfig
 from .engine import Engine, cpu_twin
 from .errors import ConfigError, EdgeResnetError
+from .imx500 import is_sensor_model, load_sensor_classifier
 from .prepspec import PreprocessSpec, merge_preprocess
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ def load_classifier(model: ModelConfig) -> Classifier:
     if not model.path:
         raise ConfigError("no model given; set [model] path in the config or pass --model FILE.tflite")
     labels = read_labels(model.labels) if model.labels else None
+    if is_sensor_model(model.path):  # an IMX500 network's metadata: the network runs on the camera (imx500.py)
+        return load_sensor_classifier(model.path, labels)
     engine = Engine.load(model.path, model.device, model.threads)
     spec = None if model.preprocess.empty() else model.preprocess.apply(base_preprocess(engine))
     return Classifier(engine, labels, preprocess=spec)

@@ -545,13 +545,13 @@ class Pipeline:
             counters["score"] = round(obs.label.score, 4)
         counters["source_up"] = 1.0 if cs.state is CaptureState.RUNNING else 0.0
         counters["degraded"] = 1.0 if self._degraded else 0.0
-        for sink in self._sinks:
-            extra = getattr(sink, "counters", None)  # a sink may add its own counters to /metrics
+        for part in (self.capture.source, *self._sinks):
+            extra = getattr(part, "counters", None)  # a source or sink may add its own counters to /metrics
             if callable(extra):
                 try:
                     counters.update({k: float(v) for k, v in extra().items()})
                 except Exception as e:
-                    log.debug("counters of sink %s: %s", sink.name, e)
+                    log.debug("counters of %s: %s", getattr(part, "name", None) or type(part).__name__, e)
         # static facts only: these become labels of one Prometheus info metric
         labels: dict[str, Any] = {
             "model": self._model_name,
@@ -595,7 +595,12 @@ class Pipeline:
             if c["inference_fps"] or c["capture_fps"]
             else ""
         )
+        sensor = (  # the Raspberry Pi AI Camera: the network's time on the sensor, frames that came without it
+            f" | dnn {c['imx500_dnn_ms']:.1f} ms, no tensor {int(c.get('imx500_frames_without_tensor_total', 0))}"
+            if "imx500_dnn_ms" in c
+            else ""
+        )
         return (
             f"{head}{label} ({c.get('score', 0.0):.2f}) | {rates}age p50 {c['frame_age_p50_ms']:.0f} ms | "
-            f"dropped {int(c['frames_dropped_total'])}"
+            f"dropped {int(c['frames_dropped_total'])}{sensor}"
         )

@@ -113,7 +113,8 @@ class FolderSource(SourceCommon):
 
 @dataclass(kw_only=True)
 class Picamera2Source(SourceCommon):
-    """A Raspberry Pi camera through picamera2; the daemon classifies the small `lores` stream."""
+    """A Raspberry Pi camera through picamera2; the daemon classifies the small `lores` stream, or with
+    mode = "imx500" reads the AI Camera's on-sensor network outputs with each frame."""
 
     type: Literal["picamera2"] = "picamera2"
     camera: int = 0
@@ -122,10 +123,20 @@ class Picamera2Source(SourceCommon):
     lores_format: Literal["YUV420", "RGB888"] = "YUV420"  # Pi 4 and older support only YUV420 for lores
     use_lores: bool = True
     fps: float | None = None
+    # "imx500": the Raspberry Pi AI Camera runs the network on its sensor; each frame arrives with the
+    # network's outputs, and [model] path names the <name>_imx500.json that convert wrote
+    mode: Literal["camera", "imx500"] = "camera"
+    network: str = ""  # mode = "imx500": the network.rpk that `imx500-package` made
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range("[source] camera", self.camera, 0, 15, "a camera number such as 0")
+        if self.mode == "imx500" and not self.network:
+            raise ConfigError('[source] network: mode = "imx500" needs the network file, e.g. '
+                              '"/var/lib/edge-resnet/models/network.rpk" (made by imx500-package)')
+        if self.network and self.mode != "imx500":
+            raise ConfigError('[source] network: only for mode = "imx500" (the Raspberry Pi AI Camera); '
+                              "remove it or set the mode")
         for key, (w, h) in (("main_size", self.main_size), ("lores_size", self.lores_size)):
             check_range(f"[source] {key}[0]", w, 16, 8192, "pixels, e.g. [640, 480]")
             check_range(f"[source] {key}[1]", h, 16, 8192, "pixels, e.g. [640, 480]")

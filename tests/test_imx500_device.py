@@ -1,0 +1,178 @@
+"""Issue 25, must-show 3: the Raspberry Pi AI Camera (IMX500) on the device, behind a fake picamera2
+(tests/helpers/fake_picamera2: the real one exists only on a Pi). The sensor's network outputs come
+with each frame's metadata; the daemon publishes their labels on MQTT and the overlay like any source,
+and a frame without a tensor is skipped and counted, not fatal."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_resnet.config import ModelConfig
+from edge_resnet.errors import ConfigError, ModelError
+from edge_resnet.imx500 import SensorClassifier, load_sensor_classifier
+from edge_resnet.model import load_classifier
+from edge_resnet.sourceconfig import Picamera2Source
+from tests.helpers.broker import Broker, Subscriber, broker, free_port
+from tests.helpers.run_child import RunChild
+from tests.test_http import get, parse_prometheus
+
+__all__ = ["broker"]  # the fixture
+
+FAKE = Path(__file__).parent / "helpers" / "fake_picamera2"
+LABELS = ["background", "tabby cat", "macaw", "hot dog", "owl"]  # output 0 is background, as in MobileNet v2
+
+
+def write_network(tmp: Path, sequence: list[int | None], image: Path) -> tuple[Path, Path, Path]:
+    """The files the device has: network.rpk (its bytes are the sensor's business), the metadata that
+    `convert --target imx500` writes, and the fake camera's script."""
+    rpk = tmp / "network.rpk"
+    rpk.write_bytes(b"9464 not a real network")
+    meta = tmp / "mobilenet_v2_imx500.json"
+    meta.write_text(json.dumps({
+        "format": "edge-resnet-imx500", "version": 1, "labels": LABELS, "label_offset": 1,
+        "output_kind": "logits", "num_outputs": len(LABELS),
+        "preprocess": {"mean": [127.5] * 3, "std": [127.5] * 3, "channel_order": "RGB", "crop_fraction": 0.875,
+                       "interpolation": "area_fast", "preset": "inception"},
+    }))
+    script = tmp / "camera.json"
+    script.write_text(json.dumps({"image": str(image), "num_outputs": len(LABELS), "sequence": sequence,
+                                  "dnn_ms": 6.5, "dsp_ms": 1.25, "fps": 20}))
+    return rpk, meta, script
+
+
+@pytest.fixture()
+def photo(data_dir: Path, tmp_path: Path) -> Path:
+    img = cv2.imread(str(data_dir / "images" / "cat_720p.jpg"), cv2.IMREAD_COLOR)
+    out = tmp_path / "scene.png"
+    cv2.imwrite(str(out), cv2.resize(img, (640, 360)))
+    return out
+
+
+@pytest.fixture()
+def fake_picamera2(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(FAKE))
+    for name in [n for n in sys.modules if n == "picamera2" or n.startswith("picamera2.")]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+def test_frames_carry_the_sensor_outputs_and_frames_without_a_tensor_are_counted(
+    fake_picamera2: None, photo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_resnet.sources.picamera2 import Picamera2Frames
+
+    rpk, meta, script = write_network(tmp_path, [2, None, 3, None, None, 4], photo)
+    monkeypatch.setenv("EDGE_RESNET_FAKE_IMX500", str(script))
+    src = Picamera2Frames(Picamera2Source(mode="imx500", network=str(rpk), lores_size=(320, 240)))
+    clf = load_classifier(ModelConfig(path=str(meta)))
+    assert isinstance(clf, SensorClassifier) and str(clf.engine.device) == "imx500"
+    src.open()
+    got: list[str] = []
+    try:
+        for _ in range(6):
+            frame = src.read()
+            if frame is None:
+                continue
+            assert frame.shape == (240, 320, 3) and frame.dtype == np.uint8  # the lores stream, BGR
+            res = clf.classify(frame, k=2)
+            got.append(res.top.label)
+            assert res.latency_ms == 6.5 and res.top.score > 0.9  # DNN time from the KPI; softmax of the logits
+    finally:
+        src.close()
+    assert got == ["macaw", "hot dog", "owl"]  # class k+1 is label k: the metadata's offset applied
+    assert src.counters() == {"imx500_frames_without_tensor_total": 3.0, "imx500_dnn_ms": 6.5, "imx500_dsp_ms": 1.25}
+    assert Picamera2Frames(Picamera2Source()).counters() == {}  # the plain camera mode adds none
+
+
+def test_sensor_model_refuses_a_frame_without_outputs_and_a_mismatched_network(tmp_path: Path, photo: Path) -> None:
+    _, meta, _ = write_network(tmp_path, [1], photo)
+    clf = load_sensor_classifier(meta)
+    frame = np.zeros((240, 320, 3), np.uint8)
+    with pytest.raises(ModelError, match='mode = "imx500"'):
+        clf.classify(frame)  # e.g. an opencv source with an IMX500 model
+    from edge_resnet.imx500 import sensor_frame
+
+    with pytest.raises(ModelError, match="different conversions"):
+        clf.classify(sensor_frame(frame, np.zeros(1001, np.float32)))
+    with pytest.raises(ConfigError, match="mode = \"imx500\" needs the network"):
+        Picamera2Source(mode="imx500")
+    with pytest.raises(ConfigError, match="only for mode"):
+        Picamera2Source(network="network.rpk")
+
+
+def _wait_healthy(url: str, child: RunChild, seconds: float = 40) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            if get(url + "healthz", timeout=1)[0] == 200:
+                return
+        except OSError:
+            pass
+        assert child.p.poll() is None, "daemon exited:\n" + child.tail()
+        time.sleep(0.2)
+    raise AssertionError("no healthy /healthz:\n" + child.tail())
+
+
+def test_daemon_publishes_sensor_labels_on_mqtt_and_the_overlay(broker: Broker, photo: Path, tmp_path: Path) -> None:
+    sequence: list[int | None] = [2] * 6 + [None] + [2] * 5 + [None, None] + [2] * 6
+    rpk, meta, script = write_network(tmp_path, sequence, photo)
+    port = free_port()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f'device_id = "aicam"\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[model]\npath = "{meta}"\n'
+        f'[source]\ntype = "picamera2"\nmode = "imx500"\nnetwork = "{rpk}"\n'
+        f'[mqtt]\nurl = "{broker.url}"\n'
+        f'[http]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    sub = Subscriber(broker.port, ["edge-resnet/aicam/#"]).start()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", EDGE_RESNET_FAKE_IMX500=str(script),
+               PYTHONPATH=os.pathsep.join([str(FAKE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    child = RunChild(["--config", str(cfg)], env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_healthy(url, child)
+
+        def macaw_state(ms: list[Any]) -> bool:
+            return any(m.topic == "edge-resnet/aicam/state" and m.json().get("label") == "macaw" for m in ms)
+
+        assert sub.wait_for(macaw_state, 20), "no MQTT state with the sensor's label:\n" + child.tail()
+        state = next(m.json() for m in sub.on("edge-resnet/aicam/state") if m.json().get("label") == "macaw")
+        assert state["class_index"] == 1 and state["model"] == meta.name and state["score"] > 0.9
+
+        code, headers, jpeg = get(url + "snapshot.jpg")
+        assert code == 200 and headers["Content-Type"] == "image/jpeg"
+        img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert img is not None and img.shape[:2] == (240, 320)  # the frame the sensor classified
+
+        deadline = time.monotonic() + 20
+        while True:  # the sequence has 3 frames without a tensor in every 20
+            code, _, body = get(url + "metrics")
+            metrics = parse_prometheus(body.decode())
+            skipped = metrics["edge_resnet_imx500_frames_without_tensor_total"][1][0][1]
+            if skipped >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert skipped >= 3
+        assert metrics["edge_resnet_imx500_dnn_ms"][1][0][1] == 6.5
+        assert metrics["edge_resnet_invoke_p50_ms"][1][0][1] == 6.5  # the classification's latency is the DNN's
+        info = metrics["edge_resnet_info"][1][0][0]
+        assert 'device="imx500"' in info and 'delegate="on-sensor"' in info
+        print(f"\nMQTT label {state['label']!r} ({state['score']:.3f}); /metrics: {int(skipped)} frames without a "
+              f"tensor skipped, dnn {metrics['edge_resnet_imx500_dnn_ms'][1][0][1]} ms; overlay JPEG {img.shape}")
+        assert child.p.poll() is None, "a frame without a tensor must not stop the daemon:\n" + child.tail()
+    finally:
+        child.p.terminate()
+        try:
+            child.p.wait(10)
+        finally:
+            child.kill()
+            sub.stop()
