@@ -16,12 +16,14 @@ Topics under `<topic_prefix>/<device_id>/`:
 
 A broker that is away is never fatal: `healthy()` stays ok and its words say what the link is doing
 (a wrong host name as DNS, a broker that is down as connection refused); while the broker has never
-been reached the sink is degraded (/healthz: 200, first line "degraded: mqtt never connected"). The
-reconnect backoff is capped at 3-5 s (the cap is picked at random per process).
+been reached the sink is degraded (/healthz: 200, first line "degraded: mqtt never connected").
+`url` may list several brokers: the first that answers is used and kept while it works; a failed one
+is retried once, then the next, with a jittered backoff doubling per failed round, capped at 5 s.
 
 Split by job: `payloads` (state and event documents), `discovery` (Home Assistant's configs), `tls`
-(TLS diagnosis, shared with doctor), `reach` (why a connection attempt failed), `eventqueue` (the SQLite
-store and forward queue), `client` (paho, callbacks, the sink thread).
+(TLS contexts and diagnosis, shared with doctor), `reach` (why a connection attempt failed), `probe`
+(one classified CONNECT, for doctor), `failover` (the broker list and its backoff), `eventqueue` (the
+SQLite store and forward queue), `client` (paho, callbacks, the sink thread).
 """
 
 from __future__ import annotations
