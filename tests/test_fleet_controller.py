@@ -251,6 +251,20 @@ def test_a_config_file_names_the_broker_and_prefix_and_a_group_command_is_not_us
     assert sorted(n for n, _ in sim.commands) == ["cam-0000", "cam-0010", "cam-0020", "cam-0030"]
 
 
+def test_status_takes_the_first_broker_of_the_list_that_answers(fleet_port: int, tmp_path: Path) -> None:
+    """[mqtt] url as a list (issue 24): a broker that is down ahead of the working one is passed over,
+    as the devices fail over; before, the controller tried the first URL only."""
+    sim = FleetSim(fleet_port, 3).start()
+    cfg = tmp_path / "fleet.toml"
+    cfg.write_text(f'[mqtt]\nurl = ["mqtt://127.0.0.1:{free_port()}", "mqtt://127.0.0.1:{fleet_port}"]\n')
+    try:
+        p = run_cli("fleet", "status", "--config", str(cfg), "--json")
+    finally:
+        sim.stop()
+    assert p.returncode == ExitCode.OK, p.stderr
+    assert [d["device"] for d in json.loads(p.stdout)["devices"]] == ["cam-0000", "cam-0001", "cam-0002"]
+
+
 class _Files(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass

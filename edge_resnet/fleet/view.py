@@ -127,11 +127,11 @@ class FleetView:
         if self.cfg.username is not None:
             c.username_pw_set(self.cfg.username, os.environ.get(self.cfg.password_env))
         if self.tls:
-            try:
-                c.tls_set(ca_certs=self.cfg.ca_file, cert_reqs=ssl.CERT_REQUIRED)
-            except (OSError, ssl.SSLError, ValueError) as e:
-                raise ConfigError(f"[mqtt] ca_file: {self.cfg.ca_file} cannot be used ({e}); give a PEM CA "
-                                  "certificate") from None
+            from ..sinks.mqtt.tls import client_context  # here only: the sink package imports numpy (0.25 s)
+
+            # the broker's certificate checked, and the client certificate sent (brokers that identify
+            # devices and operators by certificate: require_certificate)
+            c.tls_set_context(client_context(self.cfg.ca_file, self.cfg.cert_file, self.cfg.key_file))
         c.on_connect = self._on_connect
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
@@ -194,15 +194,21 @@ class FleetView:
     def open(self, timeout: float = 10.0) -> FleetView:
         """Connect, subscribe and read everything retained. ConfigError when the broker is unreachable or
         refuses us (the fix names --broker / --config)."""
-        where = f"{self.host}:{self.port}"
-        try:
-            self._client.connect(self.host, self.port, keepalive=30)
-        except (OSError, ssl.SSLError) as e:
-            from ..sinks.mqtt.tls import tls_problem  # here only: the sink package imports numpy (0.25 s)
+        failures = []
+        for host, port, _tls in self.cfg.endpoints():  # the first broker of the list that answers
+            try:
+                self._client.connect(host, port, keepalive=30)
+                self.host, self.port = host, port
+                break
+            except (OSError, ssl.SSLError) as e:
+                from ..sinks.mqtt.tls import tls_problem  # here only: the sink package imports numpy (0.25 s)
 
-            problem = tls_problem(self.host, self.port, self.cfg.ca_file) if self.tls else None
-            raise ConfigError(f"cannot connect to the broker {where} ({problem or e}); check --broker or [mqtt] "
-                              "url in --config, and that the broker runs") from None
+                problem = tls_problem(host, port, self.cfg.ca_file) if self.tls else None
+                failures.append(f"{host}:{port} ({problem or e})")
+        else:
+            raise ConfigError(f"cannot connect to the broker {', '.join(failures)}; check --broker or [mqtt] "
+                              "url in --config, and that the broker runs")
+        where = f"{self.host}:{self.port}"
         self._client.loop_start()
         if not self._connected.wait(timeout):
             self.close()
