@@ -106,6 +106,11 @@ def register(sub: Any, name: str, helptext: str) -> None:
         help="pixel input tensor: litert makes int8 (scale 1, zero point -128) unless uint8 is asked for; "
         "tf always uint8; the device takes either as it is",
     )
+    p.add_argument(
+        "--target", choices=["tflite", "imx500"], default="tflite",
+        help="tflite (default): the INT8 TFLite bundle; imx500: a network for the Raspberry Pi AI Camera "
+        "(<name>_imx500.zip for imx500-package, the [imx500] extra on Python 3.10-3.12, Java 17+)",
+    )
     p.add_argument("--edgetpu", action="store_true", help="also compile for the Coral Edge TPU")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     p.add_argument(
@@ -143,6 +148,10 @@ def spec_from_args(args: argparse.Namespace) -> PreprocessSpec:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.target == "imx500":
+        from .convert_imx500 import run as run_imx500
+
+        return run_imx500(args, spec_from_args(args))
     try:
         from edge_resnet.convert.backends import choose
         from edge_resnet.convert.pipeline import ConvertJob
