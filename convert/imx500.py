@@ -39,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnx.numpy_helper
+import onnx.version_converter
 
 from edge_resnet.classify import read_labels, resolve_labels
 from edge_resnet.errors import DependencyError, InputError, ModelError
@@ -55,6 +56,7 @@ from .imx500_memory import (
     parse_converter_memory,
     plan,
 )
+from .offline import offline
 
 log = logging.getLogger(__name__)
 
@@ -239,13 +241,28 @@ def _import_extra() -> tuple[Any, Any, Any]:
     return torch, mct, onnx2torch
 
 
+MIN_TORCH_OPSET = 13  # onnx2torch has no converters for older ops (the model zoo's ResNets are opset 7)
+
+
+def upgraded(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model at opset 13 or later, as onnx2torch needs it (onnx's own version converter)."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_TORCH_OPSET)
+    if opset >= MIN_TORCH_OPSET:
+        return model
+    try:
+        return onnx.version_converter.convert_version(model, MIN_TORCH_OPSET)
+    except Exception as e:
+        raise ModelError(f"the ONNX model's opset {opset} cannot be upgraded to {MIN_TORCH_OPSET} for PyTorch "
+                         f"({type(e).__name__}: {e}); export it again with opset 13-17") from None
+
+
 def to_torch(model: onnx.ModelProto) -> Any:
     torch, _mct, onnx2torch = _import_extra()
     try:
-        net = onnx2torch.convert(inline_identities(model))
+        net = onnx2torch.convert(inline_identities(upgraded(model)))
     except Exception as e:
         raise ModelError(f"onnx2torch cannot read this ONNX model ({type(e).__name__}: {e}); export it from "
-                         "PyTorch with opset 13-17, or convert a model-zoo ResNet / MobileNet v2") from None
+                         "PyTorch with opset 13-17") from None
     net.eval()
     torch.set_grad_enabled(False)
     return net
@@ -462,6 +479,8 @@ def run(job: Imx500Job, on_stage: Callable[[str], None] | None = None) -> Imx500
     stem = job.onnx.stem
     budget = memory.weights_budget
     attempts: list[dict[str, Any]] = []
+    guard = contextlib.ExitStack()
+    guard.enter_context(offline())  # MCT, the export and the evaluation never reach the network
     try:
         for attempt in range(1, MAX_BUDGET_TRIES + 1):
             qnet, qdetails = quantize(net, calib, budget)
@@ -525,6 +544,7 @@ def run(job: Imx500Job, on_stage: Callable[[str], None] | None = None) -> Imx500
             verify.check(report, target, md_path)
         return Imx500Result(target, meta_path, json_path, md_path, report.data, verified=passed)
     finally:
+        guard.close()
         if job.keep_workdir:
             log.info("IMX500 working folder kept at %s", work)
         else:
