@@ -169,6 +169,8 @@ def test_daemon_publishes_sensor_labels_on_mqtt_and_the_overlay(broker: Broker, 
         print(f"\nMQTT label {state['label']!r} ({state['score']:.3f}); /metrics: {int(skipped)} frames without a "
               f"tensor skipped, dnn {metrics['edge_resnet_imx500_dnn_ms'][1][0][1]} ms; overlay JPEG {img.shape}")
         assert child.p.poll() is None, "a frame without a tensor must not stop the daemon:\n" + child.tail()
+        ready = [ln for ln in child.err if "ready: " in ln]  # the line systemd gets as STATUS= too
+        assert ready and "dnn 6.5 ms" in ready[0], child.tail()
     finally:
         child.p.terminate()
         try:
