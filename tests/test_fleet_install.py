@@ -375,6 +375,12 @@ def test_with_require_signature_only_a_model_signed_by_a_trusted_key_is_installe
         assert end["state"] == "applied" and end["running_version"] == 2 and end["previous_version"] == 1, end
         print(f"signed by the trusted key: {end['state']}, version {end['previous_version']} -> "
               f"{end['running_version']}")
+
+        def state_names_version_2(_: list[Message]) -> bool:  # the retained state document names it too
+            got = sub.on(f"{PREFIX}/cam-s/state")
+            return bool(got) and got[-1].json().get("model_version") == 2
+
+        assert sub.wait_for(state_names_version_2, 40), [m.json() for m in sub.on(f"{PREFIX}/cam-s/state")][-1:]
         assert stop(child) == 0
     finally:
         child.kill()

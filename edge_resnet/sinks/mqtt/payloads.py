@@ -17,6 +17,9 @@ def state_payload(obs: Observation | None, status: Status | None, device_id: str
     doc.update(observation_json(obs))
     if status is not None:
         doc.update(healthy=status.healthy, reason=status.reason)
+    # the running model's signed version (the fleet: `fleet status` and the update entity read it); null
+    # for an unsigned model
+    doc["model_version"] = status.labels.get("model_version") if status is not None else None
     return doc
 
 
