@@ -26,7 +26,7 @@ key=$(cat pyproject.toml tests/venvs.sh | sha256sum | cut -c1-16)
 
 venv .venv "$key" -e ".[convert,dev]"
 venv .venv-device "$key" "$ROOT" pytest hypothesis
-venv .venv-old "$key" "numpy<2" "tflite-runtime==2.14.0" "opencv-python-headless<4.12" "paho-mqtt>=2,<3" pytest hypothesis
+venv .venv-old "$key" "numpy<2" "tflite-runtime==2.14.0" "opencv-python-headless<4.12" "paho-mqtt>=2,<3" "cryptography>=41" pytest hypothesis
 # the device environments get this checkout's code (the old one without dependency resolution:
 # tflite-runtime instead of ai-edge-litert). setuptools packs whatever an earlier build left in
 # build/lib (a module since moved or deleted would ship again), so each install starts without it.
