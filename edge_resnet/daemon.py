@@ -333,6 +333,7 @@ class Daemon:
             fleet_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=current.path))
             try:
                 self.trusted_version(current.path, None)  # the fleet's version stands (signed or not)
+                self.trust_region_models(fleet_cfg.regions)
                 regions = load_regions(fleet_cfg.regions, fleet_cfg.model, fleet_cfg.pipeline)
                 clf = regions[0].classifier if regions else load_classifier(fleet_cfg.model)
             except EdgeResnetError as e:
@@ -342,6 +343,7 @@ class Daemon:
                 self.cfg, self._fleet_model = fleet_cfg, current.path
                 return regions, clf, current.version
         version = self.trusted_version(cfg.model.path, None)  # refused: the daemon does not start (exit 4)
+        self.trust_region_models(cfg.regions)
         regions = load_regions(cfg.regions, cfg.model, cfg.pipeline)
         # with regions, the whole-frame classifier is the first region's (its backbone is loaded once)
         clf = regions[0].classifier if regions else load_classifier(cfg.model)
@@ -359,6 +361,11 @@ class Daemon:
         target = self.cfg.model.device if self.cfg.model.device in ("cpu", "edgetpu") else None
         m = check_model(path, load_policy(trust), min_version=min_version, target=target)  # type: ignore[arg-type]
         return m.version if m is not None else None
+
+    def trust_region_models(self, regions: list[RegionConfig]) -> None:
+        """A `[[region]] model` arrives like `[model] path`: the same trust check (ModelRefused)."""
+        for path in sorted({r.model for r in regions if r.model}):
+            self.trusted_version(path, None)
 
     def _start_agent(self, fleet: FleetConfig, ledger: Ledger) -> None:
         from .fleet.agent import FleetAgent
@@ -432,6 +439,7 @@ class Daemon:
         stamp = _model_stamp(model.path)
         try:  # a signed model may not go back to an older version than the one running
             version = self.trusted_version(model.path, self.pipeline.model_version)
+            self.trust_region_models(regions)
         except EdgeResnetError as e:
             self.pipeline.reload_failures += 1
             log.error("new model refused, keeping %s: %s", self.pipeline.model_name, e)

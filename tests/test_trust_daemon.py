@@ -103,3 +103,31 @@ def test_require_signature_refuses_unsigned_models_at_start_and_on_disk(
         assert child.p.wait(10) == 0
     finally:
         child.kill()
+
+
+def test_require_signature_covers_a_regions_own_model(
+    tmp_path: Path, models_dir: Path, labels_1001: Path, samples_dir: Path
+) -> None:
+    """A `[[region]] model` arrives like `[model] path`: unsigned under require_signature, the daemon
+    does not start (exit 4, one line naming it); signed by the trusted key, it runs."""
+    _, key, pub = generate(tmp_path / "keys")
+    flat = (models_dir / "mobilenet_v1_0.75_192_quant.tflite").read_bytes()
+    main = fm.bundle(flat, labels_1001, tmp_path / "main.tflite", source={"made_for": "main"})
+    sign_model(main, load_private(key), 1)
+    door = fm.bundle(flat, labels_1001, tmp_path / "door.tflite", source={"made_for": "door"})
+    video = tmp_path / "v.avi"
+    write_video(video, pick_samples(samples_dir, 2), seconds_each=0.5, fps=10.0)
+    cfg = tmp_path / "cam.toml"
+    cfg.write_text(
+        f'device_id = "cam"\nstate_dir = "{tmp_path / "state"}"\n[model]\npath = "{main}"\nthreads = 1\n'
+        f'[source]\ntype = "file"\npath = "{video}"\n'
+        f'[[region]]\nname = "door"\nroi = [0, 0, 100, 100]\nmodel = "{door}"\n'
+        f'[trust]\nkeys = ["{pub}"]\nrequire_signature = true\n'
+    )
+    r = run_cli("run", "--config", str(cfg), "--max-frames", "1", timeout=120)
+    assert r.returncode == 4, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "door.tflite" in last and "refused (unsigned)" in last, last
+    sign_model(door, load_private(key), 1)
+    r = run_cli("run", "--config", str(cfg), "--max-frames", "2", timeout=120)
+    assert r.returncode == 0, r.stderr
