@@ -184,9 +184,13 @@ RULES = Rules(window_s=5.0, latency_factor=3.0)
 VARIED = baseline(None, frames(["cat", "dog", "cat", "bird", "dog"] * 10), RULES)
 
 
-def test_the_baseline_takes_the_bundles_measured_latency_else_the_previous_median() -> None:
+def test_the_baseline_is_the_previous_models_latency_here_scaled_by_the_bundles_measured_ratio() -> None:
     prev = frames(["cat", "dog"] * 10, ms=8.0)
-    assert baseline(2.5, prev, RULES) == Baseline(2.5, "its bundle's measured 2.5 ms", 2)
+    # the bundles' own milliseconds (another machine's) only scale the previous model's, never replace them
+    assert baseline(2.5, prev, RULES) == Baseline(8.0, "the previous model's 8.0 ms here", 2)
+    heavier = baseline(20.0, prev, RULES, previous_measured_ms=5.0)  # e.g. MobileNet -> ResNet-50: 4x expected
+    assert heavier.invoke_ms == 32.0 and "x 4.00" in heavier.latency_from
+    assert baseline(20.0, prev[:2], RULES, previous_measured_ms=5.0).invoke_ms is None
     assert baseline(None, prev, RULES) == Baseline(8.0, "the previous model's 8.0 ms here", 2)
     assert baseline(None, prev[:2], RULES).invoke_ms is None  # too few frames to be a reference
     assert measured_latency_ms({"runtime": {"invoke_ms_median": 4.2}}) == 4.2

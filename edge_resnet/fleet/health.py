@@ -4,9 +4,12 @@ frames it classified (or failed to), so every rule is tested on values.
 A new model fails its window when
 - it fails to invoke (fast: a few failures and not one success end the window at once),
 - too few frames are classified in the window,
-- its invoke time is over `latency_factor` times a reference: the latency measured when the bundle
-  was made (`source.runtime.invoke_ms_median` in its metadata, as `convert` measures it), else what
-  the previous model took here (fast too: once enough frames are in, waiting adds nothing). Invoke
+- its invoke time is over `latency_factor` times a reference: what the previous model took here,
+  scaled by the ratio of the two bundles' measured latencies when both carry one
+  (`source.runtime.invoke_ms_median`, as `convert` measures it on the workstation), so a model that
+  is meant to be heavier (MobileNet to ResNet-50) is expected to be slower by as much, while a
+  workstation's milliseconds are never compared with a Pi's (fast too: once enough frames are in,
+  waiting adds nothing). Invoke
   times here are compared by their lower quartile: a busy CPU (another process, another model)
   stretches some invokes, never all of them, while a model that is really slower is slow on every
   frame, its fastest ones included,
@@ -97,17 +100,27 @@ def varied_labels(outcomes: Sequence[Outcome], share: float) -> int:
     return sum(1 for c in labels.values() if n and c / n >= share)
 
 
-def baseline(measured_ms: float | None, previous: Sequence[Outcome], rules: Rules) -> Baseline:
-    """The reference for a new model: its bundle's measured latency, else what the previous model
-    took here; and how varied the previous model's labels were."""
+def baseline(
+    measured_ms: float | None, previous: Sequence[Outcome], rules: Rules, previous_measured_ms: float | None = None
+) -> Baseline:
+    """The reference for a new model: what the previous model took here, times the ratio of the two
+    bundles' measured latencies when both were measured (else 1); and how varied the previous model's
+    labels were. No reference without the previous model's frames: a bundle's own milliseconds were
+    measured on another machine."""
     prev_ms = [o.invoke_ms for o in previous if o.ok]
     varied = varied_labels(previous, rules.varied_share)
-    if measured_ms is not None:
-        return Baseline(measured_ms, f"its bundle's measured {measured_ms:.1f} ms", varied)
-    if len(prev_ms) >= rules.min_frames:
-        typical = low_quartile(prev_ms)
-        return Baseline(typical, f"the previous model's {typical:.1f} ms here", varied)
-    return Baseline(None, "no reference", varied)
+    if len(prev_ms) < rules.min_frames:
+        return Baseline(None, "no reference", varied)
+    typical = low_quartile(prev_ms)
+    if measured_ms is not None and previous_measured_ms is not None:
+        scale = measured_ms / previous_measured_ms
+        return Baseline(
+            typical * scale,
+            f"the previous model's {typical:.1f} ms here x {scale:.2f} (the bundles' measured "
+            f"{measured_ms:.1f} / {previous_measured_ms:.1f} ms)",
+            varied,
+        )
+    return Baseline(typical, f"the previous model's {typical:.1f} ms here", varied)
 
 
 def judge(outcomes: Sequence[Outcome], started: float, now: float, base: Baseline, rules: Rules) -> Verdict:

@@ -50,6 +50,7 @@ class Swapped:
     measured_ms: float | None  # the bundle's own measured invoke latency, if it carries one
     previous: Running
     previous_outcomes: Sequence[Outcome] = field(default_factory=list)  # the replaced model's recent frames
+    previous_measured_ms: float | None = None  # the replaced bundle's measured latency, if it carries one
 
 
 class Effects(Protocol):
@@ -204,7 +205,7 @@ class Installer:
             why = f"the model does not run here: {e}"
             return self._end(rec, JobState.REJECTED, why, bad=(cmd.version, why))
         self.publish(self._status(rec, JobState.VERIFYING, "health window", 100, previous=before.version))
-        base = baseline(swapped.measured_ms, swapped.previous_outcomes, self.rules)
+        base = baseline(swapped.measured_ms, swapped.previous_outcomes, self.rules, swapped.previous_measured_ms)
         log.info("fleet: version %d swapped in; health window %g s (latency reference: %s, the previous model "
                  "said %d labels)", cmd.version, self.rules.window_s, base.latency_from, base.previous_labels)
         verdict = self._window(swapped, base)

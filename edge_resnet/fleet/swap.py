@@ -87,6 +87,8 @@ class ModelSwitch:
             previous = self.pipeline.outcomes(self.pipeline.generation, since=time.monotonic() - BASELINE_S)
             mc = dataclasses.replace(before, path=str(path))
             measured: list[float | None] = [None]
+            old_meta = self.pipeline.classifier.engine.model.meta
+            previous_measured = measured_latency_ms(old_meta.source) if old_meta is not None else None
 
             def check(clf: Classifier) -> None:
                 check_golden(clf)
@@ -99,7 +101,7 @@ class ModelSwitch:
             self._on_switch(mc, version)
         self._applied(lambda: self.pipeline.generation == gen)
         started = time.monotonic()
-        return Swapped(gen, started, measured[0], Running(prev_version, before.path), previous)
+        return Swapped(gen, started, measured[0], Running(prev_version, before.path), previous, previous_measured)
 
     def outcomes(self, swapped: Swapped) -> Sequence[Outcome]:
         return self.pipeline.outcomes(swapped.generation)
