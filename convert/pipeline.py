@@ -232,6 +232,11 @@ def run(job: ConvertJob) -> ConvertResult:
             gate = verify.Gate(job.max_top1_drop, job.min_agreement)
             report = verify.evaluate(bundle, float_model, ref, eval_items, offset, gate, extra)
             target = final if verify.passes(report) else rejected
+            runtime = report.data.get("runtime") or {}
+            if "invoke_ms_median" in runtime:  # the bundle carries its measured latency (the fleet's health
+                # window scales the previous model's time on the device by the two bundles' ratio)
+                meta.source["runtime"] = {k: runtime[k] for k in ("invoke_ms_median", "delegate", "interpreter")}
+                write_bundle(q.int8_tflite, meta, bundle)  # the same flatbuffer, its metadata completed
         else:  # --no-eval (require_evaluation refused a missing evaluation set otherwise)
             report = verify.Report({**extra, "gate": verify.unverified_gate("no evaluation set; --no-eval"),
                                     "unverified": UNVERIFIED})

@@ -129,6 +129,11 @@ def test_without_ground_truth_the_gate_is_agreement(
     md = (out / "tiny_int8.report.md").read_text()
     assert "top-1 drop: not measured (no ground truth)" in md and "minimum 100.00 %: FAILED" in md, md
     _no_none_or_nan(out / "tiny_int8.report.md", out / "tiny_int8.report.json")
+    # the bundle carries the latency verification measured (the fleet's health window reads it)
+    from edge_resnet.bundle import read_model
+
+    meta = read_model(out / "tiny_int8.rejected.tflite").meta
+    assert meta is not None and meta.source["runtime"]["invoke_ms_median"] == rep["runtime"]["invoke_ms_median"]
 
 
 def test_a_model_zoo_name_points_at_fetch(
