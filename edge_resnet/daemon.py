@@ -43,7 +43,7 @@ from .model import load_classifier
 from .notify import Notifier
 from .pipeline import Pipeline
 from .regions import load_regions
-from .sinks.base import Sink, SinkContext, StatusFn
+from .sinks.base import Remote, Sink, SinkContext, StatusFn
 from .sources import make_source
 from .teach import Teacher
 
@@ -63,11 +63,17 @@ Overrides = Callable[[Config], Config]
 
 
 def build_sinks(
-    cfg: Config, status: StatusFn, sink_health: Callable[[], dict[str, str]] | None = None
+    cfg: Config,
+    status: StatusFn,
+    sink_health: Callable[[], dict[str, str]] | None = None,
+    remote: Remote | None = None,
 ) -> list[Sink]:
     """One sink per active table, by its registry factory (each sink module is imported only when
-    configured). `sink_health` lets the overlay's /healthz list every sink's own state."""
-    ctx = SinkContext(cfg.device_id, Path(cfg.state_dir), status, sink_health, cfg.pipeline.heartbeat_s)
+    configured). `sink_health` lets the overlay's /healthz list every sink's own state; `remote` is
+    what a sink may ask of the daemon (MQTT: Home Assistant's reload button and model select)."""
+    ctx = SinkContext(
+        cfg.device_id, Path(cfg.state_dir), status, sink_health, cfg.pipeline.heartbeat_s, remote, cfg.fleet.enabled
+    )
     return [configmod.resolve(configmod.SINKS[name].factory)(table, ctx) for name, table in cfg.active_sinks().items()]
 
 
@@ -197,7 +203,7 @@ class Daemon:
         )
         failure: EdgeResnetError | None = None
         try:
-            self.sinks = build_sinks(cfg, pipeline.status, pipeline.sink_health)
+            self.sinks = build_sinks(cfg, pipeline.status, pipeline.sink_health, self._remote())
             pipeline.set_sinks(self.sinks)
             if regions:  # teaching from the overlay: regions' crops labelled with a click
                 self.teacher = Teacher(pipeline, Path(cfg.state_dir))
@@ -397,6 +403,23 @@ class Daemon:
             if self.teacher is not None:
                 self.teacher.retrain_all()
 
+    # -- what sinks may ask (build_sinks' remote) ---------------------------------------------------
+    def _remote(self) -> Remote:
+        return Remote(self.request_reload, lambda: self.cfg.model.path, self._select_model)
+
+    def _select_model(self, path: Path) -> str | None:
+        """A remote model select: the chosen file runs through the reload path (trust check; refused,
+        the running model goes on), then the config names it, as after a fleet swap. A SIGHUP re-reads
+        `[model] path` from the config file."""
+        assert self.pipeline is not None
+        with self._model_lock:
+            model = dataclasses.replace(self.cfg.model, path=str(path))
+            if not self._reload_model(model, self.cfg.regions):
+                return f"{path.name} refused (the log says why); {self.pipeline.model_name} runs on"
+            self.cfg = dataclasses.replace(self.cfg, model=model)
+            self._fleet_model = None
+        return None
+
     # -- reload ------------------------------------------------------------------------------------
     def reload(self) -> bool:
         """SIGHUP: re-read the config (if there is a file), reload the model, apply what changed.
@@ -498,7 +521,7 @@ class Daemon:
     def _swap_sinks(self, new: Config) -> None:
         assert self.pipeline is not None
         try:
-            sinks = build_sinks(new, self.pipeline.status, self.pipeline.sink_health)
+            sinks = build_sinks(new, self.pipeline.status, self.pipeline.sink_health, self._remote())
         except EdgeResnetError as e:
             log.error("new sink configuration refused, keeping the running sinks: %s", e)
             return

@@ -43,6 +43,9 @@ class MqttConfig:
     # "5": MQTT 5 (a persistent session with an expiry), 3.1.1 with a broker that answers that it
     # speaks only that; "3.1.1": always 3.1.1 (clean_session false), for brokers that do not answer so
     protocol: Literal["5", "3.1.1"] = "5"
+    # Home Assistant's image entity: the annotated frame (a region's crop) of each label change as a JPEG
+    # of at most 100 KB, at most one a second, retained on <prefix>/<device>/snapshot. Off: pictures leave the device
+    snapshots: bool = False
 
     def __post_init__(self) -> None:
         tls = {t for _, _, t in self.endpoints()}  # validates every URL

@@ -33,6 +33,16 @@ def degraded_summary(words: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class Remote:
+    """What a sink may ask of the daemon on behalf of a remote control (Home Assistant's reload button
+    and model select over MQTT). Each returns at once or after one model load, never blocks for long."""
+
+    reload: Callable[[], None]  # reload as SIGHUP does (the daemon's loop does it)
+    model_path: Callable[[], str]  # the running model's file; its folder is the models folder
+    select_model: Callable[[Path], str | None]  # run this model (reload path, trust check): None, or why not
+
+
+@dataclass(frozen=True)
 class SinkContext:
     """What the daemon gives every sink factory besides its own table."""
 
@@ -41,6 +51,8 @@ class SinkContext:
     status: StatusFn
     sink_health: Callable[[], dict[str, str]] | None = None  # every sink's state, for the overlay's /healthz
     heartbeat_s: float = 30.0  # [pipeline] heartbeat_s
+    remote: Remote | None = None  # None: nothing may be asked of the daemon (tests, `run` without one)
+    fleet: bool = False  # [fleet] enabled: the fleet agent serves the model update topics
 
 
 class Sink(Protocol):

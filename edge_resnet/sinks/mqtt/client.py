@@ -26,12 +26,14 @@ from ...config import check_device_id
 from ...errors import ConfigError
 from ...observation import Observation, Status
 from ...sinkconfig import MqttConfig
-from ..base import SinkContext, StatusFn, degraded_words
+from ..base import Remote, SinkContext, StatusFn, degraded_words
 from . import discovery
 from .eventqueue import EventQueue
 from .failover import Broker, Brokers
 from .payloads import event_body, state_payload
 from .reach import Unreachable, refused_words, subject, unreachable_words
+from .remote import Command, chosen_model, models_in, parse_command
+from .snapshot import Pacer, snapshot_jpeg
 from .tls import client_context, tls_diagnosis
 
 log = logging.getLogger(__name__)
@@ -43,9 +45,7 @@ PAHO_QUEUE_MAX = 500  # paho's outgoing queue (unbounded by default); > EVENT_WI
 HEALTH_CHECK_S = 1.0  # how often the sink thread looks for a change of the pipeline's health
 CHANGES_MAX = 1000  # label changes waiting for the sink thread to write them to SQLite
 UNSTORED_MAX = 100  # events the degraded queue could not store, waiting to be sent live
-# the Home Assistant platforms whose topics the daemon serves today (label state and label-change events);
-# discovery.py can also describe image, select, button and update entities, announced once served
-SERVED_PLATFORMS = ("sensor", "event")
+MODELS_SCAN_S = 30.0  # how often the models folder is listed again for the model select
 DISCOVERY_FILE = "discovery.json"  # in state_dir: the form and topics announced, to clean them on a switch
 
 
@@ -99,9 +99,19 @@ class MqttSink:
 
     name = "mqtt"
 
-    def __init__(self, cfg: MqttConfig, device_id: str, status: StatusFn, state_dir: Path) -> None:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        device_id: str,
+        status: StatusFn,
+        state_dir: Path,
+        remote: Remote | None = None,
+        fleet: bool = False,
+    ) -> None:
         check_device_id(device_id)
         self.cfg = cfg
+        self.remote = remote  # the daemon's reload and model select (None: no buttons, no select)
+        self.fleet = fleet  # the fleet agent serves the model update entity's topics
         self.device_id = device_id
         self._status = status
         endpoints = cfg.endpoints()
@@ -117,8 +127,17 @@ class MqttSink:
         base = f"{cfg.topic_prefix}/{device_id}"
         self.state_topic = f"{base}/state"
         self.events_topic = f"{base}/events"
+        self._base = base
         self.availability_topic = f"{base}/availability"
         self.discovery_topic = f"{cfg.discovery_prefix}/sensor/{device_id}/label/config"
+        self.command_topic = f"{base}/command"
+        self.select_topic = f"{base}/model/select"
+        self.select_set_topic = f"{base}/model/select/set"
+        self._commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=16)  # paho thread -> sink thread
+        self._pacer = Pacer()  # snapshots waiting for their topic's second to pass
+        self._models: tuple[str, ...] = ()  # the models folder's files, as last listed
+        self._models_at = -1e9  # monotonic time of that listing
+        self._selected: str | None = None  # the model name last published on the select's state topic
         self.queue = EventQueue(Path(state_dir) / "events.sqlite", cfg.queue_max)
         self._changes: queue.Queue[Observation] = queue.Queue(maxsize=CHANGES_MAX)
         # events the degraded queue could not store: sent live once (no seq), oldest dropped beyond the cap
@@ -162,8 +181,12 @@ class MqttSink:
             "events_unstored": 0,  # the queue was degraded: not stored, counted in queue.dropped
             "events_sent_live": 0,  # of those, sent live (once, without seq)
             "state_published": 0,
+            "snapshots_published": 0,
+            "snapshot_bytes_max": 0,  # the largest snapshot sent (at most snapshot.MAX_BYTES)
+            "commands": 0,  # buttons pressed and models selected from Home Assistant
         }
         self._client = self._make_client()
+        self._client.on_message = self._on_message  # the buttons' and the model select's commands
 
     # -- paho client and its callbacks (run on paho's network thread; they only record and wake) --
 
@@ -358,6 +381,17 @@ class MqttSink:
         self._acks.put((mid, rc))
         self._wake.set()
 
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """A command from Home Assistant: handed to the sink thread. A retained one is old news (a
+        reload left on the broker would reload at every connect): ignored."""
+        if msg.retain:
+            return
+        try:
+            self._commands.put_nowait((msg.topic, bytes(msg.payload)))
+        except queue.Full:
+            log.warning("mqtt: commands arrive faster than they are done; dropped one on %s", msg.topic)
+        self._wake.set()
+
     # -- the Sink protocol --
 
     def start(self) -> None:
@@ -498,9 +532,14 @@ class MqttSink:
                     self._barrier_since = time.monotonic()
                     self._client.publish(self.availability_topic, "online", qos=1, retain=True)  # once a connect
                     self._discovered.clear()  # a broker restarted without persistence lost the retained configs
+                    self._selected = None
+                    self._subscribe()
                     state_due = True
+                self._do_commands()
                 if self.cfg.discovery:
                     self._announce_discovery()
+                self._publish_selected()
+                self._publish_snapshots()
                 if state_due or time.monotonic() >= next_heartbeat or self._health_changed():
                     self._publish_state()
                     state_due = False
@@ -521,6 +560,9 @@ class MqttSink:
             except queue.Empty:
                 return any_change
             any_change = True
+            if self.cfg.snapshots:  # the picture of the first label and of each change
+                leaf = self.region_topic(obs.region, "snapshot") if obs.region else f"{self._base}/snapshot"
+                self._pacer.offer(leaf, obs)
             if not obs.changed:  # the first observation, not a change: it only sets the state
                 self._previous_label[obs.region] = obs.label.label
                 continue
@@ -616,30 +658,117 @@ class MqttSink:
 
     def _discovery_messages(self, form: str) -> list[discovery.Message]:
         """Home Assistant's configs (discovery.py) for what the observations so far name: the whole
-        frame's label sensor and label-change event once it has an observation, each [[region]]'s once
-        that region has one; only entities whose topics the daemon serves (SERVED_PLATFORMS). The
-        device's model is the whole frame's (else the first region's): none before the first observation."""
+        frame's label sensor, label-change event (and snapshot image when [mqtt] snapshots is on) once it
+        has an observation, each [[region]]'s once that region has one; the buttons and (with more than
+        one model in the models folder) the model select when the daemon takes commands; the model
+        update with [fleet]. Only entities whose topics are served. The device's model is the whole
+        frame's (else the first region's): none before the first observation."""
         with self._lock:
             whole = self._latest.model if self._latest is not None else None
             regions = tuple(sorted(self._regions))
             model = whole or (self._regions[regions[0]].model if regions else None)
         if model is None:
             return []
+        models = self._model_choices()
         a = discovery.Announce(
-            self.device_id, self.cfg.topic_prefix, self.cfg.discovery_prefix, model=model, fleet=False
-        )
+            self.device_id, self.cfg.topic_prefix, self.cfg.discovery_prefix, model=model,
+            snapshot=self.cfg.snapshots, models=models, fleet=self.fleet,
+        )  # fmt: skip
         parts = ([a] if whole else []) + ([dataclasses.replace(a, regions=regions)] if regions else [])
+
+        def served(e: discovery.Entity) -> bool:
+            return e.platform != "button" or self.remote is not None
+
         if form == "entity":
-            return [
-                discovery.Message(discovery.entity_topic(p, e), _dumps(discovery.entity_document(p, e)))
+            msgs = {
+                discovery.entity_topic(p, e): _dumps(discovery.entity_document(p, e))
                 for p in parts
                 for e in discovery.entities(p)
-                if e.platform in SERVED_PLATFORMS
-            ]
+                if served(e)
+            }
+            return [discovery.Message(t, m) for t, m in msgs.items()]
         doc = discovery.device_document(parts[0])
+        keep = {e.key for p in parts for e in discovery.entities(p) if served(e)}
         cmps = {k: c for p in parts for k, c in discovery.device_document(p)["cmps"].items()}
-        doc["cmps"] = {k: c for k, c in cmps.items() if c["p"] in SERVED_PLATFORMS}
+        doc["cmps"] = {k: c for k, c in cmps.items() if k in keep}
         return [discovery.Message(discovery.device_topic(a), _dumps(doc))]
+
+    # -- Home Assistant's controls: buttons, model select, snapshots (on the sink thread) --
+
+    def _model_choices(self, rescan: bool = False) -> tuple[str, ...]:
+        """The models folder's files when the select is served: the daemon takes commands and there is
+        more than one model to choose from (a select of one is no choice). Listed every MODELS_SCAN_S."""
+        if self.remote is None:
+            return ()
+        now = time.monotonic()
+        if rescan or now - self._models_at >= MODELS_SCAN_S:
+            self._models = models_in(Path(self.remote.model_path()).parent)
+            self._models_at = now
+        return self._models if len(self._models) > 1 else ()
+
+    def _subscribe(self) -> None:
+        """At each connect: the topics Home Assistant's buttons and model select write to."""
+        if self.remote is not None:
+            self._client.subscribe([(self.command_topic, 1), (self.select_set_topic, 1)])
+
+    def _do_commands(self) -> None:
+        """The commands paho handed over: a button (republish discovery, reload) or a model chosen."""
+        while True:
+            try:
+                topic, payload = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if self.remote is None:
+                continue
+            self.stats["commands"] += 1
+            if topic == self.select_set_topic:
+                self._select(payload)
+                continue
+            cmd = parse_command(payload)
+            if cmd is Command.DISCOVERY:
+                log.info("mqtt: publishing Home Assistant discovery again (asked on %s)", topic)
+                self._model_choices(rescan=True)
+                self._discovered.clear()
+                self._selected = None
+            elif cmd is Command.RELOAD:
+                log.info("mqtt: reload asked on %s", topic)
+                self.remote.reload()
+            else:
+                log.warning("mqtt: unknown command %r on %s; use 'discovery' or 'reload'", payload[:40], topic)
+
+    def _select(self, payload: bytes) -> None:
+        """Run the model Home Assistant chose (one of the models folder's files) through the daemon's
+        reload path; refused, the running model goes on and the select shows it again."""
+        assert self.remote is not None
+        folder = Path(self.remote.model_path()).parent
+        chosen = chosen_model(folder, payload)
+        if isinstance(chosen, str):
+            log.warning("mqtt: model select refused: %s", chosen)
+        else:
+            log.info("mqtt: model %s selected from Home Assistant", chosen.name)
+            why = self.remote.select_model(chosen)
+            if why is not None:
+                log.warning("mqtt: model select refused: %s", why)
+        self._selected = None  # publish what runs now (the choice, or the running model again)
+
+    def _publish_selected(self) -> None:
+        """The select's state: the running model's file name (retained), whenever it changes."""
+        if not self._model_choices():
+            return
+        with self._lock:
+            obs = self._latest or next(iter(self._regions.values()), None)
+        name = obs.model if obs is not None else None
+        if name is not None and name != self._selected:
+            self._client.publish(self.select_topic, name, qos=1, retain=True)
+            self._selected = name
+
+    def _publish_snapshots(self) -> None:
+        """The waiting label changes' pictures whose topic's second has passed: raw JPEG, retained."""
+        for topic, obs in self._pacer.due(time.monotonic()):
+            jpeg = snapshot_jpeg(obs)
+            self._client.publish(topic, jpeg, qos=0, retain=True)
+            self.stats["snapshots_published"] += 1
+            self.stats["snapshot_bytes_max"] = max(self.stats["snapshot_bytes_max"], len(jpeg))
 
     def _announce_discovery(self) -> None:
         """Home Assistant's config once the first observation names the model, so HA gets one config with
@@ -763,4 +892,4 @@ def _dumps(doc: dict[str, Any]) -> str:
 
 def make_sink(cfg: MqttConfig, ctx: SinkContext) -> MqttSink:
     """The registry's factory for `[mqtt]`."""
-    return MqttSink(cfg, ctx.device_id, ctx.status, ctx.state_dir)
+    return MqttSink(cfg, ctx.device_id, ctx.status, ctx.state_dir, ctx.remote, ctx.fleet)
