@@ -8,6 +8,11 @@ worker thread owns the job queue and runs one job at a time (install.Installer),
 step retained on `<prefix>/<device>/model/job`. Both stop when asked, within their timeouts; a job
 cut short resumes at the next start from the ledger. Presence (`<prefix>/<device>/fleet`, retained)
 goes out at each connect and after each job.
+
+Home Assistant's update entity: `<prefix>/<device>/model/update` (retained, discovery.update_state)
+says the running version, the newest offered job's version and summary, and the download's progress;
+`install` on `<prefix>/<device>/model/update/install` runs the newest job offered and not run yet (a
+command with `"manual": true` is offered and waits for that button instead of running at once).
 """
 
 from __future__ import annotations
@@ -29,12 +34,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from .. import __version__
 from ..sinkconfig import MqttConfig
+from ..sinks.mqtt import discovery
 from ..sinks.mqtt.failover import Broker, Brokers
 from ..sinks.mqtt.tls import client_context, tls_problem
 from .fleetconfig import FleetConfig
 from .health import Rules
 from .install import Effects, Installer
-from .job import BadCommand, Delivery, JobState, JobStatus, Phase, Verdict, decide, parse_command
+from .job import BadCommand, Delivery, InstallCommand, JobState, JobStatus, Phase, Verdict, decide, parse_command
 from .ledger import JobRecord, Ledger, LedgerError
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,8 @@ def topics(cfg: FleetConfig, prefix: str, device_id: str) -> dict[str, str]:
         **{f"group:{g}": f"{prefix}/group/{g}/model/install" for g in cfg.groups},
         "job": f"{prefix}/{device_id}/model/job",
         "presence": f"{prefix}/{device_id}/fleet",
+        "update": f"{prefix}/{device_id}/model/update",  # Home Assistant's update entity: its state
+        "update_install": f"{prefix}/{device_id}/model/update/install",  # and its install button
     }
 
 
@@ -65,6 +73,9 @@ class FleetAgent:
         self.effects = effects
         self.topics = topics(cfg, mqtt_cfg.topic_prefix, device_id)
         self.install_topics = [t for k, t in self.topics.items() if k == "install" or k.startswith("group:")]
+        self._offer: InstallCommand | None = None  # the newest job offered (the update entity's latest version)
+        self._waiting: dict[str, InstallCommand] = {}  # "manual" jobs offered, waiting for the install button
+        self._update_lock = threading.Lock()
         endpoints = mqtt_cfg.endpoints()
         self.tls = endpoints[0][2]
         self._brokers = Brokers([Broker(h, p) for h, p, _ in endpoints])
@@ -128,7 +139,7 @@ class FleetAgent:
             self._delay = self._brokers.failed()
             return
         self._brokers.connected()
-        client.subscribe([(t, 1) for t in self.install_topics])
+        client.subscribe([(t, 1) for t in [*self.install_topics, self.topics["update_install"]]])
         log.info("fleet: listening for install commands on %s", ", ".join(self.install_topics))
         self._connected.set()
         self._announce.set()
@@ -207,6 +218,27 @@ class FleetAgent:
         doc = status.document(self.device_id, self.cfg.groups)
         self._client.publish(self.topics["job"], json.dumps(doc), qos=1, retain=True)
         log.debug("fleet: job %s %s %s", status.job_id, status.state.value, status.reason)
+        self.publish_update(status)
+
+    def publish_update(self, status: JobStatus | None = None) -> None:
+        """The update entity's state: the running version, the newest offered job's version and
+        summary (a job that ended rejected or rolled back is no longer on offer), and while `status`
+        (the job's step) is not over, in progress with the download's percentage."""
+        with self._update_lock:
+            offer = self._offer
+            if status is not None and offer is not None and status.job_id == offer.job_id and \
+                    status.state in (JobState.REJECTED, JobState.ROLLED_BACK):  # fmt: skip
+                offer = self._offer = None
+        installed = self.effects.running().version
+        latest = offer.version if offer is not None and (installed is None or offer.version > installed) else None
+        summary = offer.extra.get("summary") if offer is not None and latest is not None else None
+        busy = status is not None and not status.state.terminal
+        doc = discovery.update_state(
+            installed, latest, summary=summary if isinstance(summary, str) else None, in_progress=busy,
+            percentage=status.progress if busy and status is not None and status.state is JobState.DOWNLOADING
+            else None,
+        )  # fmt: skip
+        self._client.publish(self.topics["update"], json.dumps(doc), qos=1, retain=True)
 
     def publish_presence(self) -> None:
         running = self.effects.running()
@@ -226,6 +258,7 @@ class FleetAgent:
             if self._announce.is_set():
                 self._announce.clear()
                 self.publish_presence()
+                self.publish_update()
             try:
                 topic, payload, retained = self._inbox.get(timeout=0.25)
             except queue.Empty:
@@ -237,6 +270,10 @@ class FleetAgent:
 
     def handle(self, topic: str, payload: bytes, delivery: Delivery) -> None:
         """One command: run it, re-publish what it did, or refuse it (one line, published)."""
+        if topic == self.topics["update_install"]:
+            if payload.strip() == b"install" and delivery is Delivery.LIVE:  # a retained press is old news
+                self.install_offered()
+            return
         try:
             cmd = parse_command(payload, self.cfg.max_download_bytes)
         except BadCommand as e:
@@ -263,6 +300,36 @@ class FleetAgent:
                 self._record(JobRecord(cmd, status, Phase.DONE))
             self.publish_status(status)
             return
+        with self._update_lock:
+            if self._offer is None or cmd.version >= self._offer.version:
+                self._offer = cmd
+        if cmd.extra.get("manual") is True:  # offered: it waits for the update entity's install button
+            self._waiting[cmd.job_id] = cmd
+            log.info("fleet: job %s (version %d) offered; it runs when installed from Home Assistant", cmd.job_id,
+                     cmd.version)  # fmt: skip
+            self.publish_update()
+            return
+        self._run(cmd, running)
+
+    def install_offered(self) -> None:
+        """The update entity's install button: run the newest job offered and not run yet, if any."""
+        waiting = [c for c in self._waiting.values() if self.ledger.get(c.job_id) is None]
+        self._waiting.clear()
+        if not waiting:
+            log.info("fleet: install asked from Home Assistant; no job is waiting")
+            return
+        cmd = max(waiting, key=lambda c: c.version)
+        log.info("fleet: installing job %s (version %d), asked from Home Assistant", cmd.job_id, cmd.version)
+        running = self.effects.running().version
+        d = decide(cmd, self.ledger.known(running), Delivery.LIVE)  # the rules again: another job may have run
+        if d.verdict is not Verdict.RUN:
+            status = self._rejected(cmd.job_id, cmd.version, d.reason or "not newer than what runs")
+            self.publish_status(status)
+            return
+        self._run(cmd, running)
+
+    def _run(self, cmd: InstallCommand, running: int | None) -> None:
+        """Queue a job that the rules let run."""
         rec = JobRecord(cmd, JobStatus(cmd.job_id, JobState.QUEUED, cmd.version, running_version=running), Phase.QUEUED)
         if self._jobs.full():
             status = self._rejected(cmd.job_id, cmd.version, f"{JOBS_MAX} jobs are queued already; send it again later")
