@@ -28,6 +28,7 @@ from edge_resnet.fleet.fleetconfig import FleetConfig
 from edge_resnet.fleet.ledger import Ledger
 from edge_resnet.observation import Status
 from edge_resnet.sinkconfig import MqttConfig, StdoutConfig
+from edge_resnet.sinks.base import Remote
 from edge_resnet.sinks.mqtt import MqttSink
 from edge_resnet.sinks.mqtt.snapshot import MAX_BYTES, encode_jpeg
 from edge_resnet.sourceconfig import FileSource
@@ -119,6 +120,50 @@ def test_snapshots_are_jpegs_at_most_one_a_second_and_a_region_gets_its_crop(bro
     assert is_jpeg(door) and decode(door).shape[:2] == (300, 400)  # the region's crop, not the frame
     kept = retained(broker.port, f"{BASE}/snapshot")
     assert kept is not None and kept.payload == shots[-1].payload  # retained: Home Assistant shows the last
+
+
+def test_a_region_gets_its_own_image_entity_and_commands_left_retained_are_ignored(
+    broker: Broker, tmp_path: Path, ha: Path
+) -> None:
+    """Per-entity discovery of a device with a region: the region's sensor, event and image, and the
+    buttons when the sink can ask the daemon (SinkContext.remote); Home Assistant's schema takes them.
+    A `reload` left retained on the command topic is not a press (it would reload at every connect);
+    a live one is."""
+    asked: list[str] = []
+    remote = Remote(lambda: asked.append("reload"), lambda: str(tmp_path / "m.tflite"), lambda p: None)
+    sub = Subscriber(broker.port, ["homeassistant/#", f"{BASE}/#"]).start()
+    sub.client.publish(f"{BASE}/command", "reload", qos=1, retain=True).wait_for_publish(5)
+    cfg = MqttConfig(url=broker.url, heartbeat_s=5.0, snapshots=True)
+    sink = MqttSink(cfg, "cam1", ok_status, tmp_path, remote)
+    sink.start()
+    try:
+        region = observation(synthetic_samples(1)[0], 1, changed=False)
+        sink.publish(dataclasses.replace(region, region="door", roi=(0, 0, 200, 100)))
+        want = "homeassistant/image/cam1/door_snapshot/config"
+        assert sub.wait_for(lambda ms: any(m.topic == want for m in ms), 10)
+        assert sub.wait_for(lambda _: bool(sub.on(f"{BASE}/door/snapshot")), 10)
+        time.sleep(1.0)
+        assert asked == []  # the retained press was delivered at subscribe, and ignored
+        sub.client.publish(f"{BASE}/command", "reload", qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 5
+        while not asked and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert asked == ["reload"]
+    finally:
+        sink.stop()
+        sub.client.publish(f"{BASE}/command", "", qos=1, retain=True).wait_for_publish(5)
+    configs = {m.topic: m.text for m in sub.messages if m.topic.startswith("homeassistant/") and m.payload}
+    assert set(configs) == {
+        "homeassistant/sensor/cam1/door_label/config",
+        "homeassistant/event/cam1/door_label_event/config",
+        "homeassistant/image/cam1/door_snapshot/config",
+        "homeassistant/button/cam1/discovery_button/config",
+        "homeassistant/button/cam1/reload_button/config",
+    }
+    assert (
+        json.loads(configs["homeassistant/image/cam1/door_snapshot/config"])["image_topic"] == f"{BASE}/door/snapshot"
+    )
+    judged_ok(ha, list(configs.items()), {f"{BASE}/door/state": [sub.on(f"{BASE}/door/state")[-1].text]})
 
 
 def test_snapshots_are_off_by_default(broker: Broker, tmp_path: Path) -> None:
