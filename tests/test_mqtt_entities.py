@@ -25,19 +25,23 @@ from edge_resnet.config import ModelConfig
 from edge_resnet.daemon import Daemon
 from edge_resnet.fleet.agent import FleetAgent
 from edge_resnet.fleet.fleetconfig import FleetConfig
+from edge_resnet.fleet.keys import generate, load_private
 from edge_resnet.fleet.ledger import Ledger
+from edge_resnet.fleet.manifest import sign_model
+from edge_resnet.fleet.trustconfig import TrustConfig
 from edge_resnet.observation import Status
 from edge_resnet.sinkconfig import MqttConfig, StdoutConfig
 from edge_resnet.sinks.base import Remote
 from edge_resnet.sinks.mqtt import MqttSink
 from edge_resnet.sinks.mqtt.snapshot import MAX_BYTES, encode_jpeg
 from edge_resnet.sourceconfig import FileSource
+from tests.helpers import fleet_models as fm
 from tests.helpers import ha_schema
 from tests.helpers.broker import Broker, Message, Subscriber, broker, retained
 from tests.helpers.fileserver import FileServer
 from tests.helpers.fleet_models import constant_label
 from tests.helpers.observations import observation, synthetic_samples
-from tests.helpers.video import write_video
+from tests.helpers.video import pick_samples, write_video
 from tests.test_daemon import on_a_thread, wait_first_frame
 from tests.test_e2e_mqtt import recognisable
 from tests.test_fleet_download import F, FakeDaemon
@@ -301,6 +305,47 @@ def test_buttons_and_the_model_select_of_a_running_daemon(
         assert d.reloads_done == reloads + 1
         pub(f"{BASE}/command", "discovery", qos=1).wait_for_publish(5)
         assert sub.wait_for(lambda _: len(sub.on(DEVICE_TOPIC)) > configs, 10)
+
+
+def test_the_model_select_under_require_signature_refuses_an_unsigned_model(
+    broker: Broker, samples_dir: Path, models_dir: Path, labels_1001: Path, tmp_path: Path
+) -> None:
+    """[trust] require_signature: choosing an unsigned model in the select is refused by the reload
+    path's trust check (the running model goes on, the select shows it again); a trusted, newer one runs."""
+    _, key, pub = generate(tmp_path / "keys")
+    flat = (models_dir / "mobilenet_v1_0.75_192_quant.tflite").read_bytes()
+    folder = tmp_path / "models"
+    folder.mkdir()
+    v1 = fm.bundle(flat, labels_1001, folder / "v1.tflite")
+    sign_model(v1, load_private(key), 1)
+    fm.bundle(flat, labels_1001, folder / "unsigned.tflite")
+    v2 = fm.bundle(constant_label(flat, 1), labels_1001, folder / "v2-tench.tflite")
+    sign_model(v2, load_private(key), 2)
+    video = tmp_path / "loop.avi"
+    write_video(video, pick_samples(samples_dir, 2), seconds_each=1.0, fps=10.0, size=(320, 240))
+    sub = Subscriber(broker.port, [f"{BASE}/#"]).start()
+    cfg = dataclasses.replace(
+        daemon_config(tmp_path, video, v1, labels_1001, broker.url, loop=True),
+        model=ModelConfig(path=str(v1)),
+        trust=TrustConfig(keys=[str(pub)], require_signature=True),
+    )
+    d = Daemon(cfg, watch_model=False)
+    pub_ = sub.client.publish
+
+    def selected() -> list[str]:
+        return [m.text for m in sub.on(f"{BASE}/model/select")]
+
+    with on_a_thread(d):
+        wait_first_frame(d)
+        assert sub.wait_for(lambda _: selected() == ["v1.tflite"], 10), selected()
+        pub_(f"{BASE}/model/select/set", "unsigned.tflite", qos=1).wait_for_publish(5)
+        assert sub.wait_for(lambda _: len(selected()) == 2, 10), selected()
+        assert selected() == ["v1.tflite", "v1.tflite"]  # refused: the select shows the running model again
+        assert d.cfg.model.path == str(v1) and d.pipeline is not None and d.pipeline.model_version == 1
+        pub_(f"{BASE}/model/select/set", "v2-tench.tflite", qos=1).wait_for_publish(5)
+        assert sub.wait_for(lambda _: selected()[-1] == "v2-tench.tflite", 20), selected()
+        assert sub.wait_for(lambda _: sub.on(f"{BASE}/state")[-1].json()["label"] == "tench, Tinca tinca", 10)
+        assert d.pipeline.model_version == 2
 
 
 # -- the fleet's update entity ---------------------------------------------------------------------
