@@ -94,6 +94,7 @@ class Imx500Job:
     no_eval: bool = False
     seed: int = 0
     keep_workdir: bool = False
+    range_method: str = "auto"  # activations: mse, minmax (MCT's no-clipping) or auto (activation_ranges)
     converter: str = CONVERTER  # the imxconv-pt command (a path, for a venv not on PATH)
 
 
@@ -274,7 +275,18 @@ def _normalised(images: npt.NDArray[np.uint8], spec: PreprocessSpec) -> npt.NDAr
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def quantize(net: Any, calib: npt.NDArray[np.float32], budget: int | None) -> tuple[Any, dict[str, Any]]:
+def activation_ranges(method: str, op_types: frozenset[str]) -> str:
+    """`minmax` or `mse` for MCT's activation thresholds. auto: min/max (no clipping) when the network bounds
+    its activations itself (Clip, i.e. ReLU6), where MSE's clipping only cuts a range training chose (MobileNet
+    v2, 800 images: top-1 drop 0.50 points with min/max, 1.12 with MSE); MSE for unbounded ReLUs (ResNets),
+    whose rare large values would otherwise take the resolution of every common one."""
+    if method in ("mse", "minmax"):
+        return method
+    return "minmax" if "Clip" in op_types else "mse"
+
+
+def quantize(net: Any, calib: npt.NDArray[np.float32], budget: int | None,
+             ranges: str = "mse") -> tuple[Any, dict[str, Any]]:
     """MCT post-training quantization for the IMX500; mixed precision with `budget` bytes of weights."""
     torch, mct, _ = _import_extra()
     batches = [torch.from_numpy(calib[i : i + 16]) for i in range(0, len(calib), 16)]
@@ -284,11 +296,13 @@ def quantize(net: Any, calib: npt.NDArray[np.float32], budget: int | None) -> tu
             yield [b]
 
     tpc = mct.get_target_platform_capabilities("pytorch", "imx500")
-    kwargs: dict[str, Any] = {"target_platform_capabilities": tpc}
+    errors = mct.core.QuantizationErrorMethod
+    qc = mct.core.QuantizationConfig(activation_error_method=errors.NOCLIPPING if ranges == "minmax" else errors.MSE)
+    kwargs: dict[str, Any] = {"target_platform_capabilities": tpc, "core_config": mct.core.CoreConfig(qc)}
     if budget is not None:
         kwargs["target_resource_utilization"] = mct.core.ResourceUtilization(weights_memory=budget)
-        kwargs["core_config"] = mct.core.CoreConfig(
-            mixed_precision_config=mct.core.MixedPrecisionQuantizationConfig(num_of_images=min(32, len(calib))))
+        kwargs["core_config"] = mct.core.CoreConfig(qc, mixed_precision_config=(
+            mct.core.MixedPrecisionQuantizationConfig(num_of_images=min(32, len(calib)))))
     t0 = time.perf_counter()
     qnet, _info = mct.ptq.pytorch_post_training_quantization(net, representative, **kwargs)
     qnet.eval()
@@ -296,6 +310,7 @@ def quantize(net: Any, calib: npt.NDArray[np.float32], budget: int | None) -> tu
     details = {
         "tool": f"model-compression-toolkit {mct.__version__}",
         "calibration_images": len(calib),
+        "activation_ranges": ranges,
         "mixed_precision": budget is not None,
         "weights_budget_bytes": budget,
         "weight_bits_layers": {str(k): v for k, v in sorted(bits.items())},
@@ -483,7 +498,7 @@ def run(job: Imx500Job, on_stage: Callable[[str], None] | None = None) -> Imx500
     guard.enter_context(offline())  # MCT, the export and the evaluation never reach the network
     try:
         for attempt in range(1, MAX_BUDGET_TRIES + 1):
-            qnet, qdetails = quantize(net, calib, budget)
+            qnet, qdetails = quantize(net, calib, budget, activation_ranges(job.range_method, info.op_types))
             say(f"quantized: {_bits_text(weight_bits(qnet))}")
             qonnx = work / f"{stem}_mct.onnx"
             export_onnx(qnet, calib, qonnx)

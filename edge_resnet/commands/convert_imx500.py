@@ -46,6 +46,7 @@ def run(args: argparse.Namespace, spec: Any) -> int:
         no_eval=args.no_eval,
         seed=args.seed,
         keep_workdir=args.keep_workdir,
+        range_method=args.ranges,
     )
     result = imx500_run(job)
     rep = result.report

@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_resnet.convert.imx500 import check_java, inline_identities, network_sizes
+from edge_resnet.convert.imx500 import activation_ranges, check_java, inline_identities, network_sizes
 from edge_resnet.convert.imx500_memory import (
     IMX500_MEMORY_BYTES,
     DoesNotFit,
@@ -116,3 +116,9 @@ def test_java_older_than_17_is_one_line_naming_the_package(tmp_path: Path, monke
     java.write_text('#!/bin/sh\necho \'openjdk version "17.0.15" 2025-04-15\' >&2\n')
     assert check_java().startswith('openjdk version "17')
     json.dumps(MOBILENET_V2_REPORT)  # the fixture stays plain JSON
+
+
+def test_activation_ranges_without_clipping_where_the_network_bounds_them() -> None:
+    assert activation_ranges("auto", frozenset({"Conv", "Clip", "Add"})) == "minmax"  # ReLU6: MobileNet v2
+    assert activation_ranges("auto", frozenset({"Conv", "Relu", "Add"})) == "mse"  # ResNets
+    assert activation_ranges("mse", frozenset({"Clip"})) == "mse"  # --ranges says so
