@@ -39,7 +39,7 @@ class MqttConfig:
     client_id: str | None = None
     # Home Assistant discovery: "device" is one message for the whole device (Home Assistant 2024.11+),
     # "entity" one message per entity (older Home Assistant); switching cleans the other form's topics
-    discovery_form: Literal["device", "entity"] = "entity"
+    discovery_form: Literal["device", "entity"] = "device"
     # "5": MQTT 5 (a persistent session with an expiry), 3.1.1 with a broker that answers that it
     # speaks only that; "3.1.1": always 3.1.1 (clean_session false), for brokers that do not answer so
     protocol: Literal["5", "3.1.1"] = "5"

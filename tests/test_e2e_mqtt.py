@@ -94,13 +94,14 @@ def test_run_publishes_labels_of_the_photo_on_screen(
 
         av = retained(broker.port, f"{base}/availability")
         assert av is not None and av.text == "online"
-        disc = retained(broker.port, "homeassistant/sensor/test/label/config")
+        disc = retained(broker.port, "homeassistant/device/test/config")  # device-based, the default
         assert disc is not None, "no retained discovery config"
-        cfg = disc.json()
-        for key in ("name", "unique_id", "state_topic", "value_template", "json_attributes_topic",
-                    "availability_topic", "device"):  # fmt: skip
-            assert key in cfg, f"discovery config lacks {key}"
-        assert cfg["state_topic"] == f"{base}/state" and cfg["availability_topic"] == f"{base}/availability"
+        doc = disc.json()
+        assert doc["dev"]["name"] == "test" and doc["avty_t"] == f"{base}/availability"
+        cfg = doc["cmps"]["label"]
+        for key in ("p", "name", "uniq_id", "stat_t", "val_tpl", "json_attr_t"):
+            assert key in cfg, f"the label component lacks {key}"
+        assert cfg["p"] == "sensor" and cfg["stat_t"] == f"{base}/state"
         st = retained(broker.port, f"{base}/state")
         assert st is not None
         for key in ("label", "score", "class_index", "top_k", "frame_seq", "captured_at", "published_at", "model"):

@@ -120,7 +120,7 @@ def test_event_queue_bounded_and_persistent(tmp_path: Path) -> None:
 
 def test_state_events_availability_discovery(broker: Broker, photos: list[Classified], tmp_path: Path) -> None:
     sub = Subscriber(broker.port, ["edge-resnet/cam1/#", "homeassistant/#"]).start()
-    sink = MqttSink(MqttConfig(url=broker.url, heartbeat_s=1.0), "cam1", ok_status, tmp_path)
+    sink = MqttSink(MqttConfig(url=broker.url, heartbeat_s=1.0, discovery_form="entity"), "cam1", ok_status, tmp_path)
     sink.start()
     sink.publish(observation(photos[0], 1, changed=False))
     for i, c in enumerate(photos[1:6], start=2):

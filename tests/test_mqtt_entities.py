@@ -137,7 +137,7 @@ def test_a_region_gets_its_own_image_entity_and_commands_left_retained_are_ignor
     remote = Remote(lambda: asked.append("reload"), lambda: str(tmp_path / "m.tflite"), lambda p: None)
     sub = Subscriber(broker.port, ["homeassistant/#", f"{BASE}/#"]).start()
     sub.client.publish(f"{BASE}/command", "reload", qos=1, retain=True).wait_for_publish(5)
-    cfg = MqttConfig(url=broker.url, heartbeat_s=5.0, snapshots=True)
+    cfg = MqttConfig(url=broker.url, heartbeat_s=5.0, snapshots=True, discovery_form="entity")
     sink = MqttSink(cfg, "cam1", ok_status, tmp_path, remote)
     sink.start()
     try:

@@ -68,7 +68,8 @@ def test_online_and_discovery_once_each_with_the_model_named(
     avail, disc = "edge-resnet/edge-resnet/availability", "homeassistant/sensor/edge-resnet/label/config"
     door = "homeassistant/sensor/edge-resnet/door_label/config"
     sub = Subscriber(broker.port, ["edge-resnet/edge-resnet/#", "homeassistant/#"]).start()
-    sink = MqttSink(MqttConfig(url=broker.url, heartbeat_s=0.3), "edge-resnet", ok_status, tmp_path)
+    cfg = MqttConfig(url=broker.url, heartbeat_s=0.3, discovery_form="entity")
+    sink = MqttSink(cfg, "edge-resnet", ok_status, tmp_path)
     sink.start()
     try:
         assert wait_until(lambda: sink.counters()["mqtt_connected"] == 1.0, 10)
@@ -103,7 +104,7 @@ def test_online_and_discovery_once_each_with_the_model_named(
 
 
 def test_device_name_is_the_device_id(broker: Broker, photos: list[Classified], tmp_path: Path) -> None:
-    sink = MqttSink(MqttConfig(url=broker.url), "kitchen", ok_status, tmp_path)
+    sink = MqttSink(MqttConfig(url=broker.url, discovery_form="entity"), "kitchen", ok_status, tmp_path)
     sink.start()
     try:
         sink.publish(observation(photos[0], 1, changed=False))
@@ -214,7 +215,7 @@ def test_daemon_start_and_clean_stop_on_mqtt(
 ) -> None:
     """Through `edge-resnet run` with the default device_id: one `online`, one discovery config naming
     the model and the device "edge-resnet"; SIGTERM leaves state `stopped` (healthy false) before `offline`."""
-    base, disc = "edge-resnet/edge-resnet", "homeassistant/sensor/edge-resnet/label/config"
+    base, disc = "edge-resnet/edge-resnet", "homeassistant/device/edge-resnet/config"  # the default form
     sub = Subscriber(broker.port, [f"{base}/#", "homeassistant/#"]).start()
     d = Daemon(run_args(mobilenet_quant, labels_1001, video, "--loop", "--mqtt", broker.url), tmp_path / "state")
     try:
@@ -226,8 +227,9 @@ def test_daemon_start_and_clean_stop_on_mqtt(
               f"{len(sub.on(disc))} discovery config(s)")  # fmt: skip
         assert texts(sub, f"{base}/availability") == ["online"]
         assert len(sub.on(disc)) == 1
-        device = sub.on(disc)[0].json()["device"]
-        assert device["name"] == "edge-resnet" and device["model"] == mobilenet_quant.name
+        device = sub.on(disc)[0].json()["dev"]
+        assert device["name"] == "edge-resnet" and device["mdl"] == mobilenet_quant.name
+        assert sub.on(disc)[0].json()["cmps"]["label"]["p"] == "sensor"
         assert sub.on(f"{base}/state")[-1].json()["healthy"] is True
         t0 = time.monotonic()
         d.p.send_signal(signal.SIGTERM)

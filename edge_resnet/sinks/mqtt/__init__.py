@@ -7,8 +7,8 @@ Topics under `<topic_prefix>/<device_id>/`:
 - `events`: label changes, QoS 1, not retained, `seq` increasing across restarts; at least once, in order.
 - `availability`: `online` once per connect / `offline` at a clean stop, retained; the Last Will is `offline`.
 - Home Assistant discovery (`discovery`), retained: the label sensor and the label-change event of the
-  whole frame and of each [[region]], on one device named by device_id. `discovery_form = "device"`: one
-  `<discovery_prefix>/device/<device_id>/config` (Home Assistant 2024.11+); `"entity"` (the default):
+  whole frame and of each [[region]], on one device named by device_id. `discovery_form = "device"` (the
+  default): one `<discovery_prefix>/device/<device_id>/config` (Home Assistant 2024.11+); `"entity"`:
   `<discovery_prefix>/sensor/<device_id>/label/config`, `.../event/<device_id>/label_event/config`, ...
   Published once the first observation names the model, again after a model swap, a new region or a
   reconnect; the first time a run publishes, the other form's configs (an earlier run's, recorded in
