@@ -1,7 +1,8 @@
 """Prepare what every lab machine uses, on the host (the workstation side of a user's first day):
 the wheel built from this checkout, INT8 bundles made by `edge-resnet convert` (under the usual umask
 022, as a user would) of a generated ResNet-18 and of the test data's trained MobileNet v2, and a short
-test video. Writes `.cache/lab/host.json`.
+test video; and a signing key with three signed MobileNet v2 bundles for the fleet rollout (issue 23).
+Writes `.cache/lab/host.json`.
 
     .venv/bin/python tests/lab/prepare.py
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.helpers import fleet_models as fm  # noqa: E402
 from tests.helpers.own_tasks import fingerprint, states_task, write_folders  # noqa: E402
 from tests.helpers.resnet_onnx import make_resnet  # noqa: E402
 from tests.helpers.video import pick_samples, write_video  # noqa: E402
@@ -98,6 +101,42 @@ def states_folders(work: Path) -> dict[str, object]:
             "fingerprint": fingerprint(task), "classes": task.classes}  # fmt: skip
 
 
+def edge_resnet(*args: str) -> str:
+    """The workstation's `edge-resnet` command (umask 022, as a user runs it); its stdout."""
+    old = os.umask(0o022)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edge_resnet", *args], capture_output=True, text=True)
+    finally:
+        os.umask(old)
+    if proc.returncode != 0:
+        raise SystemExit(f"lab: prepare: edge-resnet {' '.join(args)} failed ({proc.returncode}):\n"
+                         f"{proc.stderr[-3000:]}")  # fmt: skip
+    return proc.stdout
+
+
+def fleet_bundles(work: Path) -> dict[str, object]:
+    """Issue 23's rollout on the workstation side: a signing key from `edge-resnet keygen` and three
+    bundles of the test data's published MobileNet v2 signed with `edge-resnet sign`: version 1 (the
+    admin installs it), version 2 (the same network: a rollout applies it) and version 3, a model that
+    says one label on every frame (tests/helpers/fleet_models.py), which the device must roll back."""
+    if work.exists():
+        shutil.rmtree(work)
+    edge_resnet("keygen", "--out", str(work / "keys"))
+    (pub,) = (work / "keys").glob("*.pub")
+    models = DATA / "models"
+    flat = (models / "mobilenet_v2_1.0_224_quant.tflite").read_bytes()
+    labels = models / "imagenet_labels_1001.txt"
+    served = work / "served"
+    served.mkdir(parents=True)
+    names = {1: "mobilenet-v1.tflite", 2: "mobilenet-v2.tflite", 3: "same-label-v3.tflite"}
+    for version, name in names.items():
+        fm.bundle(fm.constant_label(flat, 3) if version == 3 else flat, labels, served / name)
+        (served / name).chmod(0o644)
+        edge_resnet("sign", str(served / name), "--key", str(pub.with_suffix(".key")), "--version", str(version))
+    bundles = {str(v): n for v, n in names.items()}
+    return {"served": str(served), "pub": str(pub), "key_id": pub.stem, "bundles": bundles}
+
+
 def main() -> int:
     argparse.ArgumentParser(description=__doc__).parse_args()
     if not (DATA / "README.md").exists():
@@ -115,8 +154,10 @@ def main() -> int:
     slow = work / "three_photos_5s.avi"
     write_video(slow, picks, seconds_each=5, fps=10, size=(320, 240))
     states = states_folders(work / "states")
+    fleet = fleet_bundles(work / "fleet")
     state = {
         "states": states,
+        "fleet": fleet,
         "wheel": str(wheel),
         "resnet18_bundle": str(bundle),
         "resnet18_convert_s": round(secs, 1),
@@ -129,7 +170,7 @@ def main() -> int:
     }
     (LAB / "host.json").write_text(json.dumps(state, indent=2) + "\n")
     print(f"== lab: prepared wheel {wheel.name}, ResNet-18 and MobileNet v2 bundles ({secs:.0f} s and {m_secs:.0f} s "
-          "to convert), test video")  # fmt: skip
+          "to convert), test video, signed fleet bundles v1..v3")  # fmt: skip
     return 0
 
 

@@ -58,7 +58,10 @@ part() {
 b1=0 b2=0 b3=0
 if want arm64-bookworm || want arm64-systemd; then build arm64-bookworm & b1=$!; fi
 if want arm64-trixie; then build arm64-trixie & b2=$!; fi
-if want systemd || want py313; then build systemd amd64-trixie & b3=$!; fi
+amd64=()  # only the root filesystems the chosen parts boot
+if want systemd; then amd64+=(systemd); fi
+if want py313; then amd64+=(amd64-trixie); fi
+if [ ${#amd64[@]} -gt 0 ]; then build "${amd64[@]}" & b3=$!; fi
 prep=0
 .venv/bin/python tests/lab/prepare.py > "$LAB/logs/prepare.log" 2>&1 || prep=$?
 tail -n 3 "$LAB/logs/prepare.log"

@@ -1,6 +1,9 @@
 """A device's first day under real systemd (PID 1 in a booted container): deploy/README.md's steps,
 then the field: reload with a new model, a corrupt model pushed, the broker restarted, SIGSTOP
-(watchdog), kill -9, a reboot, an upgrade run of install.sh, `systemctl stop` and `--uninstall`.
+(watchdog), kill -9, a reboot, an upgrade run of install.sh, the fleet (issue 23: [trust] and [fleet]
+as deploy/README.md says, `edge-resnet fleet rollout` on the host applying a signed version N+1 through
+the host's broker and an HTTP server on the host, then a signed bad version rolled back by the device
+itself), `systemctl stop` and `--uninstall`.
 The checks run in file order on one container; each is one lab result.
 
 Two machines, one lab part each (tests/lab/run.sh picks with EDGE_RESNET_LAB_SYSTEMD_ARCH):
@@ -23,6 +26,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -33,6 +37,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.broker import Broker, Subscriber, free_port
+from tests.helpers.fileserver import FileServer
 
 from .conftest import LAB, REPO, rootfs
 from .machine import Container, fresh_copy, q
@@ -49,12 +54,18 @@ class Machine:
     uname: str  # `uname -m` inside
     emulated: bool  # under qemu-user: the PrivateIPC drop-in, the slower camera, more watchdog slack
     apt_numpy: bool  # a Pi-like system site whose numpy the service's venv must keep
+    # the fleet's health window and latency factor ([fleet]): long enough for 3+ frames at the machine's
+    # speed (about 1 a second for MobileNet v2 under qemu), and a factor that qemu's varying timings pass
+    health_window_s: float
+    latency_factor: float
 
 
 MACHINES = {
-    "amd64": Machine("systemd", "systemd", "x86_64", emulated=False, apt_numpy=False),
-    "arm64": Machine("arm64-bookworm", "arm64-systemd", "aarch64", emulated=True, apt_numpy=True),
-}
+    "amd64": Machine("systemd", "systemd", "x86_64", emulated=False, apt_numpy=False, health_window_s=5,
+                     latency_factor=3),
+    "arm64": Machine("arm64-bookworm", "arm64-systemd", "aarch64", emulated=True, apt_numpy=True, health_window_s=20,
+                     latency_factor=10),
+}  # fmt: skip
 QEMU_DROP_IN = """\
 # Added by the device lab on the emulated arm64 machine only: qemu-user fails systemd's IPC
 # namespace setup (226/NAMESPACE). A real Raspberry Pi runs the unit as shipped.
@@ -402,6 +413,192 @@ def _queued_rows(ct: Container) -> int:
     r = ct.sh(f"python3 -c \"import sqlite3; print(sqlite3.connect('file:{QUEUE}?mode=ro', uri=True)"
               ".execute('select count(*) from events').fetchone()[0])\"", check=False)  # fmt: skip
     return int(r.stdout.strip() or 0) if r.returncode == 0 else 0
+
+
+# -- the fleet (issue 23, must-show 4): a signed rollout and an automatic rollback under the real unit --
+
+GROUP = "lab"
+KEYS = "/etc/edge-resnet/keys"
+FLEET_DIR = "/var/lib/edge-resnet/fleet"
+SAME_LABEL = "great white shark"  # what tests/helpers/fleet_models.constant_label(flat, 3) says on every frame
+# deploy/README.md's "Fleet" commands, as the lab runs them (ID: the key id `edge-resnet keygen` chose)
+FLEET_README_STEPS = [
+    "edge-resnet keygen --out ~/.config/edge-resnet/keys",
+    "sudo install -D -m 0644 ID.pub /etc/edge-resnet/keys/ID.pub",
+    "edge-resnet verify model.tflite --config /etc/edge-resnet/config.toml",
+    "edge-resnet fleet rollout http://",
+]
+
+
+@dataclass
+class FleetLab:
+    """The workstation's side (tests/lab/prepare.py): a key pair and signed bundles, served over HTTP on
+    the host, where the device (the host's network) fetches them."""
+
+    served: Path
+    key_id: str
+    bundles: dict[int, str]  # version -> file name under `served`
+    server: FileServer
+
+
+@pytest.fixture(scope="module")
+def fleet(prepared: dict[str, Any]) -> Iterator[FleetLab]:
+    f = prepared.get("fleet")
+    if not f:
+        pytest.fail(f"{LAB / 'host.json'} has no signed fleet bundles: run tests/lab/prepare.py (run.sh does)")
+    server = FileServer(Path(f["served"])).start()
+    try:
+        yield FleetLab(Path(f["served"]), f["key_id"], {int(v): n for v, n in f["bundles"].items()}, server)
+    finally:
+        server.stop()
+
+
+def _fleet_config(text: str, model: str, pub: str, machine: Machine) -> str:
+    """What the admin adds for the fleet: the signed model, [trust] with the key, [fleet] on."""
+    text = re.sub(r'(?m)^path = "/var/lib/edge-resnet/models/[^"]*"$', f'path = "{model}"', text, count=1)
+    text = re.sub(r"(?m)^labels = .*$", lambda m: f"# {m.group(0)}  (the signed bundle carries its labels)", text)
+    assert model in text, text
+    return text + (
+        f'\n[trust]\nkeys = ["{pub}"]\nrequire_signature = true\n'
+        f'\n[fleet]\nenabled = true\ngroups = ["{GROUP}"]\nhealth_window_s = {machine.health_window_s:g}\n'
+        f"latency_factor = {machine.latency_factor:g}\nstart_delay_max_s = 0\n"
+    )
+
+
+def _jobs(device: Device, since: int) -> list[tuple[float, dict[str, Any]]]:
+    """The job statuses published after message `since`: (arrival time, document)."""
+    with device.sub.cond:
+        msgs = device.sub.messages[since:]
+    return [(m.at, m.json()) for m in msgs if m.topic == f"{device.topic}/model/job" and m.payload]
+
+
+def _wait_presence(device: Device, version: int, since: int, timeout: float) -> bool:
+    topic = f"{device.topic}/fleet"
+    return device.sub.wait_for(
+        lambda ms: any(m.topic == topic and m.json().get("running_version") == version for m in ms[since:]), timeout
+    )
+
+
+def _metrics_version(device: Device) -> str | None:
+    """The running model's version as /metrics names it (edge_resnet_info's model_version label)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{device.http_port}/metrics", timeout=5) as r:
+        body = r.read().decode()
+    m = re.search(r'^edge_resnet_info\{[^}]*model_version="(\d+)"', body, re.MULTILINE)
+    return m.group(1) if m else None
+
+
+def _rollout(device: Device, fleet: FleetLab, version: int) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`edge-resnet fleet rollout` on the host (the workstation's venv), as deploy/README.md runs it."""
+    timeout = 60 + 6 * device.machine.health_window_s
+    args = [sys.executable, "-m", "edge_resnet", "fleet", "rollout", fleet.server.url(fleet.bundles[version]),
+            "--group", GROUP, "--canary", "1", "--step-percent", "20", "--max-failed-percent", "10",
+            "--wave-timeout", f"{timeout:g}", "--broker", device.broker.url]  # fmt: skip
+    t0 = time.monotonic()
+    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout + 60, cwd=REPO)
+    return r, time.monotonic() - t0
+
+
+def _wave_line(stdout: str) -> str:
+    """The controller's line for the canary wave."""
+    return next((ln for ln in stdout.splitlines() if ln.startswith("canary")), f"no canary line in {stdout!r}")
+
+
+def test_fleet_trust_and_agent_as_the_readme_says(
+    device: Device, fleet: FleetLab, figure: Callable[[str], None]
+) -> None:
+    text = (REPO / "deploy" / "README.md").read_text()
+    missing = [s for s in FLEET_README_STEPS if s not in text]
+    assert not missing, f"deploy/README.md no longer says: {missing}"
+    ct, kid, v1 = device.ct, fleet.key_id, fleet.bundles[1]
+    shutil.copy2(fleet.served.parent / "keys" / f"{kid}.pub", ct.path(f"/root/{kid}.pub"))
+    shutil.copy2(fleet.served / v1, ct.path(f"/root/{v1}"))
+    ct.sh(FLEET_README_STEPS[1].replace("ID", kid))
+    ct.sh(f"sudo cp {v1} {MODELS}/")
+    cfg = ct.path(CONFIG)
+    cfg.write_text(_fleet_config(cfg.read_text(), f"{MODELS}/{v1}", f"{KEYS}/{kid}.pub", device.machine))
+    check = ct.sh(f"sudo -u edge-resnet {VENV_BIN} config check {CONFIG}", check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    verify = ct.sh(f"sudo -u edge-resnet {VENV_BIN} verify {MODELS}/{v1} --config {CONFIG}", check=False)
+    assert verify.returncode == 0 and "version 1" in verify.stdout, verify.stdout + verify.stderr
+    pid, mark = device.main_pid(), len(device.sub.messages)
+    t0 = time.monotonic()
+    ct.sh("sudo systemctl restart edge-resnet", timeout=200)
+    device.wait_active(not_pid=pid)
+    assert _wait_presence(device, 1, mark, 60), f"no fleet presence with version 1\n{device.journal(30)}"
+    secs = time.monotonic() - t0
+    assert _metrics_version(device) == "1"
+    m = device.machine
+    figure(f"[trust] key {kid}, require_signature, [fleet] group {GROUP!r} (window {m.health_window_s:g} s, "
+           f"latency factor {m.latency_factor:g}); verify: {verify.stdout.strip().split(': ', 1)[-1]}; "
+           f"restarted, presence says version 1 after {secs:.1f} s")  # fmt: skip
+
+
+def test_fleet_rollout_applies_the_next_version(device: Device, fleet: FleetLab, figure: Callable[[str], None]) -> None:
+    ct = device.ct
+    pid, mark = device.main_pid(), len(device.sub.messages)
+    r, secs = _rollout(device, fleet, 2)
+    assert r.returncode == 0, f"rollout exited {r.returncode}:\n{r.stdout}{r.stderr}\n{device.journal(40)}"
+    jobs = _jobs(device, mark)
+    states = [d["state"] for _, d in jobs]
+    assert states and states[0] == "queued" and "downloading" in states and states[-1] == "applied", states
+    end = jobs[-1][1]
+    assert (end["version"], end["running_version"], end["previous_version"], end["reason"]) == (2, 2, 1, ""), end
+    watched = [at for at, d in jobs if d["reason"] == "health window"]
+    assert watched, states
+    t_queued, t_applied = jobs[0][0], jobs[-1][0]
+    assert _wait_presence(device, 2, mark, 10), "presence never said version 2"
+    assert _metrics_version(device) == "2"
+    assert device.main_pid() == pid, "the daemon restarted to take the new model"
+    model = ct.sh(f"stat -c '%U %a %n' {FLEET_DIR}/models/v2-*.tflite").stdout.strip()
+    assert model.startswith("edge-resnet 600 "), model
+    left = ct.sh(f"ls -A {FLEET_DIR}/downloads").stdout.split()
+    assert not left, f"left in downloads: {left}"
+    # the download ran under the unit as shipped: the state directory its only writable place, the network open
+    unit = device.show("ProtectSystem", "StateDirectory", "ReadWritePaths", "PrivateNetwork", "IPAddressDeny")
+    assert unit["ProtectSystem"] == "strict" and unit["StateDirectory"] == "edge-resnet", unit
+    assert not unit["ReadWritePaths"] and unit["PrivateNetwork"] == "no" and not unit["IPAddressDeny"], unit
+    figure(f"fleet rollout v2: exit 0 after {secs:.1f} s; job queued -> applied in {t_applied - t_queued:.1f} s "
+           f"(health window {device.machine.health_window_s:g} s from {watched[-1] - t_queued:.1f} s); same MainPID; "
+           f"/metrics model_version 2; {model}; {_wave_line(r.stdout)}")  # fmt: skip
+
+
+def test_fleet_bad_version_is_rolled_back_by_itself(
+    device: Device, fleet: FleetLab, figure: Callable[[str], None]
+) -> None:
+    ct = device.ct
+    pid, mark = device.main_pid(), len(device.sub.messages)
+    r, secs = _rollout(device, fleet, 3)
+    assert r.returncode == 8, f"rollout exited {r.returncode} (want 8: stopped by the gate):\n{r.stdout}{r.stderr}"
+    jobs = _jobs(device, mark)
+    end = jobs[-1][1]
+    assert end["state"] == "rolled_back" and end["version"] == 3 and end["running_version"] == 2, end
+    assert SAME_LABEL in end["reason"] and "every frame" in end["reason"], end["reason"]
+    swapped = [at for at, d in jobs if d["reason"] == "health window" and d["previous_version"] == 2]
+    t_queued, t_back = jobs[0][0], jobs[-1][0]
+    assert device.main_pid() == pid, "the daemon restarted instead of swapping back"
+    assert device.show("ActiveState")["ActiveState"] == "active"
+    # still classifying, with version 2: a label change after the rollback that is not the bad model's label
+    events = f"{device.topic}/events"
+
+    def back_to_v2(ms: list[Any]) -> bool:
+        return any(m.topic == events and m.at > t_back and SAME_LABEL not in m.json()["label"] for m in ms[mark:])
+
+    seq = device.frame_seq()
+    assert device.sub.wait_for(back_to_v2, 60), f"no label change of version 2 after the rollback\n{device.journal(30)}"
+    deadline = time.monotonic() + 10
+    while device.frame_seq() <= seq and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert device.frame_seq() > seq, f"frames stopped at {seq} after the rollback"
+    assert _metrics_version(device) == "2"
+    assert _wait_presence(device, 2, mark, 10)
+    ledger = json.loads(ct.path(f"{FLEET_DIR}/ledger.json").read_text())
+    assert "3" in ledger["bad_versions"] and ledger["current"]["version"] == 2, ledger
+    line = next((ln for ln in device.journal(80).splitlines() if "rolled_back" in ln), "")
+    assert line, device.journal(40)
+    after_swap = f"{t_back - swapped[-1]:.1f} s after the swap" if swapped else "(no swap status seen)"
+    figure(f"fleet rollout v3 (one label): exit 8 after {secs:.1f} s; job queued -> rolled_back in "
+           f"{t_back - t_queued:.1f} s, {after_swap}; same MainPID, active, classifying with version 2 again; "
+           f"{_wave_line(r.stdout)}; journal: {line[:200]}")  # fmt: skip
 
 
 def test_no_event_lost(device: Device, figure: Callable[[str], None]) -> None:
