@@ -57,6 +57,7 @@ from .imx500_memory import (
     plan,
 )
 from .offline import offline
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -420,17 +421,19 @@ def evaluate(qnet: Any, ref: verify.OnnxReference, items: list[calibration.Item]
                 top5["int8"] += it.class_index in q5
         batch.clear()
 
-    for it in items:
-        frame = calibration.read_image(it.path)
-        if frame is None:
-            skipped += 1
-            continue
-        x = prepare(frame, spec, tensor).astype(np.float32)
-        r = np.asarray(ref.session.run(None, {ref.name: x})[0], np.float64).reshape(-1)
-        batch.append((it, x, r))
-        if len(batch) == EVAL_BATCH:
-            flush()
-    flush()
+    with Progress("evaluating (FP32 ONNX vs MCT)", len(items)) as bar:
+        for it in items:
+            bar.update()
+            frame = calibration.read_image(it.path)
+            if frame is None:
+                skipped += 1
+                continue
+            x = prepare(frame, spec, tensor).astype(np.float32)
+            r = np.asarray(ref.session.run(None, {ref.name: x})[0], np.float64).reshape(-1)
+            batch.append((it, x, r))
+            if len(batch) == EVAL_BATCH:
+                flush()
+        flush()
     if n == 0:
         raise InputError(f"none of the {len(items)} evaluation images is readable; pass --eval with JPEG/PNG photos")
     ev: dict[str, Any] = {"images": n, "unreadable_skipped": skipped, "labelled": labelled,
