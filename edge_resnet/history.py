@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .sqlitefile import SqliteFile, transaction
+
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
@@ -62,7 +64,6 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 );
 """
-_CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _COLUMNS = "id, at, region, label, class_index, score, previous, frame_seq"
 
 
@@ -151,80 +152,49 @@ class HistoryPage:
     more: bool
 
 
-class _Corrupt(Exception):
-    """The file is not a usable SQLite database."""
-
-
-def _is_corrupt(e: BaseException) -> bool:
-    code = getattr(e, "sqlite_errorcode", None)
-    return isinstance(e, _Corrupt) or (isinstance(code, int) and code & 0xFF in _CORRUPT)
-
-
 def _event(row: Sequence[Any]) -> HistoryEvent:
     i, at, region, label, class_index, score, previous, frame_seq = row
     return HistoryEvent(int(i), float(at), region, str(label), int(class_index), float(score), previous, int(frame_seq))
 
 
-class HistoryStore:
+class HistoryStore(SqliteFile):
     """The SQLite file (or, with `path` None, a database in memory with the same caps). Not
     thread-safe: one owner at a time (historywriter.History holds a lock around every call)."""
 
+    _log = log
+    _what = "history"
+    _fresh = "started a fresh history"
+    _schema = _SCHEMA
+
     def __init__(self, path: Path | None, caps: HistoryCaps) -> None:
-        self.path = path
+        super().__init__(path)
         self.caps = caps
-        self._db: sqlite3.Connection | None = None
         self.count = 0  # events in the store
         self.last_id = 0  # the newest id the store has handed out (0: none)
         self.stored_dropped = 0  # the counter on disk: changes that were never stored
         self.evicted: collections.Counter[str] = collections.Counter()  # reason -> events, this process
         self._evicted_pending: collections.Counter[str] = collections.Counter()  # in the open transaction
-        self.problem: str | None = None  # why the store is degraded; None when it works
-        self.set_aside: list[Path] = []
 
-    # -- opening, corruption, degradation ----------------------------------------------------------
+    # -- for SqliteFile ----------------------------------------------------------------------------
 
-    @property
-    def is_open(self) -> bool:
-        return self._db is not None
+    def _pragmas(self) -> list[str]:
+        return [f"PRAGMA wal_autocheckpoint={self.caps.wal_bytes // 4096}"]  # a backstop; see _checkpoint
 
-    def _connect(self) -> sqlite3.Connection:
-        if self.path is None:
-            db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(f"PRAGMA wal_autocheckpoint={self.caps.wal_bytes // 4096}")  # a backstop; see _checkpoint
-            db.executescript(_SCHEMA)
-            row = db.execute("PRAGMA quick_check").fetchone()  # reads every page: bounded by the byte cap
-            if row is None or row[0] != "ok":
-                raise _Corrupt(f"integrity check: {row[0] if row else 'no answer'}")
-        except BaseException:
-            db.close()
-            raise
-        return db
+    def _handed_out(self) -> int:
+        return self.last_id  # a page may still hold a thumbnail URL of an id the lost file had
+
+    def _goes_on(self) -> str:
+        return (
+            "classification and the overlay go on, label changes that cannot be stored are counted as dropped; "
+            "retrying every few seconds"
+        )
+
+    def _summary(self) -> str:
+        return f"{self.count} changes stored, {self.stored_dropped} dropped in all"
 
     def open(self) -> bool:
         """Open (or reopen) the file; a corrupt one is set aside and replaced. False: degraded."""
-        self._close_db()
-        try:
-            try:
-                self._db = self._connect()
-            except (sqlite3.Error, _Corrupt) as e:
-                if not _is_corrupt(e):
-                    raise
-                self._move_aside(e)
-                self._db = self._connect()
-                # ids must keep increasing past what the corrupt file handed out (a page may hold a
-                # thumbnail URL): start from the clock in milliseconds, as the MQTT event queue does
-                start = max(self.last_id, int(time.time() * 1000))
-                self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (start,))
-            self._refresh()
-        except (sqlite3.Error, OSError, _Corrupt) as e:
-            self._close_db()
-            self._degrade(f"cannot open it ({e})")
+        if not super().open():
             return False
         self._checkpoint(always=True)  # a new file's schema, or a WAL left by kill -9: into the database
         return True
@@ -238,52 +208,6 @@ class HistoryStore:
         row = db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
         self.stored_dropped = int(row[0]) if row else 0
 
-    def _move_aside(self, e: BaseException) -> None:
-        assert self.path is not None  # a database in memory cannot be corrupt on disk
-        target = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                src.replace(Path(str(target) + suffix))
-        self.set_aside.append(target)
-        log.warning(
-            "history %s is corrupt (%s); moved it to %s for inspection and started a fresh history",
-            self.path,
-            e,
-            target.name,
-        )
-
-    def _degrade(self, why: str) -> None:
-        if self.problem is None:
-            log.warning(
-                "history %s degraded: %s; classification and the overlay go on, label changes that cannot "
-                "be stored are counted as dropped; retrying every few seconds",
-                self.path or "(in memory)",
-                why,
-            )
-        self.problem = why
-
-    def recovered(self) -> None:
-        """The caller's retry wrote again: one line, and the store is no longer degraded."""
-        if self.problem is not None:
-            log.info("history %s works again; %d changes stored, %d dropped in all", self.path, self.count,
-                     self.stored_dropped)  # fmt: skip
-        self.problem = None
-
-    def _failed(self, e: BaseException, doing: str) -> None:
-        if self._db is None and self.problem is not None:
-            return  # not open: the reason it could not be opened says it best
-        if _is_corrupt(e) and self.path is not None:
-            log.debug("history corrupt while %s: %s", doing, e)
-            if self.open():  # moves it aside and starts fresh
-                return
-        self._degrade(f"{doing} failed: {e}")
-
-    def _require(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise sqlite3.OperationalError(self.problem or "the history is not open")
-        return self._db
-
     # -- writing -----------------------------------------------------------------------------------
 
     def write(self, events: Sequence[HistoryEvent], dropped: int = 0, now: float | None = None) -> bool:
@@ -293,9 +217,7 @@ class HistoryStore:
             return True
         now = time.time() if now is None else now
         try:
-            db = self._require()
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(self._require()) as db:
                 count = self._make_room(db, self.count, sum(map(self._estimate, events)), len(events), now)
                 db.executemany(
                     f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -310,11 +232,6 @@ class HistoryStore:
                         "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
                         (dropped,),
                     )
-                db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as e:
             self._evicted_pending.clear()
             self._failed(e, "writing label changes")
@@ -336,14 +253,8 @@ class HistoryStore:
             oldest = db.execute("SELECT MIN(at) FROM events").fetchone()[0]
             if oldest is None or oldest >= now - self.caps.max_age_s:
                 return True
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(db):
                 count = self._make_room(db, self.count, 0, 0, now)
-                db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as e:
             self._evicted_pending.clear()
             self._failed(e, "evicting old label changes")
@@ -444,22 +355,6 @@ class HistoryStore:
             self._failed(e, "reading labels")
             return {}
         return {str(label): int(n) for label, n in rows}
-
-    def size_bytes(self) -> int:
-        """The store's files on disk (database, WAL, shared memory); 0 in memory."""
-        if self.path is None:
-            return 0
-        total = 0
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(OSError):
-                total += Path(str(self.path) + suffix).stat().st_size
-        return total
-
-    def _close_db(self) -> None:
-        if self._db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.close()
-            self._db = None
 
     def close(self) -> None:
         """Checkpoint (the WAL goes away with the last connection) and close."""

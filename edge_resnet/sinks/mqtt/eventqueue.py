@@ -15,13 +15,14 @@ queue is started, with one warning.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from ...sqlitefile import Corrupt, SqliteFile, transaction
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 );
 """
-_CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 
 class QueuedEvent(NamedTuple):
@@ -47,147 +47,71 @@ class QueuedEvent(NamedTuple):
     body: dict[str, Any]
 
 
-class _Corrupt(Exception):
-    """The file is not a usable SQLite database (bad header, bad page, failed integrity check)."""
-
-
-def _is_corrupt(e: BaseException) -> bool:
-    code = getattr(e, "sqlite_errorcode", None)
-    return isinstance(e, _Corrupt) or (isinstance(code, int) and code & 0xFF in _CORRUPT)
-
-
-class EventQueue:
+class EventQueue(SqliteFile):
     """FIFO of events on disk, at most `max_len` long; when full the oldest are dropped and counted."""
 
+    _log = log
+    _what = "event queue"
+    _fresh = "started a fresh queue (events in it are not sent)"
+    _schema = _SCHEMA
+    _probe = "SELECT COUNT(*), MAX(seq) FROM events"
+
     def __init__(self, path: Path, max_len: int) -> None:
-        self.path = path
+        super().__init__(path)
+        self.path: Path = path
         self.max_len = max_len
-        self._db: sqlite3.Connection | None = None
         self._len = 0
         self._stored_dropped = 0  # the counter on disk
         self._unsaved_dropped = 0  # dropped while degraded, not yet added to the counter on disk
         self._pending_delete: set[int] = set()  # acknowledged, but the delete could not be written
         self.last_seq = 0  # the newest seq still on disk (0: empty)
-        self.problem: str | None = None  # why the queue is degraded; None when it works
-        self.set_aside: list[Path] = []  # corrupt files moved away by this object
         self._retry_at = 0.0
-        self._open()
+        self.open()
 
-    # -- opening, corruption, degradation ----------------------------------------------------------
+    # -- for SqliteFile ------------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            row = db.execute("PRAGMA quick_check").fetchone()  # reads every page: the queue is small and bounded
-            if row is None or row[0] != "ok":
-                raise _Corrupt(f"integrity check: {row[0] if row else 'no answer'}")
-            db.execute("SELECT COUNT(*), MAX(seq) FROM events").fetchone()
-        except BaseException:
-            db.close()
-            raise
-        return db
+    def _handed_out(self) -> int:
+        return self.last_seq
 
-    def _open(self) -> bool:
-        """Open (or reopen) the file; a corrupt one is set aside and replaced. False: degraded."""
-        self._close_db()
-        try:
-            try:
-                self._db = self._connect()
-            except (sqlite3.Error, _Corrupt) as e:
-                if not _is_corrupt(e):
-                    raise
-                self._move_aside(e)
-                self._db = self._connect()
-                # `seq` must keep increasing past what the corrupt file handed out, which cannot be read
-                # back: start from the clock in milliseconds, above any counter (and any earlier restart)
-                start = max(self.last_seq, int(time.time() * 1000))
-                self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (start,))
-            self._refresh()
-        except (sqlite3.Error, OSError, _Corrupt) as e:
-            self._close_db()
-            self._degrade(f"cannot open it ({e})")
-            return False
-        return True
-
-    def _move_aside(self, e: BaseException) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                src.replace(Path(str(target) + suffix))
-        self.set_aside.append(target)
-        log.warning(
-            "event queue %s is corrupt (%s); moved it to %s for inspection and started a fresh queue "
-            "(events in it are not sent)",
-            self.path,
-            e,
-            target.name,
+    def _goes_on(self) -> str:
+        return (
+            "classification and live MQTT go on, events that cannot be stored are counted as dropped; "
+            f"retrying every {RETRY_S:.0f} s"
         )
+
+    def _summary(self) -> str:
+        return f"{self._len} events queued, {self.dropped} dropped in all"
 
     def _degrade(self, why: str) -> None:
         if self.problem is None:
-            log.warning(
-                "event queue %s degraded: %s; classification and live MQTT go on, events that cannot be "
-                "stored are counted as dropped; retrying every %.0f s",
-                self.path,
-                why,
-                RETRY_S,
-            )
             self._retry_at = time.monotonic() + RETRY_S
-        self.problem = why
-
-    def _failed(self, e: BaseException, doing: str) -> None:
-        if self._db is None and self.problem is not None:
-            return  # not open: the reason it could not be opened says it best
-        if _is_corrupt(e):
-            log.debug("event queue corrupt while %s: %s", doing, e)
-            self._open()  # moves it aside and starts fresh
-            return
-        self._degrade(f"{doing} failed: {e}")
+        super()._degrade(why)
 
     def poll(self) -> None:
         """Sink thread, often: while degraded, at most every RETRY_S, reopen and try the writes again."""
         if self.problem is None or time.monotonic() < self._retry_at:
             return
         self._retry_at = time.monotonic() + RETRY_S
-        if not self._open():
+        if not self.open():
             return
         try:
             self._write_pending()
         except sqlite3.Error as e:
             self._failed(e, "writing")
             return
-        log.info("event queue %s works again; %d events queued, %d dropped in all", self.path, self._len, self.dropped)
-        self.problem = None
+        self.recovered()
 
     def _write_pending(self) -> None:
         """Deletes and the drop count that could not be written while degraded."""
-        db = self._require()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._require()) as db:
             if self._pending_delete:
                 db.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in sorted(self._pending_delete)])
             if self._unsaved_dropped:
                 self._add_dropped(db, self._unsaved_dropped)
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
         self._pending_delete.clear()
         self._stored_dropped += self._unsaved_dropped
         self._unsaved_dropped = 0
         self._refresh()
-
-    def _require(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise sqlite3.OperationalError(self.problem or "queue is not open")
-        return self._db
 
     @staticmethod
     def _add_dropped(db: sqlite3.Connection, n: int) -> None:
@@ -238,8 +162,7 @@ class EventQueue:
             return None
 
     def _put(self, db: sqlite3.Connection, body: dict[str, Any]) -> int:
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             cur = db.execute(
                 "INSERT INTO events (queued_at, body) VALUES (?, ?)", (time.time(), json.dumps(body, sort_keys=True))
             )
@@ -248,11 +171,6 @@ class EventQueue:
             if excess > 0:
                 db.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)", (excess,))
                 self._add_dropped(db, excess)
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
         self.last_seq = seq
         if excess > 0:
             self._stored_dropped += excess
@@ -271,7 +189,7 @@ class EventQueue:
             )
             return [QueuedEvent(int(s), float(t), json.loads(b)) for s, t, b in rows]
         except (sqlite3.Error, ValueError) as e:
-            self._failed(e if isinstance(e, sqlite3.Error) else _Corrupt(str(e)), "reading events")
+            self._failed(e if isinstance(e, sqlite3.Error) else Corrupt(str(e)), "reading events")
             return []
 
     def delete(self, seqs: list[int]) -> None:
@@ -281,28 +199,11 @@ class EventQueue:
         if self.problem is not None:
             self._pending_delete.update(seqs)
             return
-        db = self._db
         try:
-            db = self._require()
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(self._require()) as db:
                 cur = db.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs])
-                db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as e:
             self._pending_delete.update(seqs)
             self._failed(e, "deleting delivered events")
             return
         self._len = max(0, self._len - max(cur.rowcount, 0))
-
-    def _close_db(self) -> None:
-        if self._db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.close()
-            self._db = None
-
-    def close(self) -> None:
-        self._close_db()
