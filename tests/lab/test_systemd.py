@@ -479,6 +479,21 @@ def _wait_presence(device: Device, version: int, since: int, timeout: float) -> 
     )
 
 
+def _wait_state(device: Device, version: int, after: float, timeout: float) -> dict[str, Any] | None:
+    """The newest MQTT state document that arrived after `after` (time.time) naming `version` as the
+    running model's (`model_version`, and the fleet's file name vN-<digest>.tflite as `model`)."""
+    topic = f"{device.topic}/state"
+
+    def named(m: Any) -> bool:
+        doc = m.json()
+        return bool(doc.get("model_version") == version and str(doc.get("model", "")).startswith(f"v{version}-"))
+
+    if not device.sub.wait_for(lambda ms: any(m.topic == topic and m.at > after and named(m) for m in ms), timeout):
+        return None
+    docs: list[dict[str, Any]] = [m.json() for m in device.sub.on(topic) if m.at > after and named(m)]
+    return docs[-1]
+
+
 def _metrics_version(device: Device) -> str | None:
     """The running model's version as /metrics names it (edge_resnet_info's model_version label)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{device.http_port}/metrics", timeout=5) as r:
@@ -547,6 +562,8 @@ def test_fleet_rollout_applies_the_next_version(device: Device, fleet: FleetLab,
     assert watched, states
     t_queued, t_applied = jobs[0][0], jobs[-1][0]
     assert _wait_presence(device, 2, mark, 10), "presence never said version 2"
+    state = _wait_state(device, 2, t_applied - 1, 60)
+    assert state is not None, f"no MQTT state names version 2; last state {device.state()}"
     assert _metrics_version(device) == "2"
     assert device.main_pid() == pid, "the daemon restarted to take the new model"
     model = ct.sh(f"stat -c '%U %a %n' {FLEET_DIR}/models/v2-*.tflite").stdout.strip()
@@ -559,7 +576,8 @@ def test_fleet_rollout_applies_the_next_version(device: Device, fleet: FleetLab,
     assert not unit["ReadWritePaths"] and unit["PrivateNetwork"] == "no" and not unit["IPAddressDeny"], unit
     figure(f"fleet rollout v2: exit 0 after {secs:.1f} s; job queued -> applied in {t_applied - t_queued:.1f} s "
            f"(health window {device.machine.health_window_s:g} s from {watched[-1] - t_queued:.1f} s); same MainPID; "
-           f"/metrics model_version 2; {model}; {_wave_line(r.stdout)}")  # fmt: skip
+           f"MQTT state model {state['model']} model_version 2; /metrics model_version 2; {model}; "
+           f"{_wave_line(r.stdout)}")  # fmt: skip
 
 
 def test_fleet_bad_version_is_rolled_back_by_itself(
@@ -589,6 +607,8 @@ def test_fleet_bad_version_is_rolled_back_by_itself(
     while device.frame_seq() <= seq and time.monotonic() < deadline:
         time.sleep(0.5)
     assert device.frame_seq() > seq, f"frames stopped at {seq} after the rollback"
+    state = _wait_state(device, 2, t_back, 60)
+    assert state is not None, f"no MQTT state names version 2 after the rollback; last state {device.state()}"
     assert _metrics_version(device) == "2"
     assert _wait_presence(device, 2, mark, 10)
     ledger = json.loads(ct.path(f"{FLEET_DIR}/ledger.json").read_text())
@@ -597,7 +617,8 @@ def test_fleet_bad_version_is_rolled_back_by_itself(
     assert line, device.journal(40)
     after_swap = f"{t_back - swapped[-1]:.1f} s after the swap" if swapped else "(no swap status seen)"
     figure(f"fleet rollout v3 (one label): exit 8 after {secs:.1f} s; job queued -> rolled_back in "
-           f"{t_back - t_queued:.1f} s, {after_swap}; same MainPID, active, classifying with version 2 again; "
+           f"{t_back - t_queued:.1f} s, {after_swap}; same MainPID, active, classifying with version 2 again (MQTT "
+           f"state: {state['label']!r}, model_version 2); "
            f"{_wave_line(r.stdout)}; journal: {line[:200]}")  # fmt: skip
 
 
