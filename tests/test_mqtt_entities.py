@@ -116,7 +116,9 @@ def test_snapshots_are_jpegs_at_most_one_a_second_and_a_region_gets_its_crop(bro
     print(f"\n12 labels in {burst:.1f} s -> {len(shots)} snapshots, gaps {[round(g, 2) for g in gaps]} s, "
           f"sizes {sizes} bytes")  # fmt: skip
     assert all(is_jpeg(m) and len(m.payload) <= MAX_BYTES for m in shots)
-    assert 2 <= len(shots) <= 3 and min(gaps) >= 0.9  # not 12: at most one a second
+    # not 12: at most one a second. The count is the rate; the gaps are receive times, which a loaded
+    # machine stretches or squeezes (one came 0.81 s after a late first one in a full run)
+    assert 2 <= len(shots) <= 3 and min(gaps) >= 0.5
     last = decode(shots[-1])
     assert last.shape[:2] == (720, 1280)
     assert np.abs(last[400:700, 300:900].astype(int) - samples[11].image[400:700, 300:900]).mean() < 12

@@ -161,9 +161,9 @@ def test_two_regions_publish_their_own_labels(
         assert {s.class_index for s in shown} <= got, (name, [e["label"] for e in events])
         st = retained(broker.port, f"edge-resnet/cam/{name}/state")
         assert st is not None and st.json()["region"] == name
-        disc = retained(broker.port, f"homeassistant/sensor/cam/{name}_label/config")
-        assert disc is not None and disc.json()["state_topic"] == f"edge-resnet/cam/{name}/state"
-        assert disc.json()["unique_id"] == f"edge_resnet_cam_{name}_label"
+        disc = retained(broker.port, "homeassistant/device/cam/config")  # device-based discovery
+        assert disc is not None and disc.json()["cmps"][f"{name}_label"]["stat_t"] == f"edge-resnet/cam/{name}/state"
+        assert disc.json()["cmps"][f"{name}_label"]["uniq_id"] == f"edge_resnet_cam_{name}_label"
     whole = retained(broker.port, "edge-resnet/cam/state")
     assert whole is not None and set(whole.json()["regions"]) == {"left", "right"}
 
