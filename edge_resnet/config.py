@@ -27,8 +27,7 @@ from typing import Any, Literal
 from .configtools import ConfigErrors, ErrorCollector, build_table, check_range, construct, hint
 from .devices import Device
 from .errors import ConfigError
-from .fleet.fleetconfig import FleetConfig
-from .fleet.trustconfig import TrustConfig
+from .fleetconfig import FleetConfig
 from .prepspec import PRESETS, ChannelOrder, Interpolation, PreprocessSpec, merge_preprocess
 from .sinkconfig import HttpConfig, MqttConfig, StdoutConfig, VideoConfig
 from .sourceconfig import (
@@ -40,6 +39,7 @@ from .sourceconfig import (
     SourceCommon,
     UrlSource,
 )
+from .trustconfig import TrustConfig
 
 DEFAULT_STATE_DIR = "/var/lib/edge-resnet"
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

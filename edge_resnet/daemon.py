@@ -49,8 +49,8 @@ from .teach import Teacher
 
 if TYPE_CHECKING:
     from .fleet.agent import FleetAgent
-    from .fleet.fleetconfig import FleetConfig
     from .fleet.ledger import Ledger
+    from .fleetconfig import FleetConfig
 
 log = logging.getLogger(__name__)
 

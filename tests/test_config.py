@@ -11,9 +11,9 @@ from edge_resnet import config as configmod
 from edge_resnet import sinkconfig
 from edge_resnet.commands.run import apply_overrides, parse_source
 from edge_resnet.errors import ConfigError, InputError
-from edge_resnet.fleet.fleetconfig import FleetConfig
-from edge_resnet.fleet.trustconfig import TrustConfig
+from edge_resnet.fleetconfig import FleetConfig
 from edge_resnet.sourceconfig import FileSource, FolderSource, OpenCvSource, Picamera2Source, UrlSource
+from edge_resnet.trustconfig import TrustConfig
 
 from .conftest import REPO, run_cli
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from edge_resnet.fleet.agent import FleetAgent
-from edge_resnet.fleet.fleetconfig import FleetConfig
 from edge_resnet.fleet.ledger import Ledger
+from edge_resnet.fleetconfig import FleetConfig
 from edge_resnet.sinkconfig import MqttConfig
 from tests.helpers.broker import Broker, Subscriber, broker
 from tests.test_fleet_download import F, FakeDaemon

@@ -10,7 +10,6 @@ from typing import Any, NamedTuple
 import pytest
 
 from edge_resnet.errors import ConfigError
-from edge_resnet.fleet.fleetconfig import FleetConfig, fleet_from_dict
 from edge_resnet.fleet.health import (
     Baseline,
     GoldenCase,
@@ -36,6 +35,7 @@ from edge_resnet.fleet.job import (
     parse_command,
     version_problem,
 )
+from edge_resnet.fleetconfig import FleetConfig, fleet_from_dict
 
 SHA = "ab" * 32
 MB = 1_000_000

@@ -22,8 +22,8 @@ from edge_resnet.errors import ConfigError, ModelError
 from edge_resnet.fleet.keys import generate, key_id, load_private, load_public
 from edge_resnet.fleet.manifest import Envelope, sign_model
 from edge_resnet.fleet.trust import ModelRefused, Refusal, TrustPolicy, check_model, load_policy
-from edge_resnet.fleet.trustconfig import TrustConfig, trust_from_file
 from edge_resnet.prepspec import PRESETS
+from edge_resnet.trustconfig import TrustConfig, trust_from_file
 
 from .conftest import run_cli
 

@@ -24,17 +24,17 @@ from edge_resnet import config as configmod
 from edge_resnet.config import ModelConfig
 from edge_resnet.daemon import Daemon
 from edge_resnet.fleet.agent import FleetAgent
-from edge_resnet.fleet.fleetconfig import FleetConfig
 from edge_resnet.fleet.keys import generate, load_private
 from edge_resnet.fleet.ledger import Ledger
 from edge_resnet.fleet.manifest import sign_model
-from edge_resnet.fleet.trustconfig import TrustConfig
+from edge_resnet.fleetconfig import FleetConfig
 from edge_resnet.observation import Status
 from edge_resnet.sinkconfig import MqttConfig, StdoutConfig
 from edge_resnet.sinks.base import Remote
 from edge_resnet.sinks.mqtt import MqttSink
 from edge_resnet.sinks.mqtt.snapshot import MAX_BYTES, encode_jpeg
 from edge_resnet.sourceconfig import FileSource
+from edge_resnet.trustconfig import TrustConfig
 from tests.helpers import fleet_models as fm
 from tests.helpers import ha_schema
 from tests.helpers.broker import Broker, Message, Subscriber, broker, retained

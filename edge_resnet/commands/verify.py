@@ -24,7 +24,7 @@ def register(sub: Any, name: str, helptext: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..fleet.trust import TrustPolicy, check_model, describe, load_policy
-    from ..fleet.trustconfig import TrustConfig, trust_from_file
+    from ..trustconfig import TrustConfig, trust_from_file
 
     cfg = trust_from_file(args.config) if args.config else TrustConfig(keys=list(args.trust))
     if not cfg.keys:

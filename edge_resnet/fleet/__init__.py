@@ -1,2 +1,4 @@
-"""The fleet: signed models (keys.py, manifest.py, trust.py; `[trust]` in trustconfig.py). Later here:
-the install job over MQTT and the rollout controller, which call `trust.check_model` like the daemon."""
+"""The fleet: signed models (keys.py, manifest.py, trust.py), the install job over MQTT (job.py,
+ledger.py, fetch.py, health.py, install.py, swap.py, agent.py) and the rollout controller
+(controller.py, view.py, status.py, artifact.py). Their config tables, `[trust]` and `[fleet]`, live
+beside the others (edge_resnet/trustconfig.py, edge_resnet/fleetconfig.py): config loading stays pure."""

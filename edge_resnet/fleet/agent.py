@@ -33,11 +33,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from .. import __version__
+from ..fleetconfig import FleetConfig
 from ..sinkconfig import MqttConfig
 from ..sinks.mqtt import discovery
 from ..sinks.mqtt.failover import Broker, Brokers
 from ..sinks.mqtt.tls import client_context, tls_problem
-from .fleetconfig import FleetConfig
 from .health import Rules
 from .install import Effects, Installer
 from .job import BadCommand, Delivery, InstallCommand, JobState, JobStatus, Phase, Verdict, decide, parse_command

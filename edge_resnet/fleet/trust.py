@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .. import __version__
 from ..bundle import BundleParts, ModelFile, read_parts
 from ..errors import ModelError
+from ..trustconfig import TrustConfig
 from .keys import key_id, load_public
 from .manifest import MANIFEST_VERSION, Envelope, Manifest, Target, version_at_least
-from .trustconfig import TrustConfig
 
 
 class Refusal(StrEnum):

@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..configtools import check_range, from_dict
-from ..errors import ConfigError
+from .configtools import check_range, from_dict
+from .errors import ConfigError
 
 GROUP = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_GROUPS = 32

@@ -15,8 +15,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..configtools import ConfigErrors, error_lines, from_dict
-from ..errors import ConfigError
+from .configtools import ConfigErrors, error_lines, from_dict
+from .errors import ConfigError
 
 KEY_ID = re.compile(r"^[0-9a-f]{16}$")  # the first 16 hex digits of the raw public key's SHA-256
 
