@@ -31,6 +31,9 @@ def openssl() -> str:
     return exe
 
 
+_LEAF = "keyUsage=critical,digitalSignature\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+
+
 class Pki:
     """A CA in `d` (ca.crt, ca.key); certificates it signs are written beside it."""
 
@@ -40,7 +43,11 @@ class Pki:
         d.mkdir(parents=True, exist_ok=True)
         self.ca = d / "ca.crt"
         self.ca_key = d / "ca.key"
-        self._run("req", "-x509", *_KEY, "-keyout", self.ca_key, "-out", self.ca, "-days", "2", "-subj", f"/CN={name}")
+        # the extensions a CA needs for Python 3.13+'s strict verification (VERIFY_X509_STRICT: without
+        # keyUsage, "CA cert does not include key usage extension"), as deploy/README.md's recipe makes it
+        self._run("req", "-x509", *_KEY, "-keyout", self.ca_key, "-out", self.ca, "-days", "2", "-subj", f"/CN={name}",
+                  "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                  "-addext", "subjectKeyIdentifier=hash")  # fmt: skip
 
     def _run(self, *args: str | Path) -> None:
         r = subprocess.run([self.exe, *map(str, args)], capture_output=True, text=True)
@@ -49,7 +56,7 @@ class Pki:
 
     def _issue(self, name: str, subject: str, ext: str) -> tuple[Path, Path]:
         key, csr, cert, extfile = (self.dir / f"{name}.{s}" for s in ("key", "csr", "crt", "ext"))
-        extfile.write_text(ext)
+        extfile.write_text(ext + _LEAF)
         self._run("req", *_KEY, "-keyout", key, "-out", csr, "-subj", subject)
         self._run("x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", self.ca_key, "-CAcreateserial",
                   "-out", cert, "-days", "2", "-extfile", extfile)  # fmt: skip
