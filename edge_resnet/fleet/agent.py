@@ -36,6 +36,7 @@ from .. import __version__
 from ..fleetconfig import FleetConfig
 from ..sinkconfig import MqttConfig
 from ..sinks.mqtt import discovery
+from ..sinks.mqtt.client import point_at
 from ..sinks.mqtt.failover import Broker, Brokers
 from ..sinks.mqtt.tls import client_context, tls_problem
 from .health import Rules
@@ -120,12 +121,7 @@ class FleetAgent:
         paho reads _host/_port right after this, and its setters refuse during a connection attempt)."""
         if self._delay > 0:
             self._stop.wait(self._delay)
-        b = self._brokers.current
-        client._host, client._port = b.host, b.port
-        if b in self._v311:
-            client._protocol, client._clean_session = mqtt.MQTTv311, False  # 3.1.1's persistent session
-        else:
-            client._protocol = mqtt.MQTTv5
+        point_at(client, self._brokers.current, self._v311)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         if rc.is_failure and rc.getName() == "Unsupported protocol version" and self.broker not in self._v311:

@@ -52,6 +52,19 @@ DISCOVERY_FILE = "discovery.json"  # in state_dir: the form and topics announced
 LOG_EVERY_S = 60.0  # a flapping broker gets one warning a minute, not one per flap (SD-card care)
 
 
+
+def point_at(client: mqtt.Client, b: Broker, v311: set[Broker]) -> None:
+    """Aim paho's next connection attempt at broker `b` (from `on_pre_connect`: paho has no list of
+    hosts, reads _host/_port right after that callback, and its setters refuse while a connection is
+    being opened, hence the attributes), in 3.1.1 with its persistent session when `b` speaks only
+    that (paho fixes the protocol per client and reads it per connection), else MQTT 5. The sink and
+    the fleet agent both fail over this way."""
+    client._host, client._port = b.host, b.port
+    if b in v311:
+        client._protocol, client._clean_session = mqtt.MQTTv311, False  # 3.1.1's persistent session
+    else:
+        client._protocol = mqtt.MQTTv5
+
 class _RateLimit:
     """Allow a log line per key at most every `every` seconds; count what was held back."""
 
@@ -253,13 +266,7 @@ class MqttSink:
         host/port setters refuse while a connection is being opened, hence the attributes."""
         if self._delay > 0:
             self._stopping.wait(self._delay)
-        b = self._brokers.current
-        client._host, client._port = b.host, b.port
-        # the protocol of this broker: paho fixes it per client, and reads it per connection
-        if b in self._v311:
-            client._protocol, client._clean_session = mqtt.MQTTv311, False  # 3.1.1's persistent session
-        else:
-            client._protocol = mqtt.MQTTv5
+        point_at(client, self._brokers.current, self._v311)
         self._attempt = Attempt.OPEN
 
     def _judged(self) -> bool:
