@@ -45,7 +45,7 @@ from edge_resnet.classify import read_labels, resolve_labels
 from edge_resnet.errors import DependencyError, InputError, ModelError
 from edge_resnet.preprocess import PreprocessSpec, TensorInfo, prepare
 
-from . import calibration, onnx_model, verify
+from . import calibration, imx500_input, onnx_model, verify
 from .calibration import Split
 from .imx500_memory import (
     ConverterMemory,
@@ -62,17 +62,12 @@ from .progress import Progress
 log = logging.getLogger(__name__)
 
 FORMAT = "edge-resnet-imx500"
-METADATA_VERSION = 1
+METADATA_VERSION = 2  # 2: the network takes the sensor's pixels (imx500_input); 1 took normalised input
 CONVERTER = "imxconv-pt"
 JAVA_FIX = "install Java 17 or newer: sudo apt install openjdk-17-jre-headless"
 EXTRA_FIX = 'install the imx500 extra on Python 3.10-3.12: pip install "edge-resnet[imx500]"'
 MAX_BUDGET_TRIES = 3
 EVAL_BATCH = 32
-INPUT_NORMALISATION_NOTE = (
-    "the network takes the normalised float input (its int8 input scale is MCT's); where the sensor applies "
-    "the normalisation (imx500-package / network_info inputTensorNorm) is still open, so the device reads "
-    "`preprocess` here as the normalisation the network was calibrated with"
-)
 
 
 @dataclass
@@ -270,12 +265,6 @@ def to_torch(model: onnx.ModelProto) -> Any:
     return net
 
 
-def _normalised(images: npt.NDArray[np.uint8], spec: PreprocessSpec) -> npt.NDArray[np.float32]:
-    """Calibration images (N, H, W, 3, model channel order, cropped and resized) -> NCHW float as the ONNX takes."""
-    x = (images.astype(np.float32) - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
 def activation_ranges(method: str, op_types: frozenset[str]) -> str:
     """`minmax` or `mse` for MCT's activation thresholds. auto: min/max (no clipping) when the network bounds
     its activations itself (Clip, i.e. ReLU6), where MSE's clipping only cuts a range training chose (MobileNet
@@ -391,7 +380,8 @@ def run_converter(command: str, model: Path, outdir: Path) -> tuple[ConverterMem
 
 def evaluate(qnet: Any, ref: verify.OnnxReference, items: list[calibration.Item], offset: int,
              spec: PreprocessSpec, tensor: TensorInfo, gate: verify.Gate) -> dict[str, Any]:
-    """top-1/top-5 (with ground truth), agreement with FP32 and the gate's verdict."""
+    """top-1/top-5 (with ground truth), agreement with FP32 and the gate's verdict. The float ONNX gets the
+    preprocessed tensor, MCT's network the pixels the sensor would write (imx500_input)."""
     torch, _, _ = _import_extra()
     n = agree = labelled = 0
     top1 = {"fp32": 0, "int8": 0}
@@ -428,9 +418,9 @@ def evaluate(qnet: Any, ref: verify.OnnxReference, items: list[calibration.Item]
             if frame is None:
                 skipped += 1
                 continue
-            x = prepare(frame, spec, tensor).astype(np.float32)
+            x = prepare(frame, spec, tensor).astype(np.float32)  # the float ONNX: our preprocessing
             r = np.asarray(ref.session.run(None, {ref.name: x})[0], np.float64).reshape(-1)
-            batch.append((it, x, r))
+            batch.append((it, imx500_input.sensor_input_of(frame, spec, tensor.hw), r))  # MCT's: the sensor's
             if len(batch) == EVAL_BATCH:
                 flush()
         flush()
@@ -466,7 +456,7 @@ def report_markdown(d: dict[str, Any]) -> str:
         f"{m['estimate_8bit_bytes']:,} bytes at 8 bits",
         f"- quantization: {q['tool']}, {q['calibration_images']} calibration images, weights {bits}{mixed}, "
         f"activation ranges {q.get('activation_ranges', 'mse')}",
-        f"- input normalisation: {INPUT_NORMALISATION_NOTE}",
+        f"- input: {d['input']['sensor_writes']}; normalisation {d['input']['normalisation']}",
     ]
     if "images" in ev:
         lines += ["", f"Evaluation on {ev['images']} images ({ev['labelled']} with ground truth):", "",
@@ -521,10 +511,10 @@ def run(job: Imx500Job, on_stage: Callable[[str], None] | None = None) -> Imx500
     loaded = calibration.load(eval_plan.calib_pool, job.calib_count, info.hw, job.preprocess, seed=job.seed)
     require_evaluation(ConvertJob(onnx=job.onnx, calib=job.calib, out=job.out, preprocess=job.preprocess,
                                   no_eval=job.no_eval), eval_plan)
-    calib = _normalised(loaded.images, job.preprocess)
+    calib = imx500_input.sensor_pixels(loaded.images, job.preprocess)
     say(f"calibration: {len(calib)} images; evaluation: {eval_plan.note}")
 
-    net = to_torch(model)
+    net = imx500_input.with_sensor_input(to_torch(model), job.preprocess)  # takes what the sensor writes
     work = Path(tempfile.mkdtemp(prefix="edge-resnet-imx500-"))
     stem = job.onnx.stem
     budget = memory.weights_budget
@@ -550,6 +540,9 @@ def run(job: Imx500Job, on_stage: Callable[[str], None] | None = None) -> Imx500
             raise ModelError(f"{job.onnx.name} still does not fit the IMX500 after {MAX_BUDGET_TRIES} weight budgets "
                              f"(last: {budget:,} bytes); convert a smaller network (ResNet-18, MobileNet v2)")
         used = mem.used_bytes
+        sensor_in = imx500_input.read_input_tensor(packer)
+        imx500_input.check_input_tensor(sensor_in, job.onnx.name)
+        say(f"input: {sensor_in.describe()} (the sensor's pixels; normalisation inside the network)")
         if eval_plan.items:
             ref = verify.OnnxReference(job.onnx, info, job.preprocess)
             tensor = TensorInfo(info.input_name, info.input_shape, np.dtype(np.float32))
@@ -570,7 +563,7 @@ def run(job: Imx500Job, on_stage: Callable[[str], None] | None = None) -> Imx500
             "num_outputs": info.num_classes,
             "preprocess": job.preprocess.to_dict(),
             "input": {"shape": list(info.input_shape), "layout": info.layout},
-            "input_normalisation": INPUT_NORMALISATION_NOTE,
+            "input_normalisation": imx500_input.metadata(sensor_in, job.preprocess),
             "package": target.name, "package_sha256": _sha256(target),
             "onnx": job.onnx.name, "onnx_sha256": info.sha256,
         }
@@ -578,6 +571,7 @@ def run(job: Imx500Job, on_stage: Callable[[str], None] | None = None) -> Imx500
         meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         report = verify.Report({
             "model": target.name, "target": "imx500", "metadata": meta_path.name,
+            "input": imx500_input.metadata(sensor_in, job.preprocess),
             "memory": {**memory.summary(), "converter_used_bytes": used,
                        "used": fits_line(used, memory.capacity) if used else "not reported by the converter"},
             "quantization": attempts[-1], "attempts": attempts,

@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_resnet.convert import imx500_input
 from edge_resnet.convert.imx500 import activation_ranges, check_java, inline_identities, network_sizes
+from edge_resnet.convert.imx500_input import (
+    InputTensor,
+    check_input_tensor,
+    read_input_tensor,
+    sensor_affine,
+    sensor_pixels,
+)
 from edge_resnet.convert.imx500_memory import (
     IMX500_MEMORY_BYTES,
     DoesNotFit,
@@ -26,7 +35,8 @@ from edge_resnet.convert.imx500_memory import (
     parse_converter_memory,
     plan,
 )
-from edge_resnet.errors import DependencyError, ExitCode
+from edge_resnet.errors import DependencyError, ExitCode, ModelError
+from edge_resnet.preprocess import PreprocessSpec, TensorInfo, to_input
 from tests.conftest import run_cli
 from tests.helpers.resnet_onnx import make_resnet
 
@@ -122,3 +132,57 @@ def test_activation_ranges_without_clipping_where_the_network_bounds_them() -> N
     assert activation_ranges("auto", frozenset({"Conv", "Clip", "Add"})) == "minmax"  # ReLU6: MobileNet v2
     assert activation_ranges("auto", frozenset({"Conv", "Relu", "Add"})) == "mse"  # ResNets
     assert activation_ranges("mse", frozenset({"Clip"})) == "mse"  # --ranges says so
+
+
+# The converter's dnnParams.xml (imxconv-pt 3.18.2) for MobileNet v2 quantized on normalised input, as
+# this project converted it before the network took the sensor's pixels: signed, scale 1/128.
+DNN_PARAMS = """<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
+<dnnParams><networks><network name="mobilenet_v2_1.0_224_mct" ordinal="0" type=""><inputTensors>
+<inputTensor persistency="1" ordinal="0" name="Placeholder.input.uid1:0" l2Offset="4541056" numOfDimensions="3"
+ bitsPerElement="8" shift="0" scale="{scale}" format="{fmt}"><dimensions>
+<dimension size="3" serializationOrder="2" ordinal="0" padding="0"/>
+<dimension size="224" serializationOrder="1" ordinal="1" padding="0"/>
+<dimension size="224" serializationOrder="0" ordinal="2" padding="0"/>
+</dimensions></inputTensor></inputTensors><outputTensors/></network></networks></dnnParams>"""
+
+
+@pytest.mark.parametrize("spec", [
+    PreprocessSpec((127.5,) * 3, (127.5,) * 3, "RGB"),  # inception
+    PreprocessSpec((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "RGB"),  # torchvision
+    PreprocessSpec((103.94, 116.78, 123.68), (1.0, 1.0, 1.0), "BGR"),  # caffe
+])
+def test_the_network_computes_our_normalisation_from_the_pixels_the_sensor_writes(spec: PreprocessSpec) -> None:
+    """What the sensor writes (RGB pixel / 256), through the network's first multiply-add (in numpy here,
+    the torch module applies the same idx, a, b), equals the device's own preprocessing of the photo."""
+    rng = np.random.default_rng(0)
+    bgr = rng.integers(0, 256, (1, 20, 30, 3), dtype=np.uint8)
+    model_order = bgr if spec.channel_order == "BGR" else bgr[..., ::-1]
+    x = sensor_pixels(np.ascontiguousarray(model_order), spec)
+    assert x.shape == (1, 3, 20, 30)
+    assert np.array_equal(x[0, 0] * 256, bgr[0, :, :, 2].astype(np.float32))  # channel 0 is red: the sensor's RGB
+    idx, a, b = sensor_affine(spec)
+    net_in = np.stack([x[:, i] * a[c] + b[c] for c, i in enumerate(idx)], axis=1)
+    ref = to_input(bgr[0], "BGR", spec, TensorInfo("x", (1, 3, 20, 30), np.dtype(np.float32)))
+    assert np.allclose(net_in, ref, atol=1e-4), float(np.max(np.abs(net_in - ref)))
+
+
+def test_a_network_that_would_be_fed_wrongly_on_the_sensor_is_refused(tmp_path: Path) -> None:
+    def packer(scale: str, fmt: str) -> Path:
+        p = tmp_path / f"{fmt}{scale}.zip"
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr("dnnParams.xml", DNN_PARAMS.format(scale=scale, fmt=fmt))
+        return p
+
+    old = read_input_tensor(packer("0.0078125", "signed"))
+    assert old == InputTensor("signed", 0.0078125, 0, (3, 224, 224))
+    with pytest.raises(ModelError, match=r"signed 8-bit, scale 0.0078125, shape 3x224x224, but the IMX500 writes "
+                                         r"8-bit pixels \(unsigned, scale 0.00390625\)"):
+        check_input_tensor(old, "mobilenet_v2.onnx")
+    new = read_input_tensor(packer("0.00390625", "unsigned"))
+    check_input_tensor(new, "mobilenet_v2.onnx")
+    assert imx500_input.metadata(new, PreprocessSpec())["input_tensor"] == {
+        "format": "unsigned", "scale": 0.00390625, "shift": 0, "dims": [3, 224, 224]}
+    with zipfile.ZipFile(tmp_path / "empty.zip", "w") as z:
+        z.writestr("manifest.json", "{}")
+    with pytest.raises(ModelError, match=r"no readable dnnParams\.xml"):
+        read_input_tensor(tmp_path / "empty.zip")
