@@ -7,8 +7,10 @@ pixels into the network's input; there is no CPU step where edge-resnet's prepro
 (its log: `kscale[c] = 1024` (1.0 in Q10), `kshift[c] = 0`, `clip_min 0 clip_max 255`), so for an
 unsigned 8-bit input the network receives the pixel value p itself, meaning p * scale. packerOut.zip
 carries no mean or standard deviation. A network quantized on already-normalised input (what MCT
-makes of an ImageNet classifier: signed, scale 1/32 or 1/128) would be fed pixels where it expects
-(p - mean) / std.
+makes of an ImageNet classifier: signed, scale 1/32 or 1/128) would get what those defaults make of
+the pixels (p, or p - 128 for a signed input: picamera2's defaults for the reverse mapping) where it
+expects (p - mean) / std: close for an "inception" [-1, 1] model by coincidence, wrong for a
+torchvision one.
 
 So the network is made to take what the sensor gives: its input is the RGB pixel / 256 (MCT quantizes
 a 0..255/256 input as unsigned 8 bits with scale 1/256, so q = p exactly, the packager's identity),
