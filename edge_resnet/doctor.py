@@ -179,6 +179,11 @@ def check_cameras(dev: str = "/dev", timeout: float = 5.0, required: bool = True
 
 def check_picamera2(timeout: float = 10.0) -> list[Check]:
     """Raspberry Pi cameras through libcamera, when picamera2 is installed (apt: python3-picamera2)."""
+    return picamera2_cameras(timeout)[0]
+
+
+def picamera2_cameras(timeout: float = 10.0) -> tuple[list[Check], list[dict[str, Any]] | None]:
+    """The picamera2 row and libcamera's cameras (picamera2's global_camera_info; None when unreadable)."""
     try:
         from picamera2 import Picamera2
     except ImportError:
@@ -190,11 +195,12 @@ def check_picamera2(timeout: float = 10.0) -> list[Check]:
                 "sudo apt install python3-picamera2, and create the venv with --system-site-packages "
                 "(deploy/install.sh does)",
             )
-        ]
+        ], None
     try:
-        cams = with_timeout(lambda: list(Picamera2.global_camera_info()), timeout)
+        cams = with_timeout(lambda: [dict(c) for c in Picamera2.global_camera_info()], timeout)
     except Exception as e:
-        return [Check("picamera2", Result.FAIL, f"libcamera failed: {e}", "check the camera ribbon cable and dmesg")]
+        fix = "check the camera ribbon cable and dmesg"
+        return [Check("picamera2", Result.FAIL, f"libcamera failed: {e}", fix)], None
     if not cams:
         return [
             Check(
@@ -203,9 +209,9 @@ def check_picamera2(timeout: float = 10.0) -> list[Check]:
                 "no Raspberry Pi camera found by libcamera",
                 "check the ribbon cable, then `rpicam-hello --list-cameras`",
             )
-        ]
+        ], cams
     names = ", ".join(str(c.get("Model", "?")) for c in cams)
-    return [Check("picamera2", Result.OK, f"{len(cams)} camera(s): {names}")]
+    return [Check("picamera2", Result.OK, f"{len(cams)} camera(s): {names}")], cams
 
 
 def check_configured_camera(device: int | str, dev: str = "/dev", timeout: float = 5.0) -> list[Check]:
@@ -255,7 +261,13 @@ def probe_without_source(timeout: float) -> list[Check]:
 
 
 def probe_picamera2_source(source: Any, timeout: float) -> list[Check]:
-    return check_picamera2(timeout=max(timeout, 10.0))
+    """libcamera's cameras; for the AI Camera (mode "imx500") also what picamera2's IMX500 needs."""
+    rows, cams = picamera2_cameras(timeout=max(timeout, 10.0))
+    if source is not None and getattr(source, "mode", "camera") == "imx500":
+        from .doctor_imx500 import probe_imx500
+
+        rows += probe_imx500(source, cams)
+    return rows
 
 
 def probe_path_source(source: Any, timeout: float) -> list[Check]:
@@ -313,6 +325,7 @@ def check_interpreter() -> list[Check]:
 def check_model(model: str | None, device: str, models_dir: str) -> list[Check]:
     """Load, verify and warm up the model exactly as the daemon will; say which delegate runs it."""
     from .engine import Engine, edgetpu_twin
+    from .imx500 import is_sensor_model
 
     if not model:
         found = sorted(glob.glob(os.path.join(models_dir, "*.tflite")))
@@ -326,6 +339,8 @@ def check_model(model: str | None, device: str, models_dir: str) -> list[Check]:
                 )
             ]
         model = next((m for m in found if not m.endswith("_edgetpu.tflite")), found[0])
+    if is_sensor_model(model):
+        return check_sensor_model(model)
     t0 = time.perf_counter()
     try:
         engine = Engine.load(model, device=device)  # type: ignore[arg-type]
@@ -343,6 +358,20 @@ def check_model(model: str | None, device: str, models_dir: str) -> list[Check]:
             )
         )
     return rows
+
+
+def check_sensor_model(model: str) -> list[Check]:
+    """An IMX500 network's metadata (`<name>_imx500.json`): loaded as the daemon loads it; the network
+    itself runs on the sensor, so nothing is warmed up here."""
+    from .imx500 import load_sensor_classifier
+
+    try:
+        clf = load_sensor_classifier(model)
+    except EdgeResnetError as e:
+        return [Check("model", Result.FAIL, str(e), "see the message; `edge-resnet convert --target imx500` writes it")]
+    n = clf.engine.output.shape[1]
+    labels = len(clf.labels) if clf.labels else 0
+    return [Check("model", Result.OK, f"{clf.engine.describe()}: {n} outputs, {labels} labels")]
 
 
 # -- Edge TPU -------------------------------------------------------------------------------------

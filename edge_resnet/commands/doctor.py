@@ -16,8 +16,10 @@ DEFAULT_CONFIG = "/etc/edge-resnet/config.toml"
 DESCRIPTION = (
     "Check that this device can run the daemon: cameras that open and deliver a frame, the model "
     "loads (and on which delegate), Edge TPU present (/dev/apex_0, USB 1a6e:089a / 18d1:9302, "
-    "libedgetpu), the interpreter, the MQTT broker reachable, Raspberry Pi throttling and "
-    "temperature, disk space and a writable state directory. Prints a table with the fix for each "
+    "libedgetpu), the interpreter, the Raspberry Pi AI Camera (picamera2's IMX500 support, the sensor's "
+    "firmware and node, the network.rpk and that it matches the model), the MQTT broker reachable, "
+    "Raspberry Pi throttling and temperature, disk space and a writable state directory. Prints a "
+    "table with the fix for each "
     f"problem; exits {int(ExitCode.PROBLEMS)} when a check fails, 0 otherwise. Changes nothing."
 )
 
@@ -61,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 def gather(args: argparse.Namespace) -> list[d.Check]:
     from ..config import SOURCES, Config, default_state_dir, load, resolve
+    from ..doctor_imx500 import check_model_and_source
     from .run import parse_source, state_dir_without_config
 
     checks: list[d.Check] = d.check_user()
@@ -99,6 +102,7 @@ def gather(args: argparse.Namespace) -> list[d.Check]:
     fallback = default_state_dir() if config_path else state_dir_without_config()
     state_dir = args.state_dir or (cfg.state_dir if cfg else fallback)
     checks += d.check_model(model, device, os.path.join(state_dir, "models"))
+    checks += check_model_and_source(model, source)  # an IMX500 network's metadata and network.rpk agree
     needs_tpu = device == "edgetpu" or bool(model and model.endswith("_edgetpu.tflite"))
     checks += d.check_edgetpu(required=needs_tpu)
     mqtt_url = args.mqtt or (cfg.mqtt.url if cfg and cfg.mqtt else None)

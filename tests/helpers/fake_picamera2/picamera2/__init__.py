@@ -4,8 +4,11 @@
 What the camera sees and what its sensor's network says come from the JSON file named by
 EDGE_RESNET_FAKE_IMX500: {"image": PNG path (BGR as OpenCV reads it), "num_outputs": N,
 "sequence": [class index, or null for a frame without a tensor, ...] (cycled), "dnn_ms": 6.5,
-"dsp_ms": 1.2, "fps": 20}. Metadata is shaped as libcamera gives it: "CnnOutputTensor" (floats),
-"CnnKpiInfo" (two uint32 microseconds), and the devices.IMX500 methods read it as picamera2's do.
+"dsp_ms": 1.2, "fps": 20, "cameras": [what global_camera_info lists; default: one imx500],
+"upload": {...}, "opens_file": path} ("upload" and "opens_file": devices/imx500/imx500.py). Metadata is
+shaped as libcamera gives it: "CnnOutputTensor" (floats), "CnnKpiInfo" (two uint32 microseconds), and
+the devices.IMX500 methods read it as picamera2's do. While the IMX500's network is still uploading,
+every frame comes without a tensor, as on the sensor.
 """
 
 from __future__ import annotations
@@ -23,8 +26,16 @@ import numpy.typing as npt
 __all__ = ["Picamera2"]
 
 
+IMX500_CAMERA = {"Model": "imx500", "Location": 2, "Rotation": 0, "Num": 0,
+                 "Id": "/base/axi/pcie@120000/rp1/i2c@88000/imx500@1a"}
+
+
 def script() -> dict[str, Any]:
-    with open(os.environ["EDGE_RESNET_FAKE_IMX500"], encoding="utf-8") as f:
+    """The test's script; empty without EDGE_RESNET_FAKE_IMX500 (e.g. `doctor` only lists cameras)."""
+    path = os.environ.get("EDGE_RESNET_FAKE_IMX500")
+    if not path:
+        return {}
+    with open(path, encoding="utf-8") as f:
         d: dict[str, Any] = json.load(f)
     return d
 
@@ -33,7 +44,9 @@ class _Request:
     def __init__(self, cam: Picamera2, index: int) -> None:
         s = cam.script
         self.cam = cam
-        cls = s["sequence"][index % len(s["sequence"])]
+        from .devices.imx500.imx500 import network_ready
+
+        cls = s["sequence"][index % len(s["sequence"])] if network_ready() else None
         self.metadata: dict[str, Any] = {"SensorTimestamp": index}
         if cls is not None:
             logits = np.full(int(s["num_outputs"]), -2.0, np.float32)
@@ -66,6 +79,11 @@ class _Job:
 
 
 class Picamera2:
+    @staticmethod
+    def global_camera_info() -> list[dict[str, Any]]:
+        cams: list[dict[str, Any]] = script().get("cameras", [IMX500_CAMERA])
+        return cams
+
     def __init__(self, camera_num: int = 0) -> None:
         if camera_num != 0:
             raise IndexError("list index out of range")
