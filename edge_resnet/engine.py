@@ -63,11 +63,14 @@ def find_runtime(prefer: str | None = None) -> Runtime:
         order = [prefer]
     for name in order:
         try:
+            if name == "tensorflow":  # `import tensorflow.lite` is the bare package; tf.lite holds the API
+                lite = importlib.import_module("tensorflow").lite
+                return Runtime(name, _version("tensorflow"), lite.Interpreter, lite.experimental.load_delegate)
             mod = importlib.import_module(_INTERPRETER_MODULES[name])
         except ImportError:
             continue
-        if name == "tensorflow":
-            return Runtime(name, _version("tensorflow"), mod.Interpreter, mod.experimental.load_delegate)
+        except AttributeError as e:  # a TensorFlow whose tf.lite has gone (it is leaving TensorFlow)
+            raise DependencyError(f"{name} has no TFLite interpreter ({e}); pip install ai-edge-litert") from None
         return Runtime(name, _version(name.replace("_", "-")), mod.Interpreter, mod.load_delegate)
     raise DependencyError(
         "no TFLite interpreter found: pip install ai-edge-litert (or tflite-runtime on 32-bit Raspberry Pi OS)"
@@ -314,7 +317,7 @@ def _load_edgetpu(loader: DelegateLoader, device: str | None) -> Any:
 _PROBE = """
 import sys
 import numpy as np
-from {module} import Interpreter
+{import_interpreter}
 it = Interpreter(model_content=sys.stdin.buffer.read())
 it.allocate_tensors()
 d = it.get_input_details()[0]
@@ -330,7 +333,9 @@ def _probe_in_child(rt: Runtime, mf: ModelFile) -> None:
     segfault instead of raising. A model with an edge-resnet digest is exactly what the converter
     wrote, and ai-edge-litert verifies, so only foreign models on older runtimes pay for this.
     """
-    code = _PROBE.format(module=_INTERPRETER_MODULES[rt.name])
+    module = _INTERPRETER_MODULES[rt.name]
+    code = _PROBE.format(import_interpreter="import tensorflow; Interpreter = tensorflow.lite.Interpreter"
+                         if rt.name == "tensorflow" else f"from {module} import Interpreter")
     try:
         r = subprocess.run(
             [sys.executable, "-c", code], input=mf.flatbuffer, capture_output=True, timeout=120, check=False

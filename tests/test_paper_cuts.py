@@ -4,6 +4,7 @@ interpreter's banner on the `--device auto` path, an Edge TPU whose runtime refu
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -192,3 +193,23 @@ def test_demo_names_its_video_and_the_whole_offline_way(
     assert f"edge-resnet demo: playing {video}; open http://127.0.0.1:{port}/" in r.stdout, r.stdout
     assert video.stat().st_size > 10_000
     assert "0.0 fps" not in r.stderr + r.stdout, "a rate printed before one was measured"
+
+
+def test_the_tensorflow_interpreter_named_in_the_environment_works_or_says_why(
+    mobilenet_quant: Path, data_dir: Path
+) -> None:
+    """EDGE_RESNET_INTERPRETER=tensorflow died in a traceback (`tensorflow.lite` imported as a module has
+    no Interpreter: only `tf.lite` has); now it classifies where TensorFlow is installed (the workstation)
+    and is one line where it is not (a device)."""
+    r = run_cli("classify", str(data_dir / "images" / "parrot.jpg"), "--model", str(mobilenet_quant),
+                "--labels", str(data_dir / "models" / "imagenet_labels_1001.txt"),
+                env={"EDGE_RESNET_INTERPRETER": "tensorflow"})
+    assert "Traceback" not in r.stderr, r.stderr
+    if importlib.util.find_spec("tensorflow") is None:
+        assert r.returncode == int(ExitCode.DEPENDENCY), r.stderr
+        assert "no TFLite interpreter found" in _error_line(r.stderr)
+        return
+    assert r.returncode == 0, r.stderr
+    assert "macaw" in r.stdout, r.stdout
+    info = run_cli("info", str(mobilenet_quant), env={"EDGE_RESNET_INTERPRETER": "tensorflow"})
+    assert "runtime:   tensorflow" in info.stdout, info.stdout + info.stderr
