@@ -12,6 +12,10 @@ from enum import Enum
 
 _NETWORK = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN}
 
+# OpenSSL's words when strict X.509 verification (VERIFY_X509_STRICT, Python 3.13's default) refuses a
+# certificate an older Python accepted, e.g. "CA cert does not include key usage extension"
+_STRICT_X509 = ("key usage extension", "key identifier", "basic constraints", "not marked critical")
+
 # TLS alerts a server sends about the certificate the client sent (or did not send)
 _CLIENT_CERT_ALERTS = {
     "TLSV13_ALERT_CERTIFICATE_REQUIRED",
@@ -83,6 +87,12 @@ def unreachable_words(
         return f"{why.lower()}: is this device's network up?"
     if cause is Unreachable.SERVER_CERT:
         msg = getattr(err, "verify_message", None) or (str(err) if err is not None else "not verified")
+        if any(m in msg.lower() for m in _STRICT_X509):
+            return (
+                f"TLS certificate not accepted ({msg}): Python 3.13 and newer verify certificates strictly and the "
+                "CA or the broker's certificate lacks an extension they require; make them again with "
+                "deploy/README.md's openssl recipe (keyUsage, basicConstraints critical, key identifiers)"
+            )
         if "hostname" in msg or "IP address mismatch" in msg:
             return (
                 f"TLS certificate not accepted ({msg}): the broker's certificate names another host; "
