@@ -365,7 +365,8 @@ class Daemon:
         from .fleet.trust import check_model, load_policy
 
         target = self.cfg.model.device if self.cfg.model.device in ("cpu", "edgetpu") else None
-        m = check_model(path, load_policy(trust), min_version=min_version, target=target)  # type: ignore[arg-type]
+        policy = load_policy(trust, self.cfg.state_dir)  # the state dir: the learned heads this device recorded
+        m = check_model(path, policy, min_version=min_version, target=target)  # type: ignore[arg-type]
         return m.version if m is not None else None
 
     def trust_region_models(self, regions: list[RegionConfig]) -> None:

@@ -7,11 +7,15 @@ Order matters: nothing in a manifest is believed before its signature verifies w
 With `require_signature = false` a model that would run unsigned also runs when signed by a key this
 device does not know; a key in the trust list is always checked in full, and a retired key's models
 never run.
+
+A learned head made on this device (`learn`, teaching) carries no signature of its own; with
+`require_signature` it runs when the device recorded writing it on a signed backbone
+(headrecord.py: the record, and why it needs no key), and the backbone's signature is checked here
+like any other, against the flatbuffer in the file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +29,7 @@ from .. import __version__
 from ..bundle import BundleParts, ModelFile, read_parts
 from ..errors import ModelError
 from ..trustconfig import TrustConfig
+from .headrecord import HeadRecords, digests
 from .keys import key_id, load_public
 from .manifest import MANIFEST_VERSION, Envelope, Manifest, Target, version_at_least
 
@@ -45,6 +50,8 @@ class Refusal(StrEnum):
     WRONG_TARGET = "wrong_target"  # signed for cpu, asked to run on the Edge TPU (or the other way)
     LOWER_VERSION = "lower_version"  # older than the version the device runs
     NEEDS_NEWER = "needs_newer_edge_resnet"  # the manifest asks for a newer edge-resnet
+    HEAD_NOT_RECORDED = "head_not_recorded"  # an unsigned learned head this device did not record on a signed backbone
+    HEAD_CHANGED = "head_changed"  # a learned head, its labels or metadata changed after this device wrote it
 
 
 class ModelRefused(ModelError):
@@ -63,16 +70,19 @@ class TrustPolicy:
     keys: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
     retired: frozenset[str] = frozenset()
     require_signature: bool = False
+    heads: HeadRecords | None = None  # the learned heads this device wrote; None: an unsigned head is unsigned
 
     @classmethod
-    def of(cls, keys: Iterable[Ed25519PublicKey], retired: Iterable[str] = (), require_signature: bool = False
-           ) -> TrustPolicy:
-        return cls({key_id(k): k for k in keys}, frozenset(retired), require_signature)
+    def of(cls, keys: Iterable[Ed25519PublicKey], retired: Iterable[str] = (), require_signature: bool = False,
+           heads: HeadRecords | None = None) -> TrustPolicy:  # fmt: skip
+        return cls({key_id(k): k for k in keys}, frozenset(retired), require_signature, heads)
 
 
-def load_policy(cfg: TrustConfig) -> TrustPolicy:
-    """Read the `[trust]` keys (a missing or foreign .pub is one ConfigError naming it)."""
-    return TrustPolicy.of((load_public(p) for p in cfg.keys), cfg.retired, cfg.require_signature)
+def load_policy(cfg: TrustConfig, state_dir: str | os.PathLike[str] | None = None) -> TrustPolicy:
+    """Read the `[trust]` keys (a missing or foreign .pub is one ConfigError naming it). `state_dir`:
+    the device's, where it records the heads it learned (None: on a workstation, none is vouched for)."""
+    heads = HeadRecords(state_dir) if state_dir is not None else None
+    return TrustPolicy.of((load_public(p) for p in cfg.keys), cfg.retired, cfg.require_signature, heads)
 
 
 def check_model(
@@ -99,12 +109,25 @@ def check_model(
         raise ModelRefused(where, Refusal.CORRUPT, "its SHA-256 does not match the one recorded at conversion",
                            "copy it again")
     if parts.signature is None:
-        if policy.require_signature:
-            raise ModelRefused(where, Refusal.UNSIGNED, "it carries no signature, and one is required",
-                               "sign it on the workstation: edge-resnet sign MODEL --key ID.key --version N")
-        return None
+        if not policy.require_signature:
+            return None
+        if meta is not None and meta.head is not None and policy.heads is not None:
+            return _check_learned(parts, policy.heads, policy, min_version, target, now or datetime.now(UTC))
+        raise ModelRefused(where, Refusal.UNSIGNED, "it carries no signature, and one is required",
+                           "sign it on the workstation: edge-resnet sign MODEL --key ID.key --version N")
+    m = _verified(where, parts.signature, policy)
+    if m is None:
+        return None  # an unsigned copy of it would run too
+    _check_contents(where, parts.model_sha256, parts.model_size, digests(parts.members), m)
+    _check_terms(where, m, min_version, target, now or datetime.now(UTC))
+    return m
+
+
+def _verified(where: object, signature: bytes, policy: TrustPolicy) -> Manifest | None:
+    """The manifest of `signature` once it verifies with a trusted key; None when its key is unknown
+    and the policy lets unsigned models run; else ModelRefused."""
     try:
-        env = Envelope.from_bytes(parts.signature)
+        env = Envelope.from_bytes(signature)
     except ValueError as e:
         raise ModelRefused(where, Refusal.BAD_SIGNATURE_FILE, f"its signature.json is unreadable ({e})",
                            "sign it again") from None
@@ -114,7 +137,7 @@ def check_model(
     key = policy.keys.get(env.key_id)
     if key is None:
         if not policy.require_signature:
-            return None  # an unsigned copy of it would run too
+            return None
         raise ModelRefused(where, Refusal.UNKNOWN_KEY, f"signed by key {env.key_id}, which is not trusted here",
                            f"add {env.key_id}.pub to [trust] keys, or sign it with a trusted key")
     try:
@@ -134,8 +157,40 @@ def check_model(
     if m.key_id != env.key_id:  # the signer's own slip: the key named outside is the one that verified
         raise ModelRefused(where, Refusal.BAD_SIGNATURE, f"its manifest names key {m.key_id}, signed by {env.key_id}",
                            "sign it again")
-    _check_contents(parts, m)
-    _check_terms(where, m, min_version, target, now or datetime.now(UTC))
+    return m
+
+
+def _check_learned(parts: BundleParts, heads: HeadRecords, policy: TrustPolicy, min_version: int | None,
+                   target: Target | None, now: datetime) -> Manifest:  # fmt: skip
+    """An unsigned learned head under require_signature: it runs when this device recorded writing
+    exactly this file on a backbone whose signature verifies now, against this file's flatbuffer.
+    Returns the backbone's manifest (its version is the running model's)."""
+    where = parts.path
+    rec = heads.find(parts.members)
+    if rec is None:
+        before = heads.written_at(where)
+        if before is not None:
+            raise ModelRefused(where, Refusal.HEAD_CHANGED,
+                               f"its learned head, labels or metadata changed after this device wrote it "
+                               f"({before.written_at})",
+                               "run edge-resnet learn again, or copy back the file it wrote")
+        head = parts.meta.head if parts.meta is not None and parts.meta.head is not None else {}
+        backbone = str(head.get("backbone_sha256", ""))[:12]
+        raise ModelRefused(where, Refusal.HEAD_NOT_RECORDED,
+                           f"it carries a learned head (backbone {backbone}) and no signature, and this device has "
+                           f"no record of learning it on a signed backbone (in {heads.dir})",
+                           "learn it on this device from a signed bundle, as the service's user "
+                           "(edge-resnet learn EXAMPLES --model SIGNED.tflite --out FILE), or sign it on the "
+                           "workstation: edge-resnet sign MODEL --key ID.key --version N")
+    inner = f"{where}: its backbone"  # every refusal below is about the signed backbone
+    if rec.model_sha256 != parts.model_sha256:
+        raise ModelRefused(inner, Refusal.DIGEST_MISMATCH, "its flatbuffer is not the one this device learned on",
+                           "run edge-resnet learn again")
+    m = _verified(inner, rec.backbone_signature, policy)
+    if m is None:  # require_signature: an unknown key is refused above
+        raise ModelRefused(inner, Refusal.UNKNOWN_KEY, "its key is not trusted here", "sign it with a trusted key")
+    _check_contents(inner, parts.model_sha256, parts.model_size, rec.backbone_files, m)
+    _check_terms(inner, m, min_version, target, now)
     return m
 
 
@@ -154,17 +209,17 @@ def _parts(model: str | os.PathLike[str] | ModelFile | BundleParts) -> BundlePar
         raise ModelRefused(model, Refusal.UNREADABLE, str(e), None) from None  # its own message names the fix
 
 
-def _check_contents(parts: BundleParts, m: Manifest) -> None:
-    """The flatbuffer and every archive member are the ones signed, no more and no fewer."""
-    where = parts.path
-    if parts.model_sha256 != m.model_sha256 or parts.model_size != m.model_size:
+def _check_contents(where: object, model_sha256: str, model_size: int, have: Mapping[str, str], m: Manifest
+                    ) -> None:  # fmt: skip
+    """The flatbuffer and every archive member (`have`: name -> SHA-256) are the ones signed, no more
+    and no fewer."""
+    if model_sha256 != m.model_sha256 or model_size != m.model_size:
         raise ModelRefused(
             where, Refusal.DIGEST_MISMATCH,
-            f"its flatbuffer (sha256 {parts.model_sha256[:12]}, {parts.model_size} bytes) is not the one signed "
+            f"its flatbuffer (sha256 {model_sha256[:12]}, {model_size} bytes) is not the one signed "
             f"(sha256 {m.model_sha256[:12]}, {m.model_size} bytes): changed since, or another model's signature",
             "copy the signed bundle again, or sign this one",
         )
-    have = {name: hashlib.sha256(data).hexdigest() for name, data in parts.members.items()}
     changed = sorted(n for n in set(have) | set(m.files) if have.get(n) != m.files.get(n))
     if changed:
         name = changed[0]
