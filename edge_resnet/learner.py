@@ -22,6 +22,7 @@ from .classify import Classifier
 from .devices import Device
 from .engine import NO_EMBEDDING_HINT, Engine
 from .errors import InputError, ModelError
+from .fleet.headrecord import record_learned
 from .learn import examples as examples_mod
 from .learn import report as report_mod
 from .learn.augment import VARIANTS
@@ -87,4 +88,5 @@ def learn(
     rep = report_mod.build(ex, emb, trained, {"embeddings": t_embed})
     rep["model"] = {"backbone": str(model), "backbone_sha256": engine.model.sha256, "out": str(out)}
     write_learned(engine.model, trained.head, rep, out)
+    record_learned(out, engine.model)  # on a signed backbone: runs under [trust] require_signature here
     return Learned(out, rep)

@@ -32,6 +32,7 @@ import numpy.typing as npt
 from .bundle import ModelFile
 from .classify import Classifier, Result
 from .errors import EdgeResnetError, InputError
+from .fleet.headrecord import HeadRecords
 from .learn.fit import train
 from .learn.head import UNKNOWN
 from .learn.learned import learned_model, write_learned
@@ -112,6 +113,7 @@ class Teacher:
     def __init__(self, pipeline: Pipeline, state_dir: Path, *, max_examples: int = 500, max_bytes: int = 20 * 2**20):
         self.pipeline = pipeline
         self.models_dir = state_dir / "models"
+        self.heads = HeadRecords(state_dir)  # what it writes on a signed backbone runs under require_signature
         self._lock = threading.Lock()
         self._regions = {
             r.name: _Region(ExampleStore(state_dir / "examples", r.name, max_examples=max_examples,
@@ -327,6 +329,12 @@ class Teacher:
             write_learned(engine.model, trained.head, report, out)
         except OSError as e:  # a full disk: the head still runs, from memory
             log.warning("teaching: cannot write %s (%s); the new head runs but is not saved", out, e.strerror)
+        else:
+            try:  # on a signed backbone: the saved file may be loaded under require_signature
+                self.heads.record(out, engine.model)
+            except (OSError, EdgeResnetError) as e:
+                log.warning("teaching: %s is saved but not recorded as learned here (%s); under "
+                            "require_signature it is refused", out, e)
         clf = Classifier(engine, preprocess=region.classifier.preprocess, bundle=mf)
         self.pipeline.swap_region(name, clf)
         secs = time.perf_counter() - t0
