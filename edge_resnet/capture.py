@@ -8,7 +8,8 @@ it decodes, an image folder) waits instead: the next frame is read only once the
 the previous one, so every frame is classified and no core is spent decoding frames that would be
 thrown away. When the source fails to open, stops delivering frames for `watchdog_s`, or errors,
 the thread closes it and reopens it with a doubling, capped backoff; `state()` says "camera lost"
-meanwhile (logged once per outage), and it recovers by itself.
+meanwhile (logged once per outage), and it recovers by itself. A source that is open but not giving
+frames yet for a reason it names (`warming_up()`, see FrameSource) is waited for instead.
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ class FrameSource(Protocol):
     A source may set `live = False` when its frames do not go stale while it waits (files,
     folders): the capture thread then reads the next frame only when the pipeline took the last
     one. Without the attribute a source is live.
+
+    A source may have `warming_up() -> str | None`: while it is alive but cannot give frames yet
+    for a reason of its own (the Raspberry Pi AI Camera uploading its network to the sensor, which
+    takes minutes the first time), it returns that reason in words, else None. The capture thread
+    asks each time `read` returns None; while there is a reason, that time does not count against
+    `watchdog_s` (reopening would start the upload again) and the state is WAITING with the reason
+    (/healthz, STATUS). The source bounds it (a reason that never ends would hide a dead camera)
+    and keeps it cheap (it is asked up to once per frame).
     """
 
     description: str
@@ -64,6 +73,7 @@ class FrameSource(Protocol):
 class CaptureState(Enum):
     STARTING = "starting"
     RUNNING = "running"
+    WAITING = "waiting for the source"  # open and alive, not giving frames yet for a reason it names
     LOST = "camera lost"
     ENDED = "source ended"
     FAILED = "source failed"
@@ -125,6 +135,7 @@ class Capture:
         self._last_mono: float | None = None
         self._recent: list[float] = []  # monotonic times of recent frames, for fps
         self._beat = time.monotonic()  # the capture thread's last sign of life (open attempt, read return)
+        self._waiting_since = 0.0  # when the source began to say it is warming up
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -286,6 +297,14 @@ class Capture:
                 return CaptureState.LOST
             now = time.monotonic()
             if image is None:
+                waiting = self._source_waiting()
+                if waiting is not None:  # alive and saying why no frame comes: not the watchdog's business
+                    last_ok = now
+                    self._wait_state(waiting, now)
+                    self._stop.wait(0.01)
+                    continue
+                if self._state is CaptureState.WAITING:  # done waiting: the watchdog counts from here
+                    self._set_state(CaptureState.RUNNING, "ok")
                 if now - last_ok > self.watchdog_s:
                     reason = (
                         f"camera lost: no frame for {now - last_ok:.1f} s from {self.source.description}; reopening"
@@ -296,8 +315,31 @@ class Capture:
                 self._stop.wait(0.01)
                 continue
             last_ok = now
+            if self._state is CaptureState.WAITING:
+                log.info("%s gives frames after %.0f s of waiting", self.source.description, now - self._waiting_since)
+                self._set_state(CaptureState.RUNNING, "ok")
             self._put(image)
         return CaptureState.STOPPED
+
+    def _source_waiting(self) -> str | None:
+        """The source's `warming_up()` reason, if it has the method and one."""
+        ask = getattr(self.source, "warming_up", None)
+        if not callable(ask):
+            return None
+        try:
+            why = ask()
+        except Exception as e:  # a source that cannot say is not waiting: the watchdog applies
+            log.debug("%s: warming_up() failed: %s", self.source.description, e)
+            return None
+        return str(why) if why else None
+
+    def _wait_state(self, reason: str, now: float) -> None:
+        """WAITING with the source's words (logged once when the wait begins, not at each new figure)."""
+        if self._state is not CaptureState.WAITING:
+            self._waiting_since = now
+            log.info("%s: %s", self.source.description, reason)
+        if reason != self._reason or self._state is not CaptureState.WAITING:
+            self._set_state(CaptureState.WAITING, reason)
 
     def _safe_close(self) -> None:
         try:

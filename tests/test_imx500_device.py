@@ -178,3 +178,102 @@ def test_daemon_publishes_sensor_labels_on_mqtt_and_the_overlay(broker: Broker, 
         finally:
             child.kill()
             sub.stop()
+
+
+def _daemon_env(script: Path) -> dict[str, str]:
+    return dict(os.environ, PYTHONUNBUFFERED="1", EDGE_RESNET_FAKE_IMX500=str(script),
+                PYTHONPATH=os.pathsep.join([str(FAKE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+
+
+@pytest.mark.parametrize("progress", ["direct", "none"])
+def test_a_network_upload_longer_than_the_watchdog_does_not_reopen_the_camera(
+    broker: Broker, photo: Path, tmp_path: Path, progress: str
+) -> None:
+    """The first upload of a network takes minutes on the sensor, frames coming without tensors meanwhile.
+    With watchdog_s = 1 and an upload of 4 s the camera is opened once, /healthz says why it waits (the
+    upload's percentage where picamera2 reads it, else that frames come without outputs), and the labels
+    come when the upload is done. (Before: the watchdog reopened the camera after 1 s, which started the
+    upload again, forever.)"""
+    rpk, meta, script = write_network(tmp_path, [2], photo)
+    opens = tmp_path / "opens.txt"
+    d = json.loads(script.read_text())
+    d.update(upload={"seconds": 4.0, "bytes": 2_800_000, "progress": progress}, opens_file=str(opens))
+    script.write_text(json.dumps(d))
+    port = free_port()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f'device_id = "aicam"\nstate_dir = "{tmp_path / "state"}"\n[model]\npath = "{meta}"\n'
+        f'[source]\ntype = "picamera2"\nmode = "imx500"\nnetwork = "{rpk}"\nwatchdog_s = 1\n'
+        f'[mqtt]\nurl = "{broker.url}"\n[http]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    sub = Subscriber(broker.port, ["edge-resnet/aicam/state"]).start()
+    child = RunChild(["--config", str(cfg)], _daemon_env(script))
+    url = f"http://127.0.0.1:{port}/"
+    said: list[str] = []  # what /healthz said while the sensor had no network yet
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert child.p.poll() is None, "daemon exited:\n" + child.tail()
+            try:
+                code, _, body = get(url + "healthz", timeout=1)
+            except OSError:
+                time.sleep(0.1)
+                continue
+            if code == 200:
+                break
+            said.append(body.decode().splitlines()[0])
+            time.sleep(0.2)
+        assert sub.wait_for(lambda ms: any(m.json().get("label") == "macaw" for m in ms), 10), child.tail()
+        code, _, body = get(url + "metrics")
+        metrics = parse_prometheus(body.decode())
+        reconnects = metrics["edge_resnet_camera_reconnects_total"][1][0][1]
+        opened = opens.read_text().splitlines()
+        waiting = [s for s in said if s.startswith(("uploading the network", "waiting for the IMX500"))]
+        print(f"\nprogress {progress}: opened {len(opened)} time(s), {int(reconnects)} reconnects; /healthz said "
+              f"{waiting[0]!r} ... {waiting[-1]!r}" if waiting else f"\n/healthz said {said}")
+        assert len(opened) == 1 and reconnects == 0, "the camera was reopened during the upload:\n" + child.tail()
+        assert not [ln for ln in child.err if "camera lost" in ln], child.tail()
+        assert not [s for s in said if "camera lost" in s or "no frame classified" in s], said
+        if progress == "direct":
+            assert waiting and all(s.startswith("uploading the network to the IMX500: ") for s in waiting), said
+            assert len({s for s in waiting}) >= 3 and all(s.endswith(" of 2.8 MB)") for s in waiting), said
+        else:
+            assert waiting and all(s.startswith("waiting for the IMX500 to load its network: frames without its "
+                                                "outputs for ") for s in waiting), said
+            assert "upload progress not readable here; allowed up to 300 s after opening" in waiting[-1]
+    finally:
+        child.p.terminate()
+        try:
+            child.p.wait(10)
+        finally:
+            child.kill()
+            sub.stop()
+
+
+def test_without_readable_progress_the_wait_is_bounded(
+    fake_picamera2: None, photo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames that never bring a tensor count as life only for upload_grace_s after opening (300 s by
+    default; 1 s here): then the watchdog calls the camera lost and reopens it, as for any camera."""
+    from edge_resnet.capture import Capture, CaptureState
+    from edge_resnet.sources.picamera2 import Picamera2Frames
+
+    rpk, _, script = write_network(tmp_path, [2], photo)
+    opens = tmp_path / "opens.txt"
+    d = json.loads(script.read_text())
+    d.update(upload={"seconds": 600.0, "bytes": 2_800_000, "progress": "none"}, opens_file=str(opens))
+    script.write_text(json.dumps(d))
+    monkeypatch.setenv("EDGE_RESNET_FAKE_IMX500", str(script))
+    src = Picamera2Frames(Picamera2Source(mode="imx500", network=str(rpk)), upload_grace_s=1.0)
+    cap = Capture(src, watchdog_s=0.5, backoff_initial_s=0.1)
+    seen: set[CaptureState] = set()
+    cap.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(opens.read_text().splitlines() if opens.exists() else []) < 2:
+            seen.add(cap.state())
+            time.sleep(0.05)
+    finally:
+        cap.stop()
+    assert CaptureState.WAITING in seen and len(opens.read_text().splitlines()) >= 2
+    assert cap.stats().reconnects >= 1

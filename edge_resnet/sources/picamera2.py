@@ -12,12 +12,20 @@ request gives the frame and, in its metadata, the network's float32 outputs
 (`imx500.get_outputs(metadata)`) and KPI times (`get_kpi_info`: DNN and DSP milliseconds). A frame is
 handed on as a `SensorFrame` carrying them (edge_resnet/imx500.py); frames without a tensor (while the
 network loads, or dropped by the sensor) are skipped and counted (`counters()`, in /metrics).
+
+The first upload of a network to the sensor takes minutes, and the camera's frames come without
+tensors meanwhile. Until the first tensor after opening, `warming_up()` tells the capture thread so
+(it then does not reopen the camera, which would start the upload again): with the upload's progress
+where picamera2 can read it (`fw_progress` not NONE: debugfs as root, or its sudo scripts), as long as
+the byte count moves; else, for up to `upload_grace_s` (300 s) after opening, as long as frames keep
+coming. After that the capture thread's watchdog applies as to any camera.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +41,11 @@ if TYPE_CHECKING:
     from ..sourceconfig import Picamera2Source
 
 log = logging.getLogger(__name__)
+
+UPLOAD_GRACE_S = 300.0  # progress not readable: frames without tensors count as life this long after opening
+PROGRESS_EVERY_S = 1.0  # picamera2 reads the progress with two subprocesses: at most once a second
+UPLOAD_STALLED_S = 60.0  # an upload whose byte count has not moved for this long is not in progress
+FW_NETWORK_STAGE = 2  # picamera2.devices.imx500.imx500.FW_NETWORK_STAGE, if that module does not say
 
 
 def i420_to_bgr(arr: npt.NDArray[np.uint8], width: int, height: int) -> npt.NDArray[np.uint8]:
@@ -51,9 +64,11 @@ def i420_to_bgr(arr: npt.NDArray[np.uint8], width: int, height: int) -> npt.NDAr
 class Picamera2Frames:
     """picamera2 behind the FrameSource protocol."""
 
-    def __init__(self, cfg: Picamera2Source, read_timeout_s: float = 2.0) -> None:
+    def __init__(self, cfg: Picamera2Source, read_timeout_s: float = 2.0,
+                 upload_grace_s: float = UPLOAD_GRACE_S) -> None:
         self.cfg = cfg
         self.read_timeout_s = read_timeout_s
+        self.upload_grace_s = upload_grace_s
         self.description = f"picamera2 camera {cfg.camera}"
         self._cam: Any = None
         self._job: Any = None
@@ -62,6 +77,14 @@ class Picamera2Frames:
         self.without_tensor = 0  # frames the sensor sent without its network's outputs (skipped)
         self.dnn_ms: float | None = None  # the last frame's on-sensor network time
         self.dsp_ms: float | None = None
+        self._opened_mono = 0.0  # when the IMX500 took the network (its upload began)
+        self._tensor_seen = False  # a frame with the network's outputs came since opening
+        self._untensored: tuple[float, float] | None = None  # (first, last) frame without them since opening
+        self._network_stage = FW_NETWORK_STAGE
+        self._progress: tuple[int, int] = (0, 0)  # the upload's (bytes, total) last read
+        self._progress_moved = 0.0
+        self._checked = -PROGRESS_EVERY_S  # when warming_up() last looked
+        self._waiting: str | None = None  # what it found
         if cfg.mode == "imx500":
             self.description = f"picamera2 IMX500 camera ({Path(cfg.network).name})"
 
@@ -124,7 +147,56 @@ class Picamera2Frames:
         except (RuntimeError, OSError) as e:
             raise open_error(self.description, f"the IMX500 cannot take the network ({e}); is the AI Camera "
                              "connected and imx500-all installed?") from None
+        try:
+            self._network_stage = int(importlib.import_module("picamera2.devices.imx500.imx500").FW_NETWORK_STAGE)
+        except (ImportError, AttributeError, TypeError, ValueError):
+            self._network_stage = FW_NETWORK_STAGE
+        self._opened_mono = time.monotonic()
+        self._tensor_seen, self._untensored, self._waiting = False, None, None
+        self._progress, self._checked = (0, 0), -PROGRESS_EVERY_S
         return int(getattr(self._imx, "camera_num", self.cfg.camera))
+
+    def warming_up(self) -> str | None:
+        """Why no frame comes yet while the IMX500 receives its network (read by the capture thread,
+        whose watchdog then waits); None once a frame brought the network's outputs, and in mode "camera"."""
+        if self._imx is None or self._tensor_seen:
+            return None
+        now = time.monotonic()
+        if now - self._checked >= PROGRESS_EVERY_S:
+            self._checked = now
+            self._waiting = self._upload_progress(now) or self._upload_grace(now)
+        return self._waiting
+
+    def _upload_progress(self, now: float) -> str | None:
+        """"uploading the network to the IMX500: 43 % (1.2 of 2.8 MB)" while picamera2 reads the upload in
+        progress and its byte count moves; None when it cannot read it (fw_progress NONE) or it is not under way."""
+        imx = self._imx
+        kind = getattr(imx, "fw_progress", None)
+        if kind is None or int(kind) == 0:  # FwProgressType.NONE, or a picamera2 without it
+            return None
+        try:
+            done, total = (int(v) for v in imx.get_fw_upload_progress(self._network_stage))
+        except Exception as e:  # debugfs or its sudo script failed this time
+            log.debug("IMX500 upload progress unreadable: %s", e)
+            return None
+        if total <= 0 or done >= total:
+            return None
+        if (done, total) != self._progress:
+            self._progress, self._progress_moved = (done, total), now
+        elif now - self._progress_moved > UPLOAD_STALLED_S:
+            return None
+        mb = f"{done / 1e6:.1f} of {total / 1e6:.1f} MB"
+        return f"uploading the network to the IMX500: {100 * done // total} % ({mb})"
+
+    def _upload_grace(self, now: float) -> str | None:
+        """Without readable progress: frames that keep coming without tensors, up to upload_grace_s after opening."""
+        if self._untensored is None or now - self._opened_mono > self.upload_grace_s:
+            return None
+        first, last = self._untensored
+        if now - last > self.read_timeout_s + PROGRESS_EVERY_S:  # no frames at all: that is the watchdog's case
+            return None
+        return (f"waiting for the IMX500 to load its network: frames without its outputs for {now - first:.0f} s "
+                f"(upload progress not readable here; allowed up to {self.upload_grace_s:.0f} s after opening)")
 
     def read(self) -> npt.NDArray[np.uint8] | None:
         cam = self._cam
@@ -169,7 +241,10 @@ class Picamera2Frames:
             request.release()
         if outputs is None or not len(outputs):
             self.without_tensor += 1
+            now = time.monotonic()
+            self._untensored = (self._untensored[0] if self._untensored else now, now)
             return None
+        self._tensor_seen = True
         kpi = self._imx.get_kpi_info(metadata)
         if kpi is not None:
             self.dnn_ms, self.dsp_ms = float(kpi[0]), float(kpi[1])
