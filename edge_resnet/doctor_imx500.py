@@ -25,8 +25,8 @@ PACKAGE_FIX = ("make it on the Pi: `imx500-package -i <name>_imx500.zip -o DIR`,
 SAME_CONVERSION = "convert and package again from the same conversion"
 
 
-def probe_imx500(source: Any, cameras: list[dict[str, Any]] | None, model: str | None = None,
-                 firmware: tuple[str, ...] = FIRMWARE, sys_root: str = "/sys", dev: str = "/dev") -> list[Check]:
+def probe_imx500(source: Any, cameras: list[dict[str, Any]] | None, firmware: tuple[str, ...] = FIRMWARE,
+                 sys_root: str = "/sys", dev: str = "/dev") -> list[Check]:
     """Every row for mode "imx500": picamera2's IMX500 support, the sensor's firmware, the sensor's
     V4L2 node, the camera in libcamera's list (`cameras`, None when it could not be read), the network."""
     rows = check_imx500_support()

@@ -272,6 +272,7 @@ def test_doctor_describes_the_ai_camera_the_network_and_its_model(tmp_path: Path
                                "5 outputs, 5 labels")
     assert rows["imx500 model"]["result"] == "ok"
     assert rows["imx500 model"]["detail"] == "mobilenet_v2_imx500.json and network.rpk agree: 224x224 input, 5 outputs"
+    assert rows["edgetpu"]["result"] == "skip" and "libedgetpu" not in rows  # no Edge TPU for the sensor's network
     if not all(os.path.isfile(f) for f in di.FIRMWARE):  # this machine is no Pi: its firmware and node fail
         assert rows["imx500 firmware"]["result"] == "FAIL" and code == ExitCode.PROBLEMS
         assert "sudo apt install imx500-all" in rows["imx500 firmware"]["fix"]

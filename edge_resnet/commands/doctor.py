@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
 def gather(args: argparse.Namespace) -> list[d.Check]:
     from ..config import SOURCES, Config, default_state_dir, load, resolve
     from ..doctor_imx500 import check_model_and_source
+    from ..imx500 import is_sensor_model
     from .run import parse_source, state_dir_without_config
 
     checks: list[d.Check] = d.check_user()
@@ -104,7 +105,10 @@ def gather(args: argparse.Namespace) -> list[d.Check]:
     checks += d.check_model(model, device, os.path.join(state_dir, "models"))
     checks += check_model_and_source(model, source)  # an IMX500 network's metadata and network.rpk agree
     needs_tpu = device == "edgetpu" or bool(model and model.endswith("_edgetpu.tflite"))
-    checks += d.check_edgetpu(required=needs_tpu)
+    if model and is_sensor_model(model):
+        checks.append(d.Check("edgetpu", d.Result.SKIP, "not used: the model runs on the IMX500 sensor"))
+    else:
+        checks += d.check_edgetpu(required=needs_tpu)
     mqtt_url = args.mqtt or (cfg.mqtt.url if cfg and cfg.mqtt else None)
     ca_file = cfg.mqtt.ca_file if cfg and cfg.mqtt else None
     checks += d.check_broker(mqtt_url, timeout=args.timeout, ca_file=ca_file, mqtt=cfg.mqtt if cfg else None)
