@@ -58,6 +58,7 @@ STOP_BUDGET_S = 4.0  # SIGTERM -> exit, with margin under systemd's and the test
 STATUS_EVERY_S = 5.0
 MODEL_POLL_S = 2.0
 ACCELERATOR_RETRY_S = 60.0  # while running on the CPU twin, try the Edge TPU again this often
+_WAITED_FOR = (CaptureState.LOST, CaptureState.WAITING)  # no frames, and rightly so: READY, watchdog fed
 
 Overrides = Callable[[Config], Config]
 
@@ -256,9 +257,10 @@ class Daemon:
             if self.duration_s is not None and now - t_start >= self.duration_s:
                 self._stop_reason = f"{self.duration_s:g} s elapsed"
                 break
-            # READY also when the camera is missing at start and being retried: otherwise systemd
-            # times the start out and restarts us in a loop, which cannot bring a camera back.
-            if not ready and (pipeline.wait_first(0) or capture.state() is CaptureState.LOST):
+            # READY also when the camera is missing at start and being retried, or waited for (an
+            # IMX500 network uploading for minutes): otherwise systemd times the start out and restarts
+            # us in a loop, which cannot bring a camera back and starts an upload again.
+            if not ready and (pipeline.wait_first(0) or capture.state() in _WAITED_FOR):
                 ready = True
                 line = pipeline.status_line()
                 self.notifier.ready(line)
@@ -284,12 +286,13 @@ class Daemon:
         return None
 
     def _alive(self, window_s: float) -> bool:
-        """Doing the job: a frame classified within `window_s`, or the camera lost and being retried."""
+        """Doing the job: a frame classified within `window_s`, or the camera lost and being retried, or
+        waited for while it says why (capture.py's WAITING), on a capture thread that is alive."""
         assert self.pipeline is not None
         last = self.pipeline.last_classified_mono
         if last is not None and time.monotonic() - last <= window_s:
             return True
-        return self.pipeline.capture.state() is CaptureState.LOST and self.pipeline.capture.thread_alive()
+        return self.pipeline.capture.state() in _WAITED_FOR and self.pipeline.capture.thread_alive()
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + STOP_BUDGET_S
