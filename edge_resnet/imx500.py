@@ -31,7 +31,10 @@ from .errors import ConfigError, ModelError
 from .preprocess import Box, ChannelOrder, PreprocessSpec, TensorInfo
 
 FORMAT = "edge-resnet-imx500"
-READS_VERSION = 1
+READS_VERSION = 2
+# v1 (before 2026-12-07): the network took the normalised tensor, which the sensor does not write
+# (convert/imx500_input.py); it ran and said wrong labels for a torchvision-normalised model
+OLDEST_RIGHT_VERSION = 2
 SUFFIX = "_imx500.json"
 
 
@@ -72,6 +75,10 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     if int(d.get("version", 0)) > READS_VERSION:
         raise ModelError(f"{p}: IMX500 metadata v{d['version']} is newer than this edge-resnet reads; "
                          "upgrade edge-resnet")
+    if int(d.get("version", 0)) < OLDEST_RIGHT_VERSION:
+        raise ModelError(f"{p}: this IMX500 network (metadata v{d.get('version', 0)}) expects normalised input, "
+                         "which the sensor does not write, so it would say wrong labels; convert it again with "
+                         "`edge-resnet convert --target imx500` and package the new zip")
     return d
 
 

@@ -228,7 +228,7 @@ def test_camera_row_needs_an_imx500_in_libcamera_list() -> None:
 def _metadata(path: Path, hw: tuple[int, int] = (224, 224), outputs: int = 5) -> Path:
     """<name>_imx500.json as `convert --target imx500` writes it (the keys the device reads, and the input)."""
     path.write_text(json.dumps({
-        "format": "edge-resnet-imx500", "version": 1, "labels": LABELS, "label_offset": 1,
+        "format": "edge-resnet-imx500", "version": 2, "labels": LABELS, "label_offset": 1,
         "output_kind": "logits", "num_outputs": outputs,
         "preprocess": {"mean": [127.5] * 3, "std": [127.5] * 3, "channel_order": "RGB", "crop_fraction": 0.875,
                        "interpolation": "area_fast", "preset": "inception"},

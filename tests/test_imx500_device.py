@@ -27,18 +27,20 @@ from tests.test_http import get, parse_prometheus
 
 __all__ = ["broker"]  # the fixture
 
+from .helpers.rpk import write_rpk
+
 FAKE = Path(__file__).parent / "helpers" / "fake_picamera2"
 LABELS = ["background", "tabby cat", "macaw", "hot dog", "owl"]  # output 0 is background, as in MobileNet v2
 
 
 def write_network(tmp: Path, sequence: list[int | None], image: Path) -> tuple[Path, Path, Path]:
-    """The files the device has: network.rpk (its bytes are the sensor's business), the metadata that
-    `convert --target imx500` writes, and the fake camera's script."""
+    """The files the device has: network.rpk (shaped as imx500-package writes it: a 224x224 RGB input), the
+    metadata that `convert --target imx500` writes, and the fake camera's script."""
     rpk = tmp / "network.rpk"
-    rpk.write_bytes(b"9464 not a real network")
+    write_rpk(rpk, outputs=(len(LABELS),))
     meta = tmp / "mobilenet_v2_imx500.json"
     meta.write_text(json.dumps({
-        "format": "edge-resnet-imx500", "version": 1, "labels": LABELS, "label_offset": 1,
+        "format": "edge-resnet-imx500", "version": 2, "labels": LABELS, "label_offset": 1,
         "output_kind": "logits", "num_outputs": len(LABELS),
         "preprocess": {"mean": [127.5] * 3, "std": [127.5] * 3, "channel_order": "RGB", "crop_fraction": 0.875,
                        "interpolation": "area_fast", "preset": "inception"},
@@ -75,6 +77,7 @@ def test_frames_carry_the_sensor_outputs_and_frames_without_a_tensor_are_counted
     clf = load_classifier(ModelConfig(path=str(meta)))
     assert isinstance(clf, SensorClassifier) and str(clf.engine.device) == "imx500"
     src.open()
+    imx = src._imx  # the fake IMX500 the source made
     got: list[str] = []
     try:
         for _ in range(6):
@@ -88,6 +91,7 @@ def test_frames_carry_the_sensor_outputs_and_frames_without_a_tensor_are_counted
     finally:
         src.close()
     assert got == ["macaw", "hot dog", "owl"]  # class k+1 is label k: the metadata's offset applied
+    assert imx.inference_aspect_ratio == (224, 224)  # the sensor's centre square, not its 4:3 squeezed
     assert src.counters() == {"imx500_frames_without_tensor_total": 3.0, "imx500_dnn_ms": 6.5, "imx500_dsp_ms": 1.25}
     assert Picamera2Frames(Picamera2Source()).counters() == {}  # the plain camera mode adds none
 
@@ -106,6 +110,10 @@ def test_sensor_model_refuses_a_frame_without_outputs_and_a_mismatched_network(t
         Picamera2Source(mode="imx500")
     with pytest.raises(ConfigError, match="only for mode"):
         Picamera2Source(network="network.rpk")
+    old = json.loads(meta.read_text()) | {"version": 1}  # converted before the network took the sensor's pixels
+    meta.write_text(json.dumps(old))
+    with pytest.raises(ModelError, match=r"expects normalised input, which the sensor does not.*convert it again"):
+        load_sensor_classifier(meta)
 
 
 def _wait_healthy(url: str, child: RunChild, seconds: float = 40) -> None:
@@ -279,8 +287,6 @@ def test_without_readable_progress_the_wait_is_bounded(
     assert cap.stats().reconnects >= 1
 
 
-@pytest.mark.xfail(strict=True, reason="needs daemon.py to treat CaptureState.WAITING as it treats LOST (READY=1, "
-                   "WATCHDOG=1 while the capture thread is alive): see the report of issue 25's watchdog change")
 def test_under_systemd_the_upload_is_ready_and_keeps_the_watchdog_fed(photo: Path, tmp_path: Path) -> None:
     """As a service (Type=notify, WatchdogSec, TimeoutStartSec=120 s) an upload of minutes must not read as a
     start that never ends or a hung daemon: READY=1 and WATCHDOG=1 come while the sensor has no network yet

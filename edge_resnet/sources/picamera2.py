@@ -151,10 +151,20 @@ class Picamera2Frames:
             self._network_stage = int(importlib.import_module("picamera2.devices.imx500.imx500").FW_NETWORK_STAGE)
         except (ImportError, AttributeError, TypeError, ValueError):
             self._network_stage = FW_NETWORK_STAGE
+        self._crop_like_calibration()
         self._opened_mono = time.monotonic()
         self._tensor_seen, self._untensored, self._waiting = False, None, None
         self._progress, self._checked = (0, 0), -PROGRESS_EVERY_S
         return int(getattr(self._imx, "camera_num", self.cfg.camera))
+
+    def _crop_like_calibration(self) -> None:
+        """Left alone, the sensor squeezes its whole 4:3 image into the square input tensor; the network was
+        calibrated and evaluated on centre crops of undistorted photos. picamera2's classification demo
+        crops the sensor to the input's aspect ratio for the same reason (set_inference_aspect_ratio)."""
+        size = getattr(self._imx, "config", {}).get("input_tensor_size")
+        if size and hasattr(self._imx, "set_inference_aspect_ratio"):
+            self._imx.set_inference_aspect_ratio(tuple(size))
+            log.info("IMX500 input: the centre %d:%d of the sensor", *size)
 
     def warming_up(self) -> str | None:
         """Why no frame comes yet while the IMX500 receives its network (read by the capture thread,

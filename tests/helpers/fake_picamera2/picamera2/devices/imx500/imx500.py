@@ -50,6 +50,16 @@ class IMX500:
             raise RuntimeError(f"Firmware file {network_file} does not exist.")
         self.network_file = network_file
         self.camera_num = 0
+        # picamera2 fills config from the package's network_info; the fake reads it with our reader
+        from edge_resnet.rpk import read_rpk
+
+        try:
+            info = read_rpk(network_file)
+            self.config: dict[str, Any] = {"network_file": network_file,
+                                           "input_tensor_size": (info.width, info.height)}
+        except Exception:  # not a package: picamera2 leaves the input size out too
+            self.config = {"network_file": network_file}
+        self.inference_aspect_ratio: tuple[int, int] | None = None  # None: the full sensor, squeezed
         s = script()
         up = s.get("upload") or {}
         self.fw_progress = IMX500.FwProgressType[str(up.get("progress", "direct")).upper()]
@@ -59,6 +69,11 @@ class IMX500:
         if s.get("opens_file"):
             with open(s["opens_file"], "a", encoding="utf-8") as f:
                 f.write(f"{time.monotonic():.3f} {network_file}\n")
+
+    def set_inference_aspect_ratio(self, aspect_ratio: tuple[int, int]) -> None:
+        """picamera2: the largest centred crop of the full sensor (4056x3040) with this aspect ratio feeds
+        the network, instead of the whole sensor squeezed into the input tensor."""
+        self.inference_aspect_ratio = (int(aspect_ratio[0]), int(aspect_ratio[1]))
 
     def get_fw_upload_progress(self, stage_req: int) -> tuple[int, int]:
         """(current, total) bytes of the upload in `stage_req`; (0, 0) in another stage. Like picamera2's,
