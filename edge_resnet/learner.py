@@ -62,8 +62,10 @@ def learn(
     seed: int = 0,
     unknown_below: float | None = None,
     variants: bool = True,
+    state_dir: Path | None = None,
 ) -> Learned:
-    """`variants`: also train on a night (grey, dark) copy of every example (augment.py)."""
+    """`variants`: also train on a night (grey, dark) copy of every example (augment.py). `state_dir`: the
+    daemon's, where the record that lets `out` run under [trust] require_signature goes (headrecord.py)."""
     check_out(out)
     if unknown_below is not None and not 0.0 <= unknown_below < 1.0:
         raise InputError(f"--unknown-below {unknown_below} must be in 0..1 (0 turns `unknown` off)")
@@ -88,5 +90,5 @@ def learn(
     rep = report_mod.build(ex, emb, trained, {"embeddings": t_embed})
     rep["model"] = {"backbone": str(model), "backbone_sha256": engine.model.sha256, "out": str(out)}
     write_learned(engine.model, trained.head, rep, out)
-    record_learned(out, engine.model)  # on a signed backbone: runs under [trust] require_signature here
+    record_learned(out, engine.model, state_dir)  # on a signed backbone: runs under [trust] require_signature here
     return Learned(out, rep)

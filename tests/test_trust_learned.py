@@ -213,8 +213,9 @@ def test_the_backbone_signature_is_checked_at_every_load(made: Made, tmp_path: P
     shutil.copytree(made.state, state)
     again = tmp_path / "again.tflite"
     r = run_cli("learn", str(made.root / "examples"), "--model", str(made.mine), "--out", str(again),
-                env={"STATE_DIRECTORY": str(state)})  # fmt: skip
+                "--state-dir", str(state), unset=("STATE_DIRECTORY",))  # the daemon's state_dir, by hand
     assert r.returncode == 0, r.stderr
+    assert str(state) in r.stderr, r.stderr  # "recorded again.tflite as learned ... (<state>/learned/...)"
     m2 = check_model(again, TrustPolicy.of([pub], require_signature=True, heads=HeadRecords(state)))
     assert m2 is not None and m2.version == 3
 

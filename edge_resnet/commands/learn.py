@@ -30,6 +30,9 @@ def register(sub: Any, name: str, helptext: str) -> None:
     p.add_argument("--device", choices=DEVICES, default="cpu", help="where the backbone runs (cpu, edgetpu, auto)")
     p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all usable cores)")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON on stdout")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="the daemon's state_dir: where the record goes that lets this model run under [trust] "
+                        "require_signature (default: $STATE_DIRECTORY, else /var/lib/edge-resnet if writable)")
     p.set_defaults(func=run)
 
 
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ..learner import learn
 
     res = learn(args.examples, args.model, args.out, device=args.device, threads=args.threads, seed=args.seed,
-                unknown_below=args.unknown_below, variants=not args.no_night)
+                unknown_below=args.unknown_below, variants=not args.no_night, state_dir=args.state_dir)
     for line in summary_lines(res.report):
         print(line, file=sys.stderr)
     print(f"wrote {res.out}", file=sys.stderr)

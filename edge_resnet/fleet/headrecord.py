@@ -197,10 +197,11 @@ def _writable(p: Path) -> bool:
     return os.access(p, os.W_OK)
 
 
-def record_learned(out: Path, base: ModelFile) -> None:
-    """`edge-resnet learn`: record `out` in this user's state directory, saying where in one line; a
-    failure to record is a warning (the model is written, and runs wherever no signature is required)."""
-    state = command_state_dir()
+def record_learned(out: Path, base: ModelFile, state_dir: Path | None = None) -> None:
+    """`edge-resnet learn`: record `out` in `state_dir` (`--state-dir`: the daemon's), else this user's
+    state directory, saying where in one line; a failure to record is a warning (the model is written,
+    and runs wherever no signature is required)."""
+    state = state_dir or command_state_dir()
     try:
         made = HeadRecords(state).record(out, base)
     except (OSError, EdgeResnetError) as e:
@@ -209,7 +210,7 @@ def record_learned(out: Path, base: ModelFile) -> None:
         return
     if made is None:
         return
-    if str(state) != default_state_dir():
+    if state_dir is None and str(state) != default_state_dir():
         log.warning("%s is recorded in %s, not in %s (not writable): a daemon running as another user (the "
                     "edge-resnet service) does not see it; run learn as that user: sudo -u edge-resnet edge-resnet "
                     "learn ...", out, made, default_state_dir())
