@@ -253,7 +253,7 @@ SOURCES: dict[str, SourceKind] = {
         "edge_resnet.sources.picamera2:Picamera2Frames",
         lambda s: f"picamera2 camera {s.camera} (lores {s.lores_size[0]}x{s.lores_size[1]})",
         lambda t, loop, fast: Picamera2Source() if t.lower() == "picamera2" else None,
-        doctor="edge_resnet.doctor:probe_picamera2_source",
+        doctor="edge_resnet.doctor_picamera2:probe_picamera2_source",
     ),
     "url": SourceKind(
         UrlSource,

@@ -260,16 +260,6 @@ def probe_without_source(timeout: float) -> list[Check]:
     ]
 
 
-def probe_picamera2_source(source: Any, timeout: float) -> list[Check]:
-    """libcamera's cameras; for the AI Camera (mode "imx500") also what picamera2's IMX500 needs."""
-    rows, cams = picamera2_cameras(timeout=max(timeout, 10.0))
-    if source is not None and getattr(source, "mode", "camera") == "imx500":
-        from .doctor_imx500 import probe_imx500
-
-        rows += probe_imx500(source, cams)
-    return rows
-
-
 def probe_path_source(source: Any, timeout: float) -> list[Check]:
     """file / folder sources need their path; url and gstreamer are checked when the daemon opens them."""
     path = getattr(source, "path", None)

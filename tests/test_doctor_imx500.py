@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from edge_resnet import doctor_imx500 as di
+from edge_resnet import doctor_picamera2 as di
 from edge_resnet.doctor import Result
 from edge_resnet.errors import ExitCode, ModelError
 from edge_resnet.rpk import read_rpk

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 def gather(args: argparse.Namespace) -> list[d.Check]:
     from ..config import SOURCES, Config, default_state_dir, load, resolve
-    from ..doctor_imx500 import check_model_and_source
+    from ..doctor_picamera2 import check_model_and_source
     from ..imx500 import is_sensor_model
     from .run import parse_source, state_dir_without_config
 

@@ -1,4 +1,5 @@
-"""`doctor` rows for the Raspberry Pi AI Camera (`[source] type = "picamera2"`, `mode = "imx500"`): each
+"""`doctor` rows for Raspberry Pi cameras through picamera2 (`[source] type = "picamera2"`) and, for the
+AI Camera (`mode = "imx500"`), each
 thing picamera2's `IMX500(network.rpk)` needs, in the order it needs them, so a missing package,
 firmware, cable or network is named before the daemon starts a minutes-long upload to the sensor.
 
@@ -13,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .doctor import Check, Result
+from .doctor import Check, Result, picamera2_cameras
 from .errors import EdgeResnetError
 
 FIRMWARE = ("/lib/firmware/imx500_loader.fpk", "/lib/firmware/imx500_firmware.fpk")  # from imx500-all
@@ -23,6 +24,14 @@ CABLE_FIX = ("check the AI Camera's ribbon cable (both ends, contacts the right 
 PACKAGE_FIX = ("make it on the Pi: `imx500-package -i <name>_imx500.zip -o DIR`, copy DIR/network.rpk and set "
                "[source] network")
 SAME_CONVERSION = "convert and package again from the same conversion"
+
+
+def probe_picamera2_source(source: Any, timeout: float) -> list[Check]:
+    """libcamera's cameras; for the AI Camera (mode "imx500") also what picamera2's IMX500 needs."""
+    rows, cams = picamera2_cameras(timeout=max(timeout, 10.0))
+    if source is not None and getattr(source, "mode", "camera") == "imx500":
+        rows += probe_imx500(source, cams)
+    return rows
 
 
 def probe_imx500(source: Any, cameras: list[dict[str, Any]] | None, firmware: tuple[str, ...] = FIRMWARE,
