@@ -136,6 +136,10 @@ class PipelineConfig:
 
 MAX_REGIONS = 16
 REGION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+# The first topic levels the daemon itself uses under <topic_prefix>/<device_id>/ (sinks/mqtt/client.py,
+# discovery.topics, fleet/agent.topics; tests/test_region_names.py keeps this list in step with them). A
+# region's topics are <prefix>/<device>/<region>/..., so a region of one of these names would share them.
+RESERVED_REGION_NAMES = frozenset({"state", "events", "snapshot", "availability", "command", "model", "fleet"})
 
 
 @dataclass
@@ -152,6 +156,11 @@ class RegionConfig:
             raise ConfigError(
                 f"[[region]] name: {self.name!r} is not usable in MQTT topics; use 1..32 ASCII letters, digits, "
                 "'-' or '_'"
+            )
+        if self.name in RESERVED_REGION_NAMES:
+            raise ConfigError(
+                f"[[region]] name {self.name!r} is a topic the daemon uses itself (<prefix>/<device>/{self.name}); "
+                f"rename it, e.g. `{self.name}_area`"
             )
         where = f"[[region]] {self.name}: roi"
         x0, y0, x1, y1 = self.roi
