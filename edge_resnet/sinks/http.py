@@ -310,15 +310,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _healthz(self) -> None:
         """200 "ok" when frames flow, else 503 and the reason; then one `sink: words` line per sink
-        (only for an authorised client when basic auth is on: they name the broker). A degraded sink
-        (e.g. MQTT never connected) keeps 200, so a probe does not restart the daemon over a config
-        error a restart cannot fix, and makes the first line its `degraded: <summary>`."""
-        from .base import degraded_summary  # (here: this method is all issue 22 touches in this file)
+        (only for an authorised client when basic auth is on: they name the broker). Degraded keeps
+        200 and makes the first line `degraded: <why>`: the pipeline's (the Edge TPU failed and its CPU
+        twin classifies; the daemon tries the Edge TPU again every minute, and a restart brings no
+        accelerator back), else a sink's summary (e.g. MQTT never connected: a config error a restart
+        cannot fix). A probe that restarted on it would only lose the frames of the restart."""
+        from .base import DEGRADED, degraded_summary  # (here: this method is all issue 22 touches in this file)
 
         sink = self.server.sink
         st = sink.status()
         words = sink.sinks()
         degraded = [s for s in map(degraded_summary, words.values()) if s is not None]
+        if st.reason.startswith(DEGRADED):  # the pipeline's own: "degraded: Edge TPU failed (...); ..."
+            degraded.insert(0, st.reason)
         lines = [(degraded[0] if degraded else "ok") if st.healthy else st.reason]
         if self.authorised:
             lines += [f"{name}: {w}" for name, w in words.items()]
