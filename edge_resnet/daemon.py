@@ -205,6 +205,7 @@ class Daemon:
         failure: EdgeResnetError | None = None
         try:
             self.sinks = build_sinks(cfg, pipeline.status, pipeline.sink_health, self._remote())
+            self._tell_regions()
             pipeline.set_sinks(self.sinks)
             if regions:  # teaching from the overlay: regions' crops labelled with a click
                 self.teacher = Teacher(pipeline, Path(cfg.state_dir))
@@ -456,6 +457,7 @@ class Daemon:
         if self._sink_configs(new) != self._sink_configs(self.cfg):
             self._swap_sinks(new)
         self.cfg = new
+        self._tell_regions()
         self.reloads_done += 1
         self.notifier.ready(self.pipeline.status_line())
         log.info("reload %s", "done" if ok else "partly refused (see above)")
@@ -514,6 +516,15 @@ class Daemon:
     @staticmethod
     def _sink_configs(cfg: Config) -> tuple[Any, ...]:
         return (cfg.device_id, cfg.state_dir, cfg.active_sinks())
+
+    def _tell_regions(self) -> None:
+        """Sinks that keep something per region (MQTT: state topics, Home Assistant's entities) learn
+        which `[[region]]`s run now, so a region removed from the config goes from them too."""
+        names = [r.name for r in self.cfg.regions]
+        for s in self.sinks:
+            set_regions = getattr(s, "set_regions", None)
+            if callable(set_regions):
+                set_regions(names)
 
     def _attach_teacher(self, sinks: list[Sink]) -> None:
         """The overlay's writing routes go to the teacher (sinks that take a writer: the HTTP sink)."""

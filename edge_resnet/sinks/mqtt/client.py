@@ -12,6 +12,8 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,7 @@ HEALTH_CHECK_S = 1.0  # how often the sink thread looks for a change of the pipe
 CHANGES_MAX = 1000  # label changes waiting for the sink thread to write them to SQLite
 UNSTORED_MAX = 100  # events the degraded queue could not store, waiting to be sent live
 MODELS_SCAN_S = 30.0  # how often the models folder is listed again for the model select
-DISCOVERY_FILE = "discovery.json"  # in state_dir: the form and topics announced, to clean them on a switch
+DISCOVERY_FILE = "discovery.json"  # in state_dir: the form, topics and components announced, to clean them up
 
 
 LOG_EVERY_S = 60.0  # a flapping broker gets one warning a minute, not one per flap (SD-card care)
@@ -81,6 +83,16 @@ class _RateLimit:
             return True, f" ({held} more since the last such message)" if held else ""
         self._held[key] = self._held.get(key, 0) + 1
         return False, ""
+
+
+@dataclass(frozen=True)
+class _Announced:
+    """state_dir/discovery.json: the discovery form, every topic announced in it, and (device-based) the
+    components of the document, key -> platform (absent in files written before removal existed)."""
+
+    form: str
+    topics: list[str]
+    components: dict[str, str] = field(default_factory=dict)
 
 
 class Attempt(Enum):
@@ -161,6 +173,9 @@ class MqttSink:
         self._lock = threading.Lock()
         self._latest: Observation | None = None
         self._regions: dict[str, Observation] = {}  # [[region]] name -> its newest observation
+        self._parts: frozenset[str | None] | None = None  # the regions that run (None: the whole frame); set_regions
+        self._told = 0  # set_regions calls so far
+        self._pruned: int | None = None  # the call whose parts Home Assistant was last brought in line with
         self._link = Link.CONNECTING
         self._link_since = time.monotonic()
         self._link_reason = "connecting"
@@ -413,9 +428,26 @@ class MqttSink:
         self._thread = threading.Thread(target=self._run, name="mqtt-sink", daemon=True)
         self._thread.start()
 
+    def set_regions(self, names: Sequence[str]) -> None:
+        """The `[[region]]` names that run now (none: the whole frame), as the daemon says at start and
+        after each reload. Observations of anything else (a removed region's last frames, the whole frame
+        once regions run) are ignored and what was kept of them forgotten, so their state stops; once
+        every part that runs has been seen, Home Assistant's entities of the parts gone are removed
+        (`_announce_discovery`). Never told (a sink driven directly): every part observed is announced."""
+        parts: frozenset[str | None] = frozenset(names) if names else frozenset({None})
+        with self._lock:
+            self._parts = parts
+            self._told += 1
+            self._regions = {n: o for n, o in self._regions.items() if n in parts}
+            if None not in parts:
+                self._latest = None
+        self._wake.set()
+
     def publish(self, obs: Observation) -> None:
         """Pipeline thread: never blocks. Keeps the newest observation; label changes go to the sink thread."""
         with self._lock:
+            if self._parts is not None and obs.region not in self._parts:
+                return  # a part that no longer runs (see set_regions)
             if obs.region is None:
                 first = self._latest is None
                 self._latest = obs
@@ -663,19 +695,22 @@ class MqttSink:
         region = doc.get("region")
         return self.region_topic(str(region), "events") if region else self.events_topic
 
-    def _discovery_messages(self, form: str) -> list[discovery.Message]:
+    def _discovery_messages(self, form: str) -> tuple[list[discovery.Message], int | None]:
         """Home Assistant's configs (discovery.py) for what the observations so far name: the whole
         frame's label sensor, label-change event (and snapshot image when [mqtt] snapshots is on) once it
         has an observation, each [[region]]'s once that region has one; the buttons and (with more than
         one model in the models folder) the model select when the daemon takes commands; the model
         update with [fleet]. Only entities whose topics are served. The device's model is the whole
-        frame's (else the first region's): none before the first observation."""
+        frame's (else the first region's): none before the first observation. Also the set_regions
+        call whose every part these messages cover (None: a part not seen yet, or never told)."""
         with self._lock:
             whole = self._latest.model if self._latest is not None else None
             regions = tuple(sorted(self._regions))
             model = whole or (self._regions[regions[0]].model if regions else None)
+            seen = {*regions, *([None] if self._latest is not None else [])}
+            complete = self._told if self._parts is not None and self._parts <= seen else None
         if model is None:
-            return []
+            return [], None
         models = self._model_choices()
         a = discovery.Announce(
             self.device_id, self.cfg.topic_prefix, self.cfg.discovery_prefix, model=model,
@@ -693,12 +728,12 @@ class MqttSink:
                 for e in discovery.entities(p)
                 if served(e)
             }
-            return [discovery.Message(t, m) for t, m in msgs.items()]
+            return [discovery.Message(t, m) for t, m in msgs.items()], complete
         doc = discovery.device_document(parts[0])
         keep = {e.key for p in parts for e in discovery.entities(p) if served(e)}
         cmps = {k: c for p in parts for k, c in discovery.device_document(p)["cmps"].items()}
         doc["cmps"] = {k: c for k, c in cmps.items() if k in keep}
-        return [discovery.Message(discovery.device_topic(a), _dumps(doc))]
+        return [discovery.Message(discovery.device_topic(a), _dumps(doc))], complete
 
     # -- Home Assistant's controls: buttons, model select, snapshots (on the sink thread) --
 
@@ -783,19 +818,51 @@ class MqttSink:
         swap, a new region) and after a reconnect (`_discovered` is cleared). Before the first
         observation the sink cannot know the model, nor whether there are regions."""
         form = self.cfg.discovery_form
-        messages = self._discovery_messages(form)
+        messages, complete = self._discovery_messages(form)
         fresh = [m for m in messages if self._discovered.get(m.topic) != m.payload]
-        if not fresh:
+        prune = complete is not None and complete != self._pruned  # every part that runs seen, not yet pruned
+        if not fresh and not prune:
             return
         old = self._other_form_topics(form, {m.topic for m in messages})
+        gone = self._gone(form, messages) if prune else []
+        if gone and form == "device":
+            fresh = messages  # the document without them goes after the one removing them, and stays retained
         for topic in old:  # Home Assistant unloads the entity and keeps its id and history for the new form
             self._client.publish(topic, discovery.MIGRATE, qos=1, retain=True)
+        for m in gone:
+            self._client.publish(m.topic, m.payload, qos=1, retain=True)
+            self._discovered.pop(m.topic, None)
         for m in fresh:
             self._client.publish(m.topic, m.payload, qos=1, retain=m.retain)
             self._discovered[m.topic] = m.payload
         for topic in old:
             self._client.publish(topic, "", qos=1, retain=True)  # the broker drops the retained config
-        self._remember_discovery(form, [m.topic for m in fresh])
+        self._remember_discovery(form, messages if prune else fresh, exact=prune)
+        if prune:
+            self._pruned = complete
+        if gone:
+            log.info("mqtt: removed from Home Assistant what is no longer served: %s", ", ".join(
+                sorted(m.topic for m in gone) if form == "entity" else sorted(self._removed(gone[0]))))
+
+    def _gone(self, form: str, messages: list[discovery.Message]) -> list[discovery.Message]:
+        """What an earlier announcement in this form (this run's, or a run before it: state_dir/discovery.json)
+        gave Home Assistant that `messages` no longer serve: a removed region's entities, the whole frame's
+        once regions run, a model select or update entity gone. Per entity: an empty retained config each;
+        device-based: the document with each of those components reduced to its platform."""
+        before = self._read_discovery_file()
+        if before is None or before.form != form or not messages:
+            return []
+        if form == "entity":
+            now = {m.topic for m in messages}
+            return [discovery.Message(t, "") for t in before.topics if t not in now]
+        doc = json.loads(messages[0].payload)
+        gone = {k: p for k, p in before.components.items() if k not in doc["cmps"]}
+        return [discovery.Message(messages[0].topic, _dumps(discovery.removing_components(doc, gone)))] if gone else []
+
+    @staticmethod
+    def _removed(m: discovery.Message) -> list[str]:
+        """The component keys a removing device document removes (those sent with only their platform)."""
+        return [k for k, c in json.loads(m.payload)["cmps"].items() if list(c) == ["p"]]
 
     def _other_form_topics(self, form: str, now: set[str]) -> list[str]:
         """Once a process: the retained configs of the other discovery form, left by an earlier run
@@ -806,28 +873,39 @@ class MqttSink:
         self._discovery_checked = True
         before = self._read_discovery_file()
         if before is None:
-            old = [m.topic for m in self._discovery_messages("entity")] if form == "device" else []
+            old = [m.topic for m in self._discovery_messages("entity")[0]] if form == "device" else []
         else:
-            old = before[1] if before[0] != form else []
+            old = before.topics if before.form != form else []
         return [t for t in old if t not in now]
 
-    def _read_discovery_file(self) -> tuple[str, list[str]] | None:
+    def _read_discovery_file(self) -> _Announced | None:
         try:
             doc = json.loads(self._discovery_file.read_text(encoding="utf-8"))
-            return str(doc["form"]), [str(t) for t in doc["topics"]]
+            components = {str(k): str(v) for k, v in doc.get("components", {}).items()}
+            return _Announced(str(doc["form"]), [str(t) for t in doc["topics"]], components)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("mqtt: %s unreadable (%s); cleaning the per-entity discovery configs", self._discovery_file, e)
             return None
 
-    def _remember_discovery(self, form: str, topics: list[str]) -> None:
-        """Record the form and every topic announced in it (written only when that set grows)."""
+    def _remember_discovery(self, form: str, messages: list[discovery.Message], exact: bool = False) -> None:
+        """Record the form, every topic announced in it and (device-based) the document's components:
+        what a later switch of form, or a later run or reload that no longer serves them, removes from
+        Home Assistant. `exact` (every part that runs was announced, what is gone removed): the record
+        becomes exactly `messages`; otherwise it only grows. Written only when it changes."""
+        topics = {m.topic for m in messages}
+        components: dict[str, str] = {}
+        for m in messages if form == "device" else []:
+            components.update(discovery.components_of(json.loads(m.payload)))
         before = self._read_discovery_file()
-        known = set(before[1]) if before is not None and before[0] == form else set()
-        if before is not None and before[0] == form and known >= set(topics):
-            return
-        doc = {"form": form, "topics": sorted(known | set(topics))}
+        if before is not None and before.form == form:
+            if not exact:
+                topics |= set(before.topics)
+                components = {**before.components, **components}
+            if set(before.topics) == topics and before.components == components:
+                return
+        doc = {"form": form, "topics": sorted(topics), "components": dict(sorted(components.items()))}
         tmp = self._discovery_file.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps(doc), encoding="utf-8")

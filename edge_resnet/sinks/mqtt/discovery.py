@@ -289,6 +289,19 @@ def migrate_to_entities(a: Announce) -> list[Message]:
     return [Message(device_topic(a), MIGRATE), *entity_messages(a), Message(device_topic(a), "")]
 
 
+def components_of(doc: dict[str, Any]) -> dict[str, str]:
+    """A device document's components as key -> platform: what the sink records, to remove one later."""
+    return {k: str(c["p"]) for k, c in doc["cmps"].items()}
+
+
+def removing_components(doc: dict[str, Any], gone: dict[str, str]) -> dict[str, Any]:
+    """The device document that removes the components `gone` (key -> platform) from Home Assistant: each
+    sent with only its platform, which deletes the entity and its registry entry; the others as in `doc`.
+    Publish it, then `doc` itself (what stays retained): Home Assistant's documented way, as a
+    component merely left out of the document would stay."""
+    return {**doc, "cmps": {**doc["cmps"], **{k: {"p": p} for k, p in gone.items()}}}
+
+
 def removal_messages(a: Announce) -> list[Message]:
     """Remove the device from Home Assistant: empty retained configs on every topic it may have used."""
     return [Message(device_topic(a), ""), *(Message(entity_topic(a, e), "") for e in entities(a))]
