@@ -18,13 +18,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from .atomicwrite import write_atomic
 from .errors import ModelError
 from .preprocess import PreprocessSpec
 
@@ -251,13 +251,6 @@ def _check_sidecar_digest(p: Path, data: bytes) -> None:
         raise ModelError(f"{p} does not match {side.name}; the copy is corrupt, copy it again")
 
 
-def current_umask() -> int:
-    """The process umask (os.umask can only be read by setting it, so it is set back at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_bundle(
     flatbuffer: bytes, meta: BundleMeta, out: str | os.PathLike[str], files: dict[str, bytes] | None = None
 ) -> Path:
@@ -287,19 +280,8 @@ def write_members(
             zf.writestr(name, data)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tflite", dir=out_path.parent)
-    try:
-        os.fchmod(fd, (0o666 & ~current_umask()) if mode is None else mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(flatbuffer)
-            f.write(_shift_zip(buf.getvalue(), len(flatbuffer)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out_path
+    shifted = _shift_zip(buf.getvalue(), len(flatbuffer))
+    return write_atomic(out_path, (flatbuffer, shifted), mode=mode, suffix=".tflite")
 
 
 def _shift_zip(zip_bytes: bytes, offset: int) -> bytes:

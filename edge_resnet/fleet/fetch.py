@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
 
+from ..atomicwrite import DiskProblem, disk_problem, fsync_dir
 from ..errors import EdgeResnetError
-from .ledger import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def fetch(
         except (FetchRefused, FetchStopped):
             raise
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
-            if isinstance(e, OSError) and e.errno is not None and e.errno in (28, 30):  # ENOSPC, EROFS
+            if isinstance(e, OSError) and disk_problem(e) in (DiskProblem.FULL, DiskProblem.READ_ONLY):
                 part.unlink(missing_ok=True)
                 raise FetchRefused(
                     f"no room for the download in {part.parent} ({e.strerror}); free space on the state "

@@ -31,13 +31,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bundle import ModelFile, current_umask, read_parts
+from ..atomicwrite import write_atomic
+from ..bundle import ModelFile, read_parts
 from ..config import DEFAULT_STATE_DIR, default_state_dir
 from ..errors import EdgeResnetError
 
@@ -126,7 +126,7 @@ class HeadRecords:
                      time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), *proof)  # fmt: skip
         self.dir.mkdir(parents=True, exist_ok=True)
         target = self.dir / f"{rec.members_sha256}.json"
-        _write_atomic(target, rec.to_json().encode())
+        write_atomic(target, rec.to_json(), suffix=".json")  # open()'s mode: the service user reads it
         for f in self._files():
             old = self._read(f)
             if f != target and old is not None and old.path == rec.path:
@@ -164,20 +164,6 @@ class HeadRecords:
         except (ValueError, UnicodeDecodeError) as e:
             log.warning("learned-head record %s is damaged (%s); it vouches for nothing", path, e)
             return None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # the service user reads what `sudo -u` wrote
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def command_state_dir() -> Path:

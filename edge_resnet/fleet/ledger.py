@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomicwrite import fsync_dir as fsync_dir  # install.py's import
+from ..atomicwrite import write_atomic
 from ..errors import EdgeResnetError
 from .job import BadCommand, InstallCommand, JobStatus, Known, Phase
 
@@ -171,39 +172,13 @@ class Ledger:
             }
 
     def save(self) -> None:
-        """Atomically: a temporary file in the same folder, fsynced, renamed over the ledger."""
-        data = json.dumps(self.to_json(), indent=1).encode()
-        tmp: str | None = None
+        """Atomically (atomicwrite): the old ledger or the new one, never half; the rename fsynced too."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".ledger-", suffix=".tmp", dir=self.dir)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            tmp = None
-            fsync_dir(self.dir)
+            text = json.dumps(self.to_json(), indent=1)
+            write_atomic(self.path, text, mode=0o600, prefix=".ledger-", sync_dir=True)  # 0600: the daemon's own
         except OSError as e:
             raise LedgerError(
                 f"cannot write the fleet job ledger {self.path} ({e.strerror or e}); free space on that disk or "
                 "make the state directory writable; the running model stays"
             ) from None
-        finally:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
-
-
-def fsync_dir(d: Path) -> None:
-    """Make a rename in `d` durable (a power cut right after it must not undo it)."""
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-

@@ -36,13 +36,11 @@ by `load` and counted. One process (the daemon) writes a region; others may read
 from __future__ import annotations
 
 import ast
-import errno
 import io
 import json
 import os
 import re
 import stat
-import tempfile
 import threading
 import time
 import zipfile
@@ -56,7 +54,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from ..bundle import TFLITE_IDENT, current_umask
+from ..atomicwrite import fsync_dir, open_mode, why_disk, write_temp
+from ..bundle import TFLITE_IDENT
 from ..config import REGION_NAME
 from ..errors import EdgeResnetError, InputError
 from .examples import check_class_name
@@ -177,14 +176,6 @@ class _Incoming:
 
 
 # ---------------------------------------------------------------------------------------- files
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_capped(path: Path, cap: int) -> bytes:
@@ -310,18 +301,6 @@ def _majority(sizes: list[int]) -> int:
     return max(counts, key=lambda s: (counts[s], newest[s]))
 
 
-def _why_disk(e: OSError) -> tuple[str, str]:
-    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return "the disk is full", "space is freed"
-    if e.errno == errno.EROFS:
-        return "the file system is read-only", "it is writable again"
-    if e.errno == errno.EIO:
-        return "the disk reports I/O errors (a failing SD card?)", "the disk is replaced"
-    if e.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied", "the service user may write there"
-    return (e.strerror or type(e).__name__).replace("\n", " "), "the disk is fixed"
-
-
 # ---------------------------------------------------------------------------------------- the store
 
 
@@ -341,7 +320,7 @@ class ExampleStore:
         self._lock = threading.RLock()
         self._cache: dict[tuple[str, str], tuple[tuple[int, ...], _Record]] = {}
         self._last_id = ""
-        self._mode = 0o666 & ~current_umask()
+        self._mode = open_mode()
         self._sweep()
 
     # -- reading
@@ -388,7 +367,7 @@ class ExampleStore:
         try:
             return self._scan()
         except OSError as e:
-            why, _ = _why_disk(e)
+            why, _ = why_disk(e)
             raise StoreError(f"cannot read the examples of region {self.region} in {self.dir}: {why}") from None
 
     def _record(self, e: _Entry) -> _Record:
@@ -519,28 +498,10 @@ class ExampleStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             with suppress(FileExistsError):
                 os.mkdir(path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent, strict=True)
             st = os.lstat(path)
         if not stat.S_ISDIR(st.st_mode):
             raise StoreError(f"{path} is not a folder (a file or a symbolic link); move it away to store examples")
-
-    def _write_temp(self, folder: Path, suffix: str, data: bytes) -> Path:
-        fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-        tmp = Path(name)
-        try:
-            try:
-                os.fchmod(fd, self._mode)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except BaseException:
-            with suppress(OSError):
-                tmp.unlink()
-            raise
-        return tmp
 
     def _unlink(self, e: _Entry) -> None:
         """The `.npz` (the commit record) first: a crash in between leaves an orphan JPEG, swept later."""
@@ -551,7 +512,7 @@ class ExampleStore:
             e.jpg.parent.rmdir()  # the class's last example: the class goes (fails while others are there)
 
     def _disk_error(self, e: OSError, detail: str = "") -> StoreError:
-        why, until = _why_disk(e)
+        why, until = why_disk(e)
         return StoreError(
             f"cannot store examples of region {self.region} in {self.dir}: {why}; {detail}examples are not being "
             f"stored until {until}"
@@ -569,8 +530,8 @@ class ExampleStore:
         try:
             self._folder(self.dir)
             self._folder(folder)
-            temps.append(self._write_temp(folder, ".jpg", jpeg))
-            temps.append(self._write_temp(folder, ".npz", npz))
+            temps.append(write_temp(folder, jpeg, mode=self._mode, suffix=".jpg"))
+            temps.append(write_temp(folder, npz, mode=self._mode, suffix=".npz"))
             # the new example is on disk; now make room for it, oldest first
             count, used = len(entries), sum(e.size for e in entries)
             while entries and (count + 1 > self.max_examples or used + need > self.max_bytes):
@@ -583,7 +544,7 @@ class ExampleStore:
                 os.replace(tmp, dst)
                 final.append(dst)
             temps.clear()
-            _fsync_dir(folder)
+            fsync_dir(folder, strict=True)
             sn, sj = os.stat(rec), os.stat(jpg)
         except OSError as e:
             for p in temps + final[::-1]:
@@ -640,7 +601,7 @@ class ExampleStore:
                 for e in hit:
                     self._unlink(e)
             except OSError as err:
-                why, _ = _why_disk(err)
+                why, _ = why_disk(err)
                 raise StoreError(f"cannot remove example {example_id} of region {self.region}: {why}") from None
             return hit[0].cls
 
