@@ -147,11 +147,35 @@ def spec_from_args(args: argparse.Namespace) -> PreprocessSpec:
     )
 
 
+def job_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields a TFLite job (ConvertJob) and an IMX500 job (Imx500Job) both take from the same flags,
+    so a flag added to the two targets reaches both jobs alike."""
+    return {
+        "onnx": args.model,
+        "calib": args.calib,
+        "out": args.out,
+        "preprocess": spec_from_args(args),
+        "labels": args.labels,
+        "label_offset": args.label_offset,
+        "calib_count": args.calib_count,
+        "calib_split": args.calib_split,
+        "eval_dir": args.eval_dir,
+        "eval_split": args.eval_split,
+        "eval_limit": args.eval_limit,
+        "max_top1_drop": args.max_top1_drop,
+        "min_agreement": args.min_agreement,
+        "no_eval": args.no_eval,
+        "range_method": args.ranges,
+        "seed": args.seed,
+        "keep_workdir": args.keep_workdir,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     if args.target == "imx500":
         from .convert_imx500 import run as run_imx500
 
-        return run_imx500(args, spec_from_args(args))
+        return run_imx500(args, job_fields(args))
     try:
         from edge_resnet.convert.backends import choose
         from edge_resnet.convert.pipeline import ConvertJob
@@ -162,29 +186,13 @@ def run(args: argparse.Namespace) -> int:
         zoo_hint(args.model)
     choose(args.backend)  # a path that is not installed fails here, before images are loaded
     job = ConvertJob(
-        onnx=args.model,
-        calib=args.calib,
-        out=args.out,
-        preprocess=spec_from_args(args),
-        labels=args.labels,
-        label_offset=args.label_offset,
-        calib_count=args.calib_count,
-        calib_split=args.calib_split,
-        eval_dir=args.eval_dir,
-        eval_split=args.eval_split,
-        eval_limit=args.eval_limit,
-        max_top1_drop=args.max_top1_drop,
-        min_agreement=args.min_agreement,
-        no_eval=args.no_eval,
+        **job_fields(args),
         keep_float=args.keep_float,
-        range_method=args.ranges,
         backend=args.backend,
         input_type=args.input_type,
         bias_correction=not args.no_bias_correction,
         stem_rewrite=not args.no_stem_rewrite,
         edgetpu=args.edgetpu,
-        seed=args.seed,
-        keep_workdir=args.keep_workdir,
     )
     try:
         result = convert_run(job)

@@ -17,8 +17,8 @@ from ..errors import DependencyError, ExitCode
 EXTRA_FIX = 'install the imx500 extra on Python 3.10-3.12: pip install "edge-resnet[imx500]"'
 
 
-def run(args: argparse.Namespace, spec: Any) -> int:
-    """`spec`: the preprocessing the ONNX model was trained with (commands/convert.spec_from_args)."""
+def run(args: argparse.Namespace, fields: dict[str, Any]) -> int:
+    """`fields`: what the job shares with a TFLite conversion, from the same flags (commands/convert.job_fields)."""
     try:
         from edge_resnet.convert.imx500 import Imx500Job, check_fits
         from edge_resnet.convert.imx500 import run as imx500_run
@@ -29,25 +29,7 @@ def run(args: argparse.Namespace, spec: Any) -> int:
         raise DependencyError(f"{', '.join(refused)} is for TFLite models; drop it with --target imx500")
     if args.model.exists():
         check_fits(args.model)  # DoesNotFit: one line with the figures, before images or MCT load
-    job = Imx500Job(
-        onnx=args.model,
-        calib=args.calib,
-        out=args.out,
-        preprocess=spec,
-        labels=args.labels,
-        label_offset=args.label_offset,
-        calib_count=args.calib_count,
-        calib_split=args.calib_split,
-        eval_dir=args.eval_dir,
-        eval_split=args.eval_split,
-        eval_limit=args.eval_limit,
-        max_top1_drop=args.max_top1_drop,
-        min_agreement=args.min_agreement,
-        no_eval=args.no_eval,
-        seed=args.seed,
-        keep_workdir=args.keep_workdir,
-        range_method=args.ranges,
-    )
+    job = Imx500Job(**fields)
     result = imx500_run(job)
     rep = result.report
     print(f"model:    {result.package} (on the Pi: imx500-package -i {result.package.name} -o DIR)")
