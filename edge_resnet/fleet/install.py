@@ -21,11 +21,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from ..atomicwrite import fsync_dir
 from ..errors import EdgeResnetError
 from .fetch import FetchFailed, FetchRefused, FetchStopped, fetch, start_delay
 from .health import Baseline, Outcome, Rules, baseline, judge
 from .job import JobState, JobStatus, Phase, version_problem
-from .ledger import Installed, JobRecord, Ledger, LedgerError, fsync_dir
+from .ledger import Installed, JobRecord, Ledger, LedgerError
 
 log = logging.getLogger(__name__)
 

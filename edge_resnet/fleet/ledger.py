@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomicwrite import fsync_dir as fsync_dir  # install.py's import
 from ..atomicwrite import write_atomic
 from ..errors import EdgeResnetError
 from .job import BadCommand, InstallCommand, JobStatus, Known, Phase
