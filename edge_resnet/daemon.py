@@ -58,6 +58,7 @@ STOP_BUDGET_S = 4.0  # SIGTERM -> exit, with margin under systemd's and the test
 STATUS_EVERY_S = 5.0
 MODEL_POLL_S = 2.0
 ACCELERATOR_RETRY_S = 60.0  # while running on the CPU twin, try the Edge TPU again this often
+AGENT_STOP_S = 2.0  # a SIGHUP that changes [fleet] waits this long for the running agent to stop
 _WAITED_FOR = (CaptureState.LOST, CaptureState.WAITING)  # no frames, and rightly so: READY, watchdog fed
 
 Overrides = Callable[[Config], Config]
@@ -76,6 +77,11 @@ def build_sinks(
         cfg.device_id, Path(cfg.state_dir), status, sink_health, cfg.pipeline.heartbeat_s, remote, cfg.fleet.enabled
     )
     return [configmod.resolve(configmod.SINKS[name].factory)(table, ctx) for name, table in cfg.active_sinks().items()]
+
+
+def _agent_setup(cfg: Config) -> tuple[Any, ...] | None:
+    """What the fleet agent is built from (None: no agent)."""
+    return (cfg.fleet, cfg.mqtt, cfg.device_id, cfg.state_dir) if cfg.fleet.enabled else None
 
 
 def make_capture(cfg: Config) -> Capture:
@@ -429,8 +435,11 @@ class Daemon:
     def reload(self) -> bool:
         """SIGHUP: re-read the config (if there is a file), reload the model, apply what changed.
         Anything that fails is refused with one log line; what runs keeps running."""
+        before = self.cfg
         with self._model_lock:
-            return self._reload_locked()
+            ok = self._reload_locked()
+        self._reload_fleet(before)  # outside the lock: an agent's job may be waiting for it to swap a model
+        return ok
 
     def _reload_locked(self) -> bool:
         assert self.pipeline is not None
@@ -441,6 +450,7 @@ class Daemon:
                 new = prepare_state_dir(self.overrides(configmod.load(self.config_path)))
                 if self._fleet_model is not None:  # the fleet's model stays what runs
                     new = dataclasses.replace(new, model=dataclasses.replace(new.model, path=self._fleet_model))
+            self._fleet_enabled(new)  # [fleet] on without [mqtt]: refused like any bad config
         except EdgeResnetError as e:
             log.error("config reload refused, keeping the running configuration: %s", e)
             self.notifier.ready(self.pipeline.status_line())
@@ -515,7 +525,25 @@ class Daemon:
 
     @staticmethod
     def _sink_configs(cfg: Config) -> tuple[Any, ...]:
-        return (cfg.device_id, cfg.state_dir, cfg.active_sinks())
+        return (cfg.device_id, cfg.state_dir, cfg.active_sinks(), cfg.fleet.enabled)  # fleet: the update entity
+
+    def _reload_fleet(self, before: Config) -> None:
+        """After a reload: a changed `[fleet]` (or, while it is on, the `[mqtt]`, device_id or state_dir
+        its agent runs with) stops the running agent cleanly and starts one for the new config; turned
+        off, the agent leaves the fleet (clears its retained presence) and stops. Unchanged: nothing."""
+        if _agent_setup(self.cfg) == _agent_setup(before):
+            return
+        if self.agent is not None:
+            self.agent.stop(AGENT_STOP_S, leave=not self.cfg.fleet.enabled)
+            self.agent = None
+        fleet = self._fleet_enabled(self.cfg)  # checked when the config was loaded: no ConfigError here
+        if fleet is None:
+            log.info("fleet: [fleet] is off now; the fleet agent stopped")
+            return
+        from .fleet.ledger import Ledger
+
+        log.info("fleet: [fleet] changed; starting the fleet agent (groups: %s)", ", ".join(fleet.groups) or "none")
+        self._start_agent(fleet, Ledger(Path(self.cfg.state_dir) / "fleet"))
 
     def _tell_regions(self) -> None:
         """Sinks that keep something per region (MQTT: state topics, Home Assistant's entities) learn

@@ -182,14 +182,23 @@ class FleetAgent:
         for t in self._threads:
             t.start()
 
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop both threads (a job in progress stops where a restart resumes it) and disconnect."""
+    def stop(self, timeout: float = 2.0, leave: bool = False) -> None:
+        """Stop both threads (a job in progress stops where a restart resumes it) and disconnect.
+        `leave` ([fleet] turned off, not a daemon stopping): first clear the retained presence, so
+        `fleet status` and a rollout no longer take this device for one whose agent runs."""
         deadline = time.monotonic() + timeout
         self._stop.set()
         for t in self._threads:
             t.join(max(0.05, deadline - time.monotonic()))
             if t.is_alive():
                 log.warning("fleet: thread %s did not stop within %.1f s", t.name, timeout)
+        try:
+            if leave:
+                info = self._client.publish(self.topics["presence"], b"", qos=1, retain=True)
+                info.wait_for_publish(max(0.05, min(1.0, deadline - time.monotonic())))
+        except Exception as e:  # not connected: the presence stays; nothing else to do about it here
+            log.warning("fleet: could not clear %s (%s); the device may still be listed in the fleet",
+                        self.topics["presence"], e)  # fmt: skip
         try:
             self._client.disconnect()
         except Exception as e:  # paho raises little here; never let it stop the daemon's shutdown
