@@ -294,7 +294,14 @@ def quantize(net: Any, calib: npt.NDArray[np.float32], budget: int | None,
         kwargs["core_config"] = mct.core.CoreConfig(qc, mixed_precision_config=(
             mct.core.MixedPrecisionQuantizationConfig(num_of_images=min(32, len(calib)))))
     t0 = time.perf_counter()
-    qnet, _info = mct.ptq.pytorch_post_training_quantization(net, representative, **kwargs)
+    try:
+        qnet, _info = mct.ptq.pytorch_post_training_quantization(net, representative, **kwargs)
+    except Exception as e:  # MCT's own errors and those of the packages it calls (a PuLP 4 TypeError)
+        log.debug("MCT's traceback", exc_info=True)  # shown with -v
+        where = "mixed precision search" if budget is not None else "quantization"
+        raise ModelError(f"Sony's Model Compression Toolkit failed in its {where} ({type(e).__name__}: "
+                         f"{str(e)[:200]}); {EXTRA_FIX} in a fresh venv (the extra pins the versions that "
+                         "work together), and run with -v for the traceback") from e
     qnet.eval()
     bits = weight_bits(qnet)
     details = {

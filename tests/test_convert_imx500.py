@@ -186,3 +186,27 @@ def test_a_network_that_would_be_fed_wrongly_on_the_sensor_is_refused(tmp_path: 
         z.writestr("manifest.json", "{}")
     with pytest.raises(ModelError, match=r"no readable dnnParams\.xml"):
         read_input_tensor(tmp_path / "empty.zip")
+
+
+def test_an_mct_failure_is_one_line_naming_the_step_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MCT's own exceptions (here the TypeError PuLP 4 gave MCT 2.5.1's mixed precision search in a fresh
+    3.12 venv) ended the CLI in a traceback with exit 1. MCT itself is in the slow path only, so a stand-in
+    module raises what it raised."""
+    from types import SimpleNamespace
+
+    from edge_resnet.convert import imx500
+
+    def ptq(*a: object, **k: object) -> None:
+        raise TypeError("LpVariable.__init__() got an unexpected keyword argument 'lowBound'")
+
+    core = SimpleNamespace(QuantizationErrorMethod=SimpleNamespace(NOCLIPPING=0, MSE=1),
+                           QuantizationConfig=lambda **k: k, CoreConfig=lambda *a, **k: (a, k),
+                           ResourceUtilization=lambda **k: k, MixedPrecisionQuantizationConfig=lambda **k: k)
+    mct = SimpleNamespace(get_target_platform_capabilities=lambda *a: None, core=core,
+                          ptq=SimpleNamespace(pytorch_post_training_quantization=ptq))
+    torch = SimpleNamespace(from_numpy=lambda x: x)
+    monkeypatch.setattr(imx500, "_import_extra", lambda: (torch, mct, None))
+    with pytest.raises(ModelError, match=r"failed in its mixed precision search \(TypeError: LpVariable.*"
+                                         r"pip install \"edge-resnet\[imx500\]\" in a fresh venv") as e:
+        imx500.quantize(object(), np.zeros((2, 3, 4, 4), np.float32), budget=6_000_000)
+    assert e.value.exit_code == ExitCode.MODEL
