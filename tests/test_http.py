@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -314,3 +314,21 @@ def test_healthz_lists_sink_health(box: StatusBox, photos: list[Classified]) -> 
         assert code == 503 and body.decode().splitlines()[0] == "camera lost"
     finally:
         sink.stop()
+
+
+def test_a_region_removed_by_a_reload_leaves_the_page_at_once(box: StatusBox, photos: list[Classified]) -> None:
+    """The daemon tells sinks which [[region]]s run after a SIGHUP (daemon._tell_regions); the overlay kept
+    showing a removed region's last label in /api/state (and its box) until a restart."""
+    sink = HttpSink(HttpConfig(listen="127.0.0.1:0", stream_fps=20.0), box)
+    sink.start()
+    url = wait_bound(sink)
+    try:
+        sink.set_regions(["door", "drive"])
+        for name in ("door", "drive"):
+            sink.publish(replace(observation(photos[0], 1, changed=True), region=name, roi=(0, 0, 50, 50)))
+        assert sorted(json.loads(get(url + "api/state")[2])["regions"]) == ["door", "drive"]
+        sink.set_regions(["door"])  # "drive" removed from the config
+        sink.publish(replace(observation(photos[1], 2, changed=True), region="drive"))  # one still in flight
+        assert sorted(json.loads(get(url + "api/state")[2])["regions"]) == ["door"]
+    finally:
+        sink.stop(2.0)

@@ -30,7 +30,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from email.message import Message
 from http.server import BaseHTTPRequestHandler
 from importlib import resources
@@ -423,6 +423,7 @@ class HttpSink:
         self._new_frame = threading.Condition(self._lock)
         self._latest: Observation | None = None
         self._regions: dict[str, Observation] = {}  # [[region]] name -> its newest observation
+        self._parts: frozenset[str | None] | None = None  # the regions that run (set_regions); None: never told
         self._fps: float | None = None
         self._last_at: float | None = None
         self._enc_lock = threading.Lock()
@@ -456,8 +457,22 @@ class HttpSink:
         self._thread = threading.Thread(target=self._serve, name="http-sink", daemon=True)
         self._thread.start()
 
+    def set_regions(self, names: Sequence[str]) -> None:
+        """The `[[region]]` names that run now (none: the whole frame), as the daemon says at start and after
+        each reload: a removed region leaves the page, /api/state and the overlay's boxes at once, and its
+        last frames (still in flight) are not shown again. Its history stays (it happened)."""
+        parts: frozenset[str | None] = frozenset(names) if names else frozenset({None})
+        with self._new_frame:
+            self._parts = parts
+            self._regions = {n: o for n, o in self._regions.items() if n in parts}
+            if self._latest is not None and self._latest.region not in parts:
+                self._latest = None  # the newest frame came from a part that is gone
+
     def publish(self, obs: Observation) -> None:
         """Pipeline thread: O(1), no copies; the only encoding is a thumbnail when the label changes."""
+        parts = self._parts
+        if parts is not None and obs.region not in parts:
+            return  # a part that no longer runs (see set_regions)
         self.timeline.add(obs)
         with self._new_frame:
             t = obs.classified_at
