@@ -180,11 +180,9 @@ def test_daemon_publishes_sensor_labels_on_mqtt_and_the_overlay(broker: Broker, 
         ready = [ln for ln in child.err if "ready: " in ln]  # the line systemd gets as STATUS= too
         assert ready and "dnn 6.5 ms" in ready[0], child.tail()
     finally:
-        child.p.terminate()
         try:
-            child.p.wait(10)
+            child.stop()
         finally:
-            child.kill()
             sub.stop()
 
 
@@ -250,11 +248,9 @@ def test_a_network_upload_longer_than_the_watchdog_does_not_reopen_the_camera(
                                                 "outputs for ") for s in waiting), said
             assert "upload progress not readable here; allowed up to 300 s after opening" in waiting[-1]
     finally:
-        child.p.terminate()
         try:
-            child.p.wait(10)
+            child.stop()
         finally:
-            child.kill()
             sub.stop()
 
 
@@ -325,8 +321,4 @@ def test_under_systemd_the_upload_is_ready_and_keeps_the_watchdog_fed(photo: Pat
                   f"during the upload, largest gap {max(gaps or [0.0]):.1f} s")
             assert during and max(gaps) < 2.0, during
         finally:
-            child.p.terminate()
-            try:
-                child.p.wait(10)
-            finally:
-                child.kill()
+            child.stop()

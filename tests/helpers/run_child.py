@@ -57,6 +57,16 @@ class RunChild:
         """The last `n` lines of stderr, for a failure message."""
         return "\n".join(list(self.err)[-n:])
 
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM (the daemon's clean stop), wait up to `timeout` (TimeoutExpired: it did not stop), then
+        SIGKILL whatever still runs; its exit code."""
+        self.p.terminate()
+        try:
+            self.p.wait(timeout)
+        finally:
+            self.kill()
+        return self.p.returncode
+
     def kill(self, timeout: float = 5.0) -> None:
         """SIGKILL, if it still runs, and reap it."""
         if self.p.poll() is None:
