@@ -52,6 +52,12 @@ def default_state_dir() -> str:
     return env.split(":")[0] if env else DEFAULT_STATE_DIR
 
 
+def user_state_dir() -> Path:
+    """This user's own state folder (XDG): where a run by hand keeps its state when the service's is
+    not writable, and where `learn` records then."""
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "edge-resnet"
+
+
 # -- [model] ------------------------------------------------------------------------------------
 
 

@@ -99,8 +99,7 @@ def prepare_state_dir(cfg: Config) -> Config:
     except OSError:
         pass
     if cfg.state_dir == configmod.DEFAULT_STATE_DIR:
-        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-        alt = base / "edge-resnet"
+        alt = configmod.user_state_dir()
         alt.mkdir(parents=True, exist_ok=True)
         log.info("%s is not writable; keeping state in %s", p, alt)
         return dataclasses.replace(cfg, state_dir=str(alt))

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from .. import config as configmod
@@ -120,8 +119,7 @@ def state_dir_without_config() -> str:
     leave the service unable to write there later."""
     if os.environ.get("STATE_DIRECTORY") or os.environ.get("INVOCATION_ID"):  # both set by systemd
         return configmod.default_state_dir()
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return str(Path(base) / "edge-resnet")
+    return str(configmod.user_state_dir())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -38,8 +38,9 @@ from pathlib import Path
 
 from ..atomicwrite import write_atomic
 from ..bundle import ModelFile, read_parts
-from ..config import DEFAULT_STATE_DIR, default_state_dir
+from ..config import DEFAULT_STATE_DIR, default_state_dir, user_state_dir
 from ..errors import EdgeResnetError
+from .manifest import member_digests
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,9 @@ VERSION = 1
 MAX_RECORD = 256 * 2**10  # a signature envelope and a few digests: a few KB
 
 
-def digests(members: Mapping[str, bytes]) -> dict[str, str]:
-    """Each archive member's SHA-256 (what a signed manifest lists as `files`)."""
-    return {name: hashlib.sha256(data).hexdigest() for name, data in sorted(members.items())}
-
-
 def members_digest(members: Mapping[str, bytes]) -> str:
     """One digest of a bundle's archive members, names and contents (the signature is never a member)."""
-    text = json.dumps(digests(members), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(member_digests(members), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -137,7 +133,7 @@ class HeadRecords:
         """The backbone's signature and signed member digests: its own, or those its record holds
         (a learned bundle this device recorded, learned on again)."""
         if base.signature is not None:
-            return base.signature, digests(base.members)
+            return base.signature, member_digests(base.members)
         if base.meta is None or base.meta.head is None:
             return None
         rec = self.find(base.members)
@@ -173,8 +169,7 @@ def command_state_dir() -> Path:
     p = Path(default_state_dir())
     if str(p) != DEFAULT_STATE_DIR or _writable(p):
         return p
-    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return base / "edge-resnet"
+    return user_state_dir()
 
 
 def _writable(p: Path) -> bool:

@@ -21,6 +21,7 @@ import json
 import os
 import stat
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -41,6 +42,12 @@ MAX_VERSION = 2**53 - 1  # what every JSON reader keeps exact
 
 Target = Literal["cpu", "edgetpu"]
 TARGETS: tuple[Target, ...] = ("cpu", "edgetpu")
+
+
+def member_digests(members: Mapping[str, bytes]) -> dict[str, str]:
+    """Each archive member's SHA-256, by name: what a manifest signs as `files`, what the trust check
+    compares, and what a learned-head record keeps of its backbone."""
+    return {name: hashlib.sha256(data).hexdigest() for name, data in sorted(members.items())}
 
 
 @dataclass(frozen=True)
@@ -173,7 +180,7 @@ def sign_model(
         key_id=key_id(private.public_key()),
         model_sha256=mf.sha256,
         model_size=len(mf.flatbuffer),
-        files={name: hashlib.sha256(data).hexdigest() for name, data in sorted(mf.members.items())},
+        files=member_digests(mf.members),
         version=version,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         expires=expires.isoformat() if expires else None,

@@ -29,9 +29,9 @@ from .. import __version__
 from ..bundle import BundleParts, ModelFile, read_parts
 from ..errors import ModelError
 from ..trustconfig import TrustConfig
-from .headrecord import HeadRecords, digests
+from .headrecord import HeadRecords
 from .keys import key_id, load_public
-from .manifest import MANIFEST_VERSION, Envelope, Manifest, Target, version_at_least
+from .manifest import MANIFEST_VERSION, Envelope, Manifest, Target, member_digests, version_at_least
 
 
 class Refusal(StrEnum):
@@ -118,7 +118,7 @@ def check_model(
     m = _verified(where, parts.signature, policy)
     if m is None:
         return None  # an unsigned copy of it would run too
-    _check_contents(where, parts.model_sha256, parts.model_size, digests(parts.members), m)
+    _check_contents(where, parts.model_sha256, parts.model_size, member_digests(parts.members), m)
     _check_terms(where, m, min_version, target, now or datetime.now(UTC))
     return m
 
